@@ -1,0 +1,236 @@
+"""Checkpoints that reload safely: plain data and tensors, no pickled classes.
+
+One ``torch.save`` file holding a dict::
+
+    format          "octswap-checkpoint"
+    format_version  1
+    octswap_version, created
+    source          how to rebuild the original architecture (see ModelSource)
+    plan            the resolved plan (policy included), replayed on load
+    state_dict      the converted model's weights
+    report          the cost summary printed at conversion
+
+It loads with ``torch.load(path, weights_only=True)``. :func:`load` rebuilds the
+original architecture from ``source`` (random init), replays ``plan``, then
+loads ``state_dict`` strictly. Writes are atomic: a temporary file in the same
+folder, then a rename, so an interrupted run never leaves a truncated file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from octswap import __version__
+from octswap.errors import CheckpointError, InputError, OctswapError, OutputExistsError
+from octswap.models import ModelSource, apply_state_dict
+from octswap.plan import Plan
+from octswap.rewrite import apply_plan
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "atomic_write", "load", "read", "save"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "octswap-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The contents of a checkpoint file, validated."""
+
+    path: Path
+    format_version: int
+    octswap_version: str
+    created: str
+    source: ModelSource
+    plan: Plan
+    state_dict: dict[str, torch.Tensor]
+    report: dict[str, Any] | None
+
+    def build_original(self) -> nn.Module:
+        """The unconverted architecture, random init (for comparisons)."""
+        return self.source.build().eval()
+
+
+def atomic_write(path: str | Path, write: Any, *, force: bool = False) -> Path:
+    """Write a file through ``write(tmp_path)``, then move it into place atomically.
+
+    Without ``force`` an existing file is never replaced, even one that appears
+    while writing (the final step is a hard link, which fails if the name exists).
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``force`` is false.
+        InputError: the folder does not exist or is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise InputError(f"cannot write to {folder}: {err.strerror or err}") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(f"{path} exists; pass --force to overwrite it") from None
+            except OSError:  # file systems without hard links: best effort
+                if path.exists():
+                    raise OutputExistsError(f"{path} exists; pass --force to overwrite it") from None
+                os.replace(tmp, path)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _plain(value: Any, where: str = "checkpoint") -> Any:
+    """Builtin types only, so ``torch.load(weights_only=True)`` accepts the file.
+
+    ``torch.__version__`` is a ``str`` subclass that the safe unpickler refuses.
+    """
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (bool, int, float, str)):  # subclasses of builtins
+        return type(value).__mro__[-2](value) if not isinstance(value, str) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"{where}: cannot store a {type(value).__name__} in a checkpoint")
+
+
+def save(
+    path: str | Path,
+    model: nn.Module,
+    plan: Plan,
+    *,
+    source: ModelSource,
+    report: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a converted model as an octswap checkpoint.
+
+    Example:
+        >>> converted, plan = octswap.convert(model, alpha=0.25)                 # doctest: +SKIP
+        >>> octswap.save("resnet50-oct0.25.pt", converted, plan, source=source)  # doctest: +SKIP
+
+    Raises:
+        OutputExistsError: the file exists and ``force`` is false.
+        InputError: the file cannot be written.
+    """
+    payload = _plain({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "octswap_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source.to_dict(),
+        "plan": plan.to_dict(),
+        "state_dict": model.state_dict(),
+        "report": report,
+    })
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
+
+
+def read(path: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint without building the model.
+
+    Raises:
+        CheckpointError: missing, corrupt, foreign or too new.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an octswap checkpoint (no '{FORMAT}' marker)")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}; this octswap ({__version__}) reads up to {FORMAT_VERSION}"
+        )
+    try:
+        return Checkpoint(
+            path=path,
+            format_version=version,
+            octswap_version=str(data.get("octswap_version")),
+            created=str(data.get("created")),
+            source=ModelSource.from_dict(data["source"]),
+            plan=Plan.from_dict(data["plan"]),
+            state_dict=dict(data["state_dict"]),
+            report=data.get("report"),
+        )
+    except (KeyError, TypeError, ValueError, OctswapError) as err:
+        raise CheckpointError(f"{path} is damaged: {type(err).__name__}: {err}") from None
+
+
+def load(
+    path: str | Path,
+    *,
+    model: nn.Module | None = None,
+    allow_import: bool = False,
+) -> nn.Module:
+    """Rebuild a converted model from a checkpoint and load its weights strictly.
+
+    Args:
+        path: A file written by :func:`save`.
+        model: The *unconverted* architecture to convert again (needed for models
+            built in memory; optional otherwise). Its weights are replaced.
+        allow_import: Let a checkpoint whose source is ``package.module:factory``
+            import and call that factory. Off by default: a checkpoint should not
+            run code merely by being loaded.
+
+    Returns:
+        The converted model, in eval mode.
+
+    Example:
+        >>> model = octswap.load("resnet50-oct0.25.pt")  # doctest: +SKIP
+    """
+    ckpt = read(path)
+    if model is None:
+        if ckpt.source.kind == "import" and not allow_import:
+            raise CheckpointError(
+                f"{ckpt.path} builds its model with {ckpt.source.name!r}; pass allow_import=True "
+                "(CLI: --allow-import) if you trust it, or pass the model"
+            )
+        try:
+            model = ckpt.source.build()
+        except OctswapError as err:
+            raise CheckpointError(f"cannot rebuild the model of {ckpt.path}: {err}") from None
+    try:
+        apply_plan(model, ckpt.plan)
+    except OctswapError as err:
+        raise CheckpointError(f"cannot replay the plan of {ckpt.path}: {err}") from None
+    try:
+        apply_state_dict(model, ckpt.state_dict, what=f"checkpoint {ckpt.path}")
+    except OctswapError as err:
+        raise CheckpointError(str(err)) from None
+    return model.eval()

@@ -1,0 +1,100 @@
+"""The conversion entry point: plan, copy, rewrite, verify."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from octswap.errors import ConversionError
+from octswap.plan import Plan, example_input, make_plan, output_signature
+from octswap.policy import Policy
+from octswap.rewrite import apply_plan
+
+__all__ = ["convert", "verify"]
+
+logger = logging.getLogger(__name__)
+
+
+def convert(
+    model: nn.Module,
+    policy: Policy | None = None,
+    *,
+    alpha: float | None = None,
+    input_shape: tuple[int, int, int] = (3, 224, 224),
+    mode: str = "layer",
+    strict: bool = False,
+    inplace: bool = False,
+    check: bool = True,
+) -> tuple[nn.Module, Plan]:
+    """Replace the convs the policy selects with octave convs, weights copied across.
+
+    Args:
+        model: The model to convert. Left untouched unless ``inplace``.
+        policy: Which convs, at which alpha; ``Policy()`` by default.
+        alpha: Overrides the policy's global alpha (rules keep their own).
+        input_shape: ``(C, H, W)`` of one sample, for the shape probe and check.
+        mode: ``"layer"``: each conv becomes a self-contained tensor-in/tensor-out block.
+        strict: A policy rule that matches no conv is an error.
+        inplace: Modify ``model`` itself instead of a deep copy.
+        check: Run the converted model once and compare its output shapes.
+
+    Returns:
+        The converted model and the plan that was applied.
+
+    Example:
+        >>> import torchvision
+        >>> converted, plan = convert(torchvision.models.resnet18(), alpha=0.25)
+        >>> len(plan.octave_layers) > 0
+        True
+
+    Raises:
+        InputError: the model does not run at ``input_shape``.
+        PolicyError: invalid alpha, or with ``strict`` a rule matching nothing.
+        ConversionError: the rewrite or its check failed.
+    """
+    policy = policy if policy is not None else Policy()
+    if alpha is not None:
+        policy = policy.with_alpha(alpha)
+    plan = make_plan(model, policy, input_shape=input_shape, mode=mode, strict=strict)
+    target = model if inplace else copy.deepcopy(model)
+    apply_plan(target, plan)
+    logger.info("converted %d of %d convs (%s mode)", len(plan.octave_layers), len(plan.layers), mode)
+    if check:
+        verify(target, plan)
+    return target, plan
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def verify(converted: nn.Module, plan: Plan) -> None:
+    """Run the converted model once; its outputs must have the original shapes and be finite.
+
+    Raises:
+        ConversionError: the forward pass fails, the shapes differ, or values are not finite.
+    """
+    was_training = converted.training
+    converted.eval()
+    try:
+        with torch.no_grad():
+            output = converted(example_input(plan.input_shape))
+    except Exception as err:  # noqa: BLE001 - report any failure of the rewritten model
+        raise ConversionError(f"the converted model fails to run: {type(err).__name__}: {err}") from err
+    finally:
+        converted.train(was_training)
+    signature = output_signature(output)
+    if plan.output is not None and signature != plan.output:
+        raise ConversionError(f"the converted model's output shapes {signature} differ from the original {plan.output}")
+    if not _finite(output):
+        raise ConversionError("the converted model produces non-finite values")

@@ -1,0 +1,243 @@
+"""Where models come from: torchvision by name, or a user's own factory.
+
+A :class:`ModelSource` records how a model was built (name or import path,
+builder arguments, versions) so a checkpoint can rebuild the same architecture
+before loading its weights. Nothing here downloads: torchvision weights are used
+only when they already sit in the local torch hub cache.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from octswap.errors import ModelLoadError, WeightsError
+
+__all__ = ["ModelSource", "convertible_models", "load_model", "load_state_dict_file"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How to rebuild a model's architecture.
+
+    Attributes:
+        kind: ``"torchvision"`` (a registered torchvision builder), ``"import"``
+            (``package.module:factory`` or ``path/to/file.py:factory``) or
+            ``"user"`` (an in-memory model octswap cannot rebuild by itself).
+        name: The torchvision name or the import path.
+        kwargs: Builder keyword arguments.
+        weights: What the weights came from (a torchvision weights name or a file path), if any.
+    """
+
+    kind: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    torchvision_version: str = torchvision.__version__
+    torch_version: str = torch.__version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "name": self.name, "kwargs": dict(self.kwargs), "weights": self.weights,
+            "torchvision_version": self.torchvision_version, "torch_version": self.torch_version,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSource:
+        return cls(**dict(data))
+
+    def build(self) -> nn.Module:
+        """Build the architecture with random weights (no weights are loaded)."""
+        if self.kind == "torchvision":
+            return _build_torchvision(self.name, None, dict(self.kwargs))
+        if self.kind == "import":
+            return _build_import(self.name, dict(self.kwargs))
+        raise ModelLoadError(f"a {self.kind!r} model source cannot be rebuilt; pass the original model")
+
+
+def convertible_models() -> list[str]:
+    """torchvision models octswap can build by name (classification first, then the others)."""
+    from torchvision import models
+
+    classification = models.list_models(module=models)
+    others = [m for m in models.list_models() if m not in classification]
+    return classification + sorted(others)
+
+
+def _close(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else " (see `octswap models`)"
+
+
+def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
+    from torchvision import models
+
+    known = models.list_models()
+    if name not in known:
+        raise ModelLoadError(f"unknown model {name!r}{_close(name, known)}")
+    try:
+        return models.get_model(name, weights=weights, **kwargs)
+    except TypeError as err:
+        raise ModelLoadError(f"cannot build {name} with {kwargs}: {err}") from None
+    except ValueError as err:
+        raise ModelLoadError(f"cannot build {name}: {err}") from None
+
+
+def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelLoadError(f"expected 'package.module:factory' or 'file.py:factory', got {path!r}")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise ModelLoadError(f"model file not found: {file}")
+            spec = importlib.util.spec_from_file_location(f"octswap_user_{file.stem}", file)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ModelLoadError:
+        raise
+    except ImportError as err:
+        raise ModelLoadError(f"cannot import {module_name!r}: {err}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"{module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelLoadError(f"{path} is not callable")
+    model = obj(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{path} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _torchvision_weights(name: str, spec: str) -> Any:
+    """Resolve a weights name (``DEFAULT``, ``IMAGENET1K_V2`` or ``ResNet50_Weights.IMAGENET1K_V2``)
+    and insist that its file is already in the local cache."""
+    from torchvision import models
+
+    try:
+        enum = models.get_model_weights(name)
+    except (ValueError, KeyError):
+        raise WeightsError(f"{name} has no torchvision weights; pass a state-dict file") from None
+    member = spec.split(".", 1)[1] if spec.startswith(enum.__name__ + ".") else spec
+    try:
+        weights = enum[member] if member != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        choices = ["DEFAULT", *enum.__members__]
+        raise WeightsError(
+            f"{spec!r} is neither a file nor a weights name of {name}{_close(member, choices)}"
+        ) from None
+    filename = os.path.basename(urlparse(weights.url).path)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not cached.is_file():
+        raise WeightsError(
+            f"{enum.__name__}.{weights.name} is not in the local cache ({cached}) and octswap never "
+            f"downloads; copy the file there, or pass a state-dict file with --weights PATH"
+        )
+    return weights
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict saved with ``torch.save`` (safely: ``weights_only=True``).
+
+    Accepts a bare state dict or one wrapped under ``state_dict``/``model``, and
+    strips a ``module.`` prefix left by ``DataParallel``.
+    """
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        raise WeightsError(f"cannot read weights file {path}: {str(err).splitlines()[0]}") from None
+    if isinstance(data, Mapping):
+        for key in ("state_dict", "model"):
+            inner = data.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                data = inner
+                break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    state = dict(data)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{label}: {', '.join(keys[:5])}{more}")
+        raise WeightsError(f"{what} does not fit the model; " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: str | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, ModelSource]:
+    """Build a model by torchvision name or import path, optionally with weights.
+
+    Args:
+        spec: A torchvision model name (``resnet50``) or ``package.module:factory``
+            / ``path/to/file.py:factory`` for a user's own model.
+        weights: A state-dict file, or a torchvision weights name that is already
+            in the local cache. ``None`` keeps the random initialisation.
+        kwargs: Builder keyword arguments (``num_classes=10``...).
+
+    Example:
+        >>> model, source = load_model("resnet18", kwargs={"num_classes": 10})
+        >>> source.to_dict()["name"]
+        'resnet18'
+
+    Raises:
+        ModelLoadError: unknown name, failed import or builder.
+        WeightsError: weights missing, not cached, unreadable or not fitting.
+    """
+    kwargs = dict(kwargs or {})
+    is_import = ":" in spec
+    kind = "import" if is_import else "torchvision"
+    weight_file = weights is not None and (Path(weights).exists() or Path(weights).suffix in {".pt", ".pth", ".bin", ".ckpt"})
+    if is_import:
+        if weights is not None and not weight_file:
+            raise WeightsError(f"weights file not found: {weights}")
+        model = _build_import(spec, kwargs)
+    elif weights is not None and not weight_file:
+        model = _build_torchvision(spec, _torchvision_weights(spec, weights), kwargs)
+    else:
+        model = _build_torchvision(spec, None, kwargs)
+    if weight_file:
+        assert weights is not None
+        apply_state_dict(model, load_state_dict_file(weights), what=f"weights file {weights}")
+    model.eval()
+    return model, ModelSource(kind=kind, name=spec, kwargs=kwargs, weights=weights)

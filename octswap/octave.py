@@ -1,0 +1,494 @@
+"""Octave convolution modules (Chen et al., "Drop an Octave", ICCV 2019).
+
+A feature map with ``c`` channels is split into a high-frequency branch at full
+resolution (``c - low`` channels, first in channel order) and a low-frequency
+branch at half resolution (``low = floor(alpha * c)`` channels, last in channel
+order). Resampling follows the paper and the official code: 2x2 average pooling
+with ``ceil_mode=True`` (so odd sizes never crash and never lose a row) and
+nearest upsampling to the *exact* size of the high branch. The low branch of a
+map of size ``H x W`` is therefore always ``ceil(H/2) x ceil(W/2)``.
+
+Grouped convolutions (ResNeXt, depthwise) are split at group boundaries: the
+first groups are high-frequency, the last groups low-frequency, on both the
+input and the output side. Each group keeps its own input channels, so weights
+transfer from the original conv by slicing alone and no cross-frequency path
+mixes groups. This differs from the official MXNet code, which keeps the same
+``groups`` value on all four paths and so cannot start from a trained grouped conv.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "OctaveBatchNorm2d",
+    "OctaveConv2d",
+    "OctaveConvBlock",
+    "OctaveInput",
+    "check_geometry",
+    "downsample",
+    "low_channels",
+    "merge_frequencies",
+    "split_frequencies",
+    "upsample",
+]
+
+#: What an octave module accepts: a plain tensor (all high-frequency) or a (high, low) pair.
+OctaveInput = Union[Tensor, tuple[Tensor, Tensor]]
+
+# Floating-point products such as 0.29 * 100 = 28.999999999999996 would otherwise
+# lose a channel; nobody asking for alpha=0.29 of 100 channels means 28.
+_ALPHA_EPS = 1e-6
+
+
+def low_channels(channels: int, alpha: float, *, groups: int = 1) -> int:
+    """Number of low-frequency channels for ``channels`` at ratio ``alpha``.
+
+    ``floor(alpha * channels)``; for a grouped conv (``groups > 1``) rounded down to
+    whole groups, so the split falls on a group boundary.
+
+    Example:
+        >>> low_channels(64, 0.25)
+        16
+        >>> low_channels(128, 0.3, groups=32)   # 38 rounded down to whole groups of 4
+        36
+    """
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    low = math.floor(alpha * channels + _ALPHA_EPS)
+    group_size = channels // groups if groups > 1 else 1
+    return low - low % group_size
+
+
+def check_geometry(
+    kernel_size: int | tuple[int, int],
+    *,
+    stride: int | tuple[int, int],
+    padding: str | int | tuple[int, ...],
+    dilation: int | tuple[int, int],
+) -> tuple[int, int]:
+    """Check a conv's geometry can be made octave; return its symmetric padding.
+
+    Octave paths resample between two resolutions, so every path must map an
+    ``H``-sized input to ``ceil(H / stride)``; only 'same' geometry does that on
+    both branches (a 'valid' 3x3 conv shrinks a 7-map to 5 but its 4-map low
+    branch to 2, not ceil(5/2) = 3). Stride must be 1 or 2 in both dimensions.
+
+    Raises:
+        ValueError: saying what does not fit.
+    """
+    strides = _pair_of(stride, "stride")
+    if strides not in ((1, 1), (2, 2)):
+        raise ValueError(f"stride {strides} is not supported (octave convs need stride 1 or 2)")
+    if padding == "same" and strides != (1, 1):
+        raise ValueError("padding='same' with stride 2 is not supported (as in nn.Conv2d)")
+    kernel, dil = _pair_of(kernel_size, "kernel_size"), _pair_of(dilation, "dilation")
+    need = []
+    for k, d in zip(kernel, dil):
+        span = d * (k - 1)
+        if span % 2:
+            raise ValueError(f"kernel {kernel} with dilation {dil} has no symmetric 'same' padding")
+        need.append(span // 2)
+    same = (need[0], need[1])
+    if padding == "same":
+        return same
+    if padding == "valid":
+        padding = 0
+    if isinstance(padding, str):
+        raise ValueError(f"unknown padding {padding!r}")
+    got = _pair_of(padding, "padding")
+    if got != same:
+        raise ValueError(f"padding {got} does not preserve the map size for kernel {kernel} (needs {same})")
+    return same
+
+
+def downsample(x: Tensor) -> Tensor:
+    """Halve a map's resolution: 2x2 average pool, stride 2, ``ceil_mode`` for odd sizes."""
+    return F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True, count_include_pad=False)
+
+
+def upsample(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Nearest upsampling to an exact ``size`` (for odd sizes this is x2 then crop)."""
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+def split_frequencies(x: Tensor, low: int) -> tuple[Tensor, Tensor]:
+    """Split a plain ``N x C x H x W`` tensor into a (high, low) pair.
+
+    The last ``low`` channels become the low-frequency branch at half resolution.
+
+    Example:
+        >>> h, l = split_frequencies(torch.randn(1, 8, 7, 7), 2)
+        >>> tuple(h.shape), tuple(l.shape)
+        ((1, 6, 7, 7), (1, 2, 4, 4))
+    """
+    if not 0 < low < x.shape[1]:
+        raise ValueError(f"cannot split {x.shape[1]} channels into {x.shape[1] - low} high + {low} low")
+    # Negative bounds keep shape arithmetic out of traced graphs.
+    return x[:, :-low], downsample(x[:, -low:])
+
+
+def merge_frequencies(high: Tensor, low: Tensor) -> Tensor:
+    """Merge a (high, low) pair back into one tensor in the original channel order."""
+    return torch.cat([high, upsample(low, high.shape[-2:])], dim=1)
+
+
+def _pair_of(value: int | tuple[int, ...], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+class OctaveConv2d(nn.Module):
+    """A 2-D octave convolution.
+
+    Four paths, each an ``nn.Conv2d`` built only when it has channels:
+    ``h2h`` (high to high), ``h2l`` (pool, then conv), ``l2h`` (conv, then nearest
+    upsample) and ``l2l``. A stride-2 octave conv pools its inputs first and
+    convolves at stride 1, as the paper does; ``l2h`` then needs no upsampling.
+    When neither side has low-frequency channels the module *is* the original conv
+    (same stride), so ``alpha_in = alpha_out = 0`` reproduces it bit for bit.
+
+    Input is a tensor when ``alpha_in`` yields no low channels, else a
+    ``(high, low)`` pair; output likewise for ``alpha_out``. The high output always
+    has exactly the shape the plain conv would give, for any input size.
+
+    Args:
+        in_channels: Channels of the whole input (high + low).
+        out_channels: Channels of the whole output.
+        kernel_size: As for ``nn.Conv2d``; the effective kernel must be odd.
+        alpha_in: Low-frequency share of the input, in ``[0, 1)``.
+        alpha_out: Low-frequency share of the output, in ``[0, 1)``.
+        stride: 1 or 2 (the same in both dimensions).
+        padding: 'same' geometry only (``dilation * (kernel - 1) / 2``), or ``'same'``.
+        dilation: As for ``nn.Conv2d``.
+        groups: As for ``nn.Conv2d``; grouped convs split at group boundaries.
+        bias: Whether each output branch gets a bias.
+        padding_mode: As for ``nn.Conv2d``.
+
+    Example:
+        >>> conv = OctaveConv2d(64, 128, 3, alpha_in=0.5, alpha_out=0.5, padding=1)
+        >>> h, l = conv((torch.randn(1, 32, 9, 9), torch.randn(1, 32, 5, 5)))
+        >>> tuple(h.shape), tuple(l.shape)
+        ((1, 64, 9, 9), (1, 64, 5, 5))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        *,
+        alpha_in: float = 0.5,
+        alpha_out: float = 0.5,
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair_of(kernel_size, "kernel_size")
+        self.dilation = _pair_of(dilation, "dilation")
+        self.stride = _pair_of(stride, "stride")
+        self.padding = check_geometry(self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.alpha_in = float(alpha_in)
+        self.alpha_out = float(alpha_out)
+
+        gin, gout = in_channels // groups, out_channels // groups
+        self.in_low = low_channels(in_channels, alpha_in, groups=groups)
+        self.out_low = low_channels(out_channels, alpha_out, groups=groups)
+        self.in_high = in_channels - self.in_low
+        self.out_high = out_channels - self.out_low
+        # With no low channels anywhere this is an ordinary conv: keep its stride so
+        # alpha 0 is exact (pool-then-conv would change what a trained conv computes).
+        self._plain = self.in_low == 0 and self.out_low == 0
+        self._strided = self.stride == (2, 2) and not self._plain
+        path_stride = self.stride if self._plain else (1, 1)
+
+        def conv(cin: int, cout: int, path_groups: int, path_bias: bool) -> nn.Conv2d | None:
+            if cin == 0 or cout == 0:
+                return None
+            return nn.Conv2d(
+                cin, cout, self.kernel_size, stride=path_stride, padding=self.padding,
+                dilation=self.dilation, groups=path_groups, bias=path_bias,
+                padding_mode=padding_mode, device=device, dtype=dtype,
+            )  # fmt: skip
+
+        # Slices (start, stop) of the source branch each path reads; None = all of it.
+        self._slices: dict[str, tuple[int, int] | None] = {}
+        if groups == 1:
+            # Every output channel sees every input channel: four summed paths. One
+            # bias per output branch, on the path that always exists for it.
+            self.h2h = conv(self.in_high, self.out_high, 1, bias)
+            self.h2l = conv(self.in_high, self.out_low, 1, bias and self.in_low == 0)
+            self.l2h = conv(self.in_low, self.out_high, 1, False)
+            self.l2l = conv(self.in_low, self.out_low, 1, bias)
+            self._combine = "sum"
+            self._slices = dict.fromkeys(("h2h", "h2l", "l2h", "l2l"))
+        else:
+            # Group j reads low input iff j >= groups - gl_in and writes low output iff
+            # j >= groups - gl_out, so each group belongs to exactly one path and the
+            # outputs of a branch are the concatenation of its paths in group order.
+            gl_in, gl_out = self.in_low // gin, self.out_low // gout
+            n_hh = groups - max(gl_in, gl_out)
+            n_hl = max(0, gl_out - gl_in)
+            n_lh = max(0, gl_in - gl_out)
+            n_ll = min(gl_in, gl_out)
+            self.h2h = conv(n_hh * gin, n_hh * gout, n_hh, bias)
+            self.h2l = conv(n_hl * gin, n_hl * gout, n_hl, bias)
+            self.l2h = conv(n_lh * gin, n_lh * gout, n_lh, bias)
+            self.l2l = conv(n_ll * gin, n_ll * gout, n_ll, bias)
+            self._combine = "cat"
+            self._slices = {
+                "h2h": (0, n_hh * gin),
+                "h2l": (n_hh * gin, self.in_high),
+                "l2h": (0, n_lh * gin),
+                "l2l": (n_lh * gin, self.in_low),
+            }
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, alpha_in: float, alpha_out: float) -> OctaveConv2d:
+        """Build an octave conv from a trained ``nn.Conv2d``, copying its weights by slicing.
+
+        ``h2h`` gets ``W[out_high, in_high]``, ``h2l`` gets ``W[out_low, in_high]``,
+        and so on, so the converted layer starts close to the original.
+
+        Example:
+            >>> plain = nn.Conv2d(32, 32, 3, padding=1)
+            >>> octave = OctaveConv2d.from_conv(plain, alpha_in=0.25, alpha_out=0.25)
+            >>> octave.in_low, octave.out_low
+            (8, 8)
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"expected nn.Conv2d, got {type(conv).__name__}")
+        octave = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size,
+            alpha_in=alpha_in, alpha_out=alpha_out, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+            padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+        )  # fmt: skip
+        octave.load_from_conv(conv)
+        return octave
+
+    @torch.no_grad()
+    def load_from_conv(self, conv: nn.Conv2d) -> None:
+        """Copy a plain conv's weights into the four paths (exact slices)."""
+        weight, bias = conv.weight, conv.bias
+        if tuple(weight.shape) != (self.out_channels, self.in_channels // self.groups, *self.kernel_size):
+            raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit {self}")
+        if self._combine == "sum":
+            oh, ih = self.out_high, self.in_high
+            blocks = {
+                "h2h": (slice(None, oh), slice(None, ih)),
+                "h2l": (slice(oh, None), slice(None, ih)),
+                "l2h": (slice(None, oh), slice(ih, None)),
+                "l2l": (slice(oh, None), slice(ih, None)),
+            }
+            for name, (rows, cols) in blocks.items():
+                path = getattr(self, name)
+                if path is None:
+                    continue
+                path.weight.copy_(weight[rows, cols])
+                if path.bias is not None and bias is not None:
+                    path.bias.copy_(bias[rows])
+            return
+        # Grouped: paths own whole groups, in order h2h, then h2l or l2h, then l2l.
+        gout = self.out_channels // self.groups
+        start = 0
+        order = ("h2h", "h2l", "l2h", "l2l")
+        for name in order:
+            path = getattr(self, name)
+            if path is None:
+                continue
+            stop = start + path.groups * gout
+            path.weight.copy_(weight[start:stop])
+            if path.bias is not None and bias is not None:
+                path.bias.copy_(bias[start:stop])
+            start = stop
+
+    # ------------------------------------------------------------------- forward
+    def _unpack(self, x: OctaveInput) -> tuple[Tensor, Tensor | None]:
+        if self.in_low == 0:
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{self._name()} has no low-frequency input and expects a tensor, got a pair")
+            high, low = x, None
+        else:
+            if isinstance(x, Tensor) or len(x) != 2:
+                raise TypeError(
+                    f"{self._name()} expects a (high, low) pair with {self.in_high} + {self.in_low} channels; "
+                    "split a tensor with octswap.octave.split_frequencies first"
+                )
+            high, low = x
+            if low.shape[1] != self.in_low or low.shape[-2:] != _half(high.shape[-2:]):
+                raise ValueError(
+                    f"{self._name()}: low branch {tuple(low.shape)} does not match high branch "
+                    f"{tuple(high.shape)} (expected {self.in_low} channels at half resolution, rounded up)"
+                )
+        if high.shape[1] != self.in_high:
+            raise ValueError(f"{self._name()}: high branch has {high.shape[1]} channels, expected {self.in_high}")
+        return high, low
+
+    def forward(self, x: OctaveInput) -> OctaveInput:
+        x_h, x_l = self._unpack(x)
+        if self._strided:
+            # Pool first, then convolve at stride 1 (paper, Sec. 3.3): the high input
+            # drops to the output resolution and the low input to half of it.
+            x_h = downsample(x_h)
+        y_h = self.h2h(self._take(x_h, "h2h"))
+        high_parts, low_parts = [y_h], []
+        if self.h2l is not None:
+            low_parts.append(self.h2l(downsample(self._take(x_h, "h2l"))))
+        if self.l2h is not None:
+            assert x_l is not None  # l2h exists only with low input
+            y = self.l2h(self._take(x_l, "l2h"))
+            # A strided conv's low input already sits at the new high resolution.
+            high_parts.append(y if self._strided else upsample(y, y_h.shape[-2:]))
+        if self.l2l is not None:
+            assert x_l is not None
+            low_in = self._take(x_l, "l2l")
+            low_parts.append(self.l2l(downsample(low_in) if self._strided else low_in))
+        high = self._join(high_parts)
+        if self.out_low == 0:
+            return high
+        return high, self._join(low_parts)
+
+    def _take(self, x: Tensor, path: str) -> Tensor:
+        bounds = self._slices[path]
+        if bounds is None or (bounds[0] == 0 and bounds[1] == x.shape[1]):
+            return x
+        return x[:, bounds[0] : bounds[1]]
+
+    def _join(self, parts: list[Tensor]) -> Tensor:
+        if len(parts) == 1:
+            return parts[0]
+        if self._combine == "sum":
+            return parts[0] + parts[1]
+        return torch.cat(parts, dim=1)
+
+    def _name(self) -> str:
+        return f"OctaveConv2d({self.in_channels}, {self.out_channels}, alpha_in={self.alpha_in}, alpha_out={self.alpha_out})"
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels} ({self.in_high}h+{self.in_low}l) -> {self.out_channels} "
+            f"({self.out_high}h+{self.out_low}l), kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"alpha_in={self.alpha_in}, alpha_out={self.alpha_out}"
+        )
+
+
+def _half(size: torch.Size | tuple[int, ...]) -> torch.Size:
+    """The low-branch size of a high-branch map (ceil-mode pooling)."""
+    return torch.Size(((size[0] + 1) // 2, (size[1] + 1) // 2))
+
+
+class OctaveBatchNorm2d(nn.Module):
+    """Per-branch BatchNorm for a (high, low) pair, sliced from a trained ``BatchNorm2d``.
+
+    Example:
+        >>> bn = OctaveBatchNorm2d.from_bn(nn.BatchNorm2d(64).eval(), low=16)
+        >>> h, l = bn((torch.randn(1, 48, 8, 8), torch.randn(1, 16, 4, 4)))
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        low: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= low < num_features:
+            raise ValueError(f"low={low} must be in [0, {num_features})")
+        kwargs = dict(eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
+                      device=device, dtype=dtype)  # fmt: skip
+        self.num_features = num_features
+        self.low = low
+        self.bn_h = nn.BatchNorm2d(num_features - low, **kwargs)
+        self.bn_l = nn.BatchNorm2d(low, **kwargs) if low else None
+
+    @classmethod
+    def from_bn(cls, bn: nn.BatchNorm2d, *, low: int) -> OctaveBatchNorm2d:
+        """Split ``bn`` into a high part (first channels) and a low part (last ``low`` channels)."""
+        ref = bn.weight if bn.weight is not None else bn.running_mean
+        octave = cls(
+            bn.num_features, low=low, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+            track_running_stats=bn.track_running_stats,
+            device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
+        )  # fmt: skip
+        high = bn.num_features - low
+        with torch.no_grad():
+            for part, rows in ((octave.bn_h, slice(None, high)), (octave.bn_l, slice(high, None))):
+                if part is None:
+                    continue
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    src, dst = getattr(bn, name), getattr(part, name)
+                    if src is not None and dst is not None:
+                        dst.copy_(src[rows])
+                if bn.num_batches_tracked is not None and part.num_batches_tracked is not None:
+                    part.num_batches_tracked.copy_(bn.num_batches_tracked)
+        octave.train(bn.training)
+        return octave
+
+    def forward(self, x: OctaveInput) -> OctaveInput:
+        if self.bn_l is None:
+            if not isinstance(x, Tensor):
+                raise TypeError("OctaveBatchNorm2d with low=0 expects a tensor")
+            return self.bn_h(x)
+        if isinstance(x, Tensor):
+            raise TypeError(f"OctaveBatchNorm2d(low={self.low}) expects a (high, low) pair")
+        return self.bn_h(x[0]), self.bn_l(x[1])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features} ({self.num_features - self.low}h+{self.low}l)"
+
+
+class OctaveConvBlock(nn.Module):
+    """A self-contained octave replacement for one conv: tensor in, tensor out.
+
+    Splits its input (when ``alpha_in`` gives low channels), applies an
+    :class:`OctaveConv2d` and merges the pair back in the original channel order
+    (when ``alpha_out`` does), so it drops into any model where the conv was.
+    This is octswap's layer-wise conversion unit.
+
+    Example:
+        >>> block = OctaveConvBlock.from_conv(nn.Conv2d(32, 64, 3, padding=1), alpha_in=0.5, alpha_out=0.5)
+        >>> tuple(block(torch.randn(2, 32, 15, 15)).shape)
+        (2, 64, 15, 15)
+    """
+
+    def __init__(self, conv: OctaveConv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, alpha_in: float, alpha_out: float) -> OctaveConvBlock:
+        """Replace ``conv`` by split -> octave conv -> merge, with its weights."""
+        return cls(OctaveConv2d.from_conv(conv, alpha_in=alpha_in, alpha_out=alpha_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(split_frequencies(x, self.conv.in_low) if self.conv.in_low else x)
+        return merge_frequencies(*y) if self.conv.out_low else y

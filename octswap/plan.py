@@ -1,0 +1,305 @@
+"""Discovery and planning: find every conv with its shapes, decide what to convert.
+
+A shape probe runs the model once at the requested input size with forward hooks
+on every ``nn.Conv2d``; each conv becomes a :class:`ConvSite`. The policy then
+turns each site into a :class:`LayerDecision` (octave with ``alpha_in`` /
+``alpha_out``, or kept, always with a reason). The :class:`Plan` holds all of
+them, serialises to plain data for checkpoints, and is what the rewriters apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from octswap.errors import InputError, PolicyError
+from octswap.octave import check_geometry, low_channels
+from octswap.policy import Policy
+
+__all__ = ["ConvSite", "LayerDecision", "Plan", "make_plan", "probe", "output_signature"]
+
+logger = logging.getLogger(__name__)
+
+Action = Literal["octave", "keep"]
+
+
+@dataclass(frozen=True)
+class ConvSite:
+    """One ``nn.Conv2d`` of a model, as seen by the shape probe."""
+
+    name: str
+    module_type: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
+    padding_mode: str
+    input_size: tuple[int, int] | None = None
+    output_size: tuple[int, int] | None = None
+    calls: int = 0
+    is_stem: bool = False
+
+    @property
+    def kind(self) -> str:
+        """``depthwise``, ``grouped``, ``pointwise`` (1x1, dense) or ``regular``."""
+        if self.groups > 1:
+            return "depthwise" if self.groups == self.in_channels else "grouped"
+        return "pointwise" if self.kernel_size == (1, 1) else "regular"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConvSite:
+        values = dict(data)
+        for key in ("kernel_size", "stride", "dilation", "input_size", "output_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        if isinstance(values.get("padding"), list):
+            values["padding"] = tuple(values["padding"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """What happens to one conv, and why."""
+
+    name: str
+    action: Action
+    alpha_in: float
+    alpha_out: float
+    in_low: int
+    out_low: int
+    reason: str
+    site: ConvSite
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "site"}
+        data["site"] = self.site.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerDecision:
+        values = dict(data)
+        values["site"] = ConvSite.from_dict(values["site"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved decisions for every conv of a model, in execution order.
+
+    Example:
+        >>> plan = make_plan(torchvision.models.resnet18(), Policy(alpha=0.25))  # doctest: +SKIP
+        >>> [d.name for d in plan.octave_layers][:2]                            # doctest: +SKIP
+        ['layer1.0.conv1', 'layer1.0.conv2']
+    """
+
+    mode: str
+    input_shape: tuple[int, int, int]
+    policy: Policy
+    layers: tuple[LayerDecision, ...]
+    warnings: tuple[str, ...] = field(default=())
+    #: Output shapes of the original model at ``input_shape`` (see :func:`output_signature`).
+    output: Any = None
+
+    @property
+    def octave_layers(self) -> tuple[LayerDecision, ...]:
+        return tuple(d for d in self.layers if d.action == "octave")
+
+    @property
+    def kept_layers(self) -> tuple[LayerDecision, ...]:
+        return tuple(d for d in self.layers if d.action == "keep")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "input_shape": list(self.input_shape),
+            "policy": self.policy.to_dict(),
+            "layers": [d.to_dict() for d in self.layers],
+            "warnings": list(self.warnings),
+            "output": self.output,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(
+            mode=data["mode"],
+            input_shape=tuple(data["input_shape"]),  # type: ignore[arg-type]
+            policy=Policy.from_dict(data["policy"]),
+            layers=tuple(LayerDecision.from_dict(d) for d in data["layers"]),
+            warnings=tuple(data.get("warnings", ())),
+            output=data.get("output"),
+        )
+
+
+# --------------------------------------------------------------------- probe
+def output_signature(value: Any) -> Any:
+    """Shapes of a model output, nested like the output (tensors, tuples, dicts)."""
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, Mapping):
+        return {k: output_signature(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [output_signature(v) for v in value]
+    return type(value).__name__
+
+
+def example_input(input_shape: tuple[int, int, int], *, batch: int = 1) -> torch.Tensor:
+    """The deterministic random input used for probing, verifying and counting."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *input_shape, generator=gen)
+
+
+def _site(name: str, conv: nn.Conv2d) -> ConvSite:
+    padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    return ConvSite(
+        name=name, module_type=f"{type(conv).__module__}.{type(conv).__qualname__}",
+        in_channels=conv.in_channels, out_channels=conv.out_channels,
+        kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), padding=padding,  # type: ignore[arg-type]
+        dilation=tuple(conv.dilation), groups=conv.groups, bias=conv.bias is not None,  # type: ignore[arg-type]
+        padding_mode=conv.padding_mode,
+    )  # fmt: skip
+
+
+def probe(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[ConvSite], Any]:
+    """Run the model once in eval mode and record every ``nn.Conv2d`` with its map sizes.
+
+    Returns:
+        The sites in module order, and the output signature of the model.
+
+    Raises:
+        InputError: the model does not run at this input shape.
+    """
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    seen: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            entry = seen.setdefault(name, {"calls": 0})
+            entry["calls"] += 1
+            if entry["calls"] == 1:
+                order.append(name)
+                entry["input_size"] = tuple(inputs[0].shape[-2:])
+                entry["output_size"] = tuple(output.shape[-2:])
+
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in convs]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(example_input(input_shape))
+    except Exception as err:  # noqa: BLE001 - any failure of user code means "does not run here"
+        shape = "x".join(map(str, (1, *input_shape)))
+        raise InputError(f"the model does not run on an input of shape {shape}: {type(err).__name__}: {err}") from err
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    sites = []
+    for name, conv in convs:
+        site = _site(name, conv)
+        info = seen.get(name)
+        if info is not None:
+            is_stem = bool(order) and order[0] == name and conv.in_channels == input_shape[0]
+            site = ConvSite(**{**asdict(site), **info, "is_stem": is_stem})
+        sites.append(site)
+    return sites, output_signature(output)
+
+
+# ------------------------------------------------------------------ decisions
+def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
+    def keep(reason: str, a_in: float = 0.0, a_out: float = 0.0) -> LayerDecision:
+        return LayerDecision(site.name, "keep", a_in, a_out, 0, 0, reason, site)
+
+    if site.module_type != "torch.nn.modules.conv.Conv2d":
+        return keep(f"custom Conv2d subclass {site.module_type} (its forward would be lost)")
+    if site.calls == 0:
+        return keep("not run by the probe (unused in eval mode)")
+    res = policy.resolve(site)
+    if res.skip:
+        return keep(f"policy: skip ({res.source})")
+    if res.alpha_in == 0 and res.alpha_out == 0:
+        return keep(f"alpha 0 ({res.source})")
+    try:
+        check_geometry(site.kernel_size, stride=site.stride, padding=site.padding, dilation=site.dilation)
+    except ValueError as err:
+        return keep(str(err), res.alpha_in, res.alpha_out)
+    if not res.force:
+        fewest = min(site.in_channels, site.out_channels)
+        if fewest < policy.min_channels:
+            what = f"stem: {site.in_channels} input channels" if site.is_stem else f"{fewest} channels"
+            return keep(f"{what} < min_channels {policy.min_channels}", res.alpha_in, res.alpha_out)
+        assert site.output_size is not None  # set for every conv the probe ran
+        if min(site.output_size) < policy.min_feature_size:
+            size = "x".join(map(str, site.output_size))
+            return keep(f"feature map {size} < min_feature_size {policy.min_feature_size}", res.alpha_in, res.alpha_out)
+    in_low = low_channels(site.in_channels, res.alpha_in, groups=site.groups)
+    out_low = low_channels(site.out_channels, res.alpha_out, groups=site.groups)
+    if in_low == 0 and out_low == 0:
+        groups = f" in groups of {site.in_channels // site.groups}" if site.groups > 1 else ""
+        return keep(
+            f"alpha {res.alpha_in}/{res.alpha_out} gives no low-frequency channels for "
+            f"{site.in_channels}->{site.out_channels}{groups}",
+            res.alpha_in, res.alpha_out,
+        )  # fmt: skip
+    return LayerDecision(site.name, "octave", res.alpha_in, res.alpha_out, in_low, out_low, res.source, site)
+
+
+def make_plan(
+    model: nn.Module,
+    policy: Policy | None = None,
+    *,
+    input_shape: tuple[int, int, int] = (3, 224, 224),
+    mode: str = "layer",
+    strict: bool = False,
+) -> Plan:
+    """Probe ``model`` and decide, conv by conv, what the policy converts.
+
+    Args:
+        model: Any module containing ``nn.Conv2d`` layers; not modified.
+        policy: Defaults to ``Policy()`` (alpha 0.25 with the automatic guards).
+        input_shape: ``(C, H, W)`` of one input sample for the shape probe.
+        mode: The rewrite mode the plan is for (``"layer"``).
+        strict: Make a rule that matches no conv an error instead of a warning.
+
+    Example:
+        >>> plan = make_plan(torchvision.models.resnet18(), Policy(alpha=0.5))  # doctest: +SKIP
+        >>> plan.layers[0].reason                                                # doctest: +SKIP
+        'stem: 3 input channels < min_channels 16'
+
+    Raises:
+        InputError: the model does not run at ``input_shape``.
+        PolicyError: with ``strict``, a rule matches no conv.
+    """
+    policy = policy if policy is not None else Policy()
+    sites, output = probe(model, input_shape)
+    layers = tuple(_decide(site, policy) for site in sites)
+    warnings = []
+    for index, rule in enumerate(policy.rules):
+        if not any(rule.selects(site) for site in sites):
+            message = f"policy rules[{index}] ({rule.selector}) matches no conv in this model"
+            if strict:
+                raise PolicyError(message)
+            logger.warning(message)
+            warnings.append(message)
+    if not sites:
+        warnings.append("the model has no nn.Conv2d layers")
+    return Plan(mode=mode, input_shape=input_shape, policy=policy, layers=layers, warnings=tuple(warnings), output=output)

@@ -1,0 +1,46 @@
+"""Layer-wise conversion: each selected conv becomes a self-contained octave block.
+
+Every block takes and returns a plain tensor (split -> OctaveConv2d -> merge), so
+the model keeps working whatever surrounds the conv. Cheaper convs, but the
+split and merge around each one cost time: the graph mode keeps pairs flowing.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from octswap.errors import ConversionError
+from octswap.octave import OctaveConvBlock
+from octswap.plan import Plan
+from octswap.rewrite import register_rewriter
+
+__all__ = ["convert_layers", "replace_module"]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Swap the submodule at dotted ``name`` for ``new``; return the old one."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+@register_rewriter("layer")
+def convert_layers(model: nn.Module, plan: Plan) -> nn.Module:
+    """Replace every conv the plan converts by an :class:`OctaveConvBlock`, weights sliced in."""
+    for decision in plan.octave_layers:
+        try:
+            conv = model.get_submodule(decision.name)
+        except AttributeError:
+            raise ConversionError(f"plan names {decision.name!r}, which this model does not have") from None
+        if type(conv) is not nn.Conv2d:
+            raise ConversionError(f"{decision.name} is a {type(conv).__name__}, the plan expects nn.Conv2d")
+        block = OctaveConvBlock.from_conv(conv, alpha_in=decision.alpha_in, alpha_out=decision.alpha_out)
+        if (block.conv.in_low, block.conv.out_low) != (decision.in_low, decision.out_low):
+            raise ConversionError(
+                f"{decision.name}: plan expects {decision.in_low}/{decision.out_low} low channels, "
+                f"the module would get {block.conv.in_low}/{block.conv.out_low}"
+            )
+        replace_module(model, decision.name, block)
+    return model
