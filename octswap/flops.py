@@ -137,8 +137,11 @@ def _quiet() -> Iterator[None]:
         jit_logger.setLevel(level)
 
 
-def count_cost(model: nn.Module, inputs: torch.Tensor) -> Cost:
+def count_cost(model: nn.Module, inputs: torch.Tensor | tuple[Any, ...]) -> Cost:
     """Count FLOPs (per module and per operator) and parameters of ``model`` on ``inputs``.
+
+    ``inputs`` is one tensor, or a tuple of positional arguments (so a (high, low)
+    pair for an octave module is passed as ``((high, low),)``).
 
     The model is traced in eval mode without gradients and restored afterwards.
 

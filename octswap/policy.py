@@ -235,7 +235,7 @@ class Rule:
         parts = []
         for key in ("name", "pattern", "regex"):
             if getattr(self, key) is not None:
-                parts.append(f"{key} {getattr(self, key)!r}")
+                parts.append(f"{key} '{getattr(self, key)}'")
         if self.where is not None:
             parts.append("where " + ", ".join(f"{k}={v}" for k, v in self.where.to_dict().items()))
         return " ".join(parts)

@@ -197,7 +197,7 @@ def make_report(
     stages = tuple(row(name, "stage") for name in _stage_names(original, before))
     total = Row("total", "total", before.flops, after.flops, before.params, after.params)
     core = Row("conv+linear", "core", before.core_flops, after.core_flops, before.params, after.params,
-               "what torchvision publishes as GFLOPS")  # fmt: skip
+               "as torchvision's published GFLOPS")  # fmt: skip
     uncounted = dict(before.uncounted)
     for op, n in after.uncounted.items():
         uncounted[op] = max(n, uncounted.get(op, 0))

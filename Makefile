@@ -1,0 +1,35 @@
+# octswap: `make run` converts resnet50 on random weights; `make test` runs the tests.
+# Both build (or refresh) the virtual environment in .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= out
+
+.PHONY: run test test-slow bench venv clean
+
+venv: $(STAMP)
+
+# Re-install when the project's dependencies change. pip takes torch/torchvision from
+# this machine's local wheel store where one is configured (no pinning newer than it has).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/octswap convert resnet50 --alpha 0.25 --no-layers --output $(OUT)/resnet50-oct0.25.pt --force
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_convert.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis

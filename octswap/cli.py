@@ -1,0 +1,362 @@
+"""The ``octswap`` command: parse, call the library, format, map errors to exit codes.
+
+Results go to stdout, diagnostics to stderr. Exit codes: 0 success, 1 a failed
+conversion or report, 2 bad usage or input. Known errors print one line; add
+``--debug`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from octswap import __version__
+from octswap.errors import InputError, OctswapError
+from octswap.plan import Plan
+from octswap.report import Report, human, percent
+
+app = typer.Typer(
+    name="octswap",
+    help="Convert the Conv2d layers of a CNN into Octave Convolutions and report what it saves.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    # Plain click-style usage errors: a few lines ending in one "Error: ..." line, no boxes.
+    rich_markup_mode=None,
+)
+# Piped output (CI logs, files) gets room for the report's columns instead of 80.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+logger = logging.getLogger("octswap")
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    csv = "csv"
+
+
+# ------------------------------------------------------------------ options
+AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", help="Global low-frequency ratio in [0, 1); overrides the policy's.")]
+PolicyOpt = Annotated[Optional[Path], typer.Option("--policy", "-p", help="YAML policy file (see configs/).")]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="State-dict file, or a torchvision weights name already in the local cache.")]
+InputSizeOpt = Annotated[str, typer.Option("--input-size", "-s", help="Probe input: N, HxW or CxHxW.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+ModelArgOpt = Annotated[Optional[list[str]], typer.Option("--model-arg", "-m", help="Builder argument KEY=VALUE (repeatable), e.g. num_classes=10.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="A policy rule that matches no conv is an error.")]
+LayersOpt = Annotated[bool, typer.Option("--layers/--no-layers", help="Include one row per conv.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"octswap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    debug: DebugOpt = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output on stderr.")] = 0,
+) -> None:
+    """Convert CNNs to Octave Convolutions."""
+    _state["debug"] = debug
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("octswap: %(levelname)s: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+@contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """Map known failures to one stderr line and an exit code."""
+    debug = debug or _state["debug"]
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except OctswapError as error:
+        if debug:
+            raise
+        err.print(f"octswap: error: {error}", markup=False, highlight=False)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("octswap: interrupted; nothing was written", highlight=False)
+        raise typer.Exit(130) from None
+    except (RuntimeError, ValueError, TypeError, AttributeError, NotImplementedError, MemoryError) as error:
+        # A failure inside torch or a user's model during conversion: exit 1, one line.
+        if debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        err.print(f"octswap: error: conversion failed: {type(error).__name__}: {message} (--debug for details)",
+                  markup=False, highlight=False)  # fmt: skip
+        raise typer.Exit(1) from None
+
+
+# ------------------------------------------------------------------ parsing
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    """``224`` -> (3, 224, 224); ``224x192`` -> (3, 224, 192); ``1x28x28`` -> (1, 28, 28)."""
+    parts = re.split(r"[x,]", text.strip().lower())
+    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
+        raise InputError(f"--input-size: expected N, HxW or CxHxW with positive numbers, got {text!r}")
+    dims = [int(p) for p in parts]
+    if len(dims) == 1:
+        return (3, dims[0], dims[0])
+    if len(dims) == 2:
+        return (3, dims[0], dims[1])
+    return (dims[0], dims[1], dims[2])
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--model-arg: expected KEY=VALUE, got {item!r}")
+        kwargs[key] = yaml.safe_load(value) if value else None
+    return kwargs
+
+
+def _policy(path: Path | None, alpha: float | None) -> Any:
+    from octswap.policy import Policy, load_policy
+
+    policy = load_policy(path) if path is not None else Policy()
+    return policy.with_alpha(alpha) if alpha is not None else policy
+
+
+def _default_output(model: str, alpha: float) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", model.rpartition(":")[2] or model).removesuffix(".py")
+    return Path(f"{stem}-oct{alpha:g}.pt")
+
+
+# ---------------------------------------------------------------- rendering
+def _report_table(report: Report, *, layers: bool) -> Table:
+    table = Table(title=f"octswap report: {report.model}", caption=report.convention, title_justify="left")
+    for column in ("kind", "name"):
+        table.add_column(column)
+    for column in ("FLOPs before", "FLOPs after", "change", "params before", "params after"):
+        table.add_column(column, justify="right")
+    table.add_column("note")
+    for row in report.rows(layers=layers):
+        style = "bold" if row.kind in ("total", "core") else None
+        table.add_row(
+            row.kind, row.name, human(row.flops_before), human(row.flops_after), percent(row.flops_change),
+            human(row.params_before), human(row.params_after), row.note, style=style,
+        )  # fmt: skip
+    return table
+
+
+def _print_report(report: Report, fmt: OutputFormat, *, layers: bool, extra: dict[str, Any] | None = None) -> None:
+    if fmt is OutputFormat.json:
+        out.print_json(json.dumps({**report.to_dict(), **(extra or {})}))
+    elif fmt is OutputFormat.markdown:
+        out.print(report.to_markdown(layers=layers), markup=False, highlight=False, end="")
+    elif fmt is OutputFormat.csv:
+        out.print(report.to_csv(layers=layers), markup=False, highlight=False, end="")
+    else:
+        out.print(_report_table(report, layers=layers))
+        if report.uncounted:
+            err.print("uncounted ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.uncounted.items())),
+                      highlight=False)  # fmt: skip
+
+
+def _plan_rows(plan: Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": d.name, "action": d.action, "alpha_in": d.alpha_in, "alpha_out": d.alpha_out,
+            "in_channels": d.site.in_channels, "out_channels": d.site.out_channels,
+            "in_low": d.in_low, "out_low": d.out_low, "kind": d.site.kind,
+            "kernel": "x".join(map(str, d.site.kernel_size)), "stride": d.site.stride[0],
+            "output_size": "x".join(map(str, d.site.output_size)) if d.site.output_size else "",
+            "reason": d.reason,
+        }  # fmt: skip
+        for d in plan.layers
+    ]
+
+
+def _print_plan(plan: Plan, fmt: OutputFormat, model: str) -> None:
+    rows = _plan_rows(plan)
+    if fmt is OutputFormat.json:
+        out.print_json(json.dumps({"model": model, **plan.to_dict()}))
+        return
+    columns = ["name", "action", "kind", "kernel", "stride", "in_channels", "out_channels", "output_size",
+               "alpha_in", "alpha_out", "in_low", "out_low", "reason"]  # fmt: skip
+    if fmt is OutputFormat.csv:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        out.print(buffer.getvalue(), markup=False, highlight=False, end="")
+        return
+    if fmt is OutputFormat.markdown:
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
+        out.print("\n".join(lines), markup=False, highlight=False)
+        return
+    table = Table(title=f"octswap plan: {model} ({len(plan.octave_layers)} of {len(plan.layers)} convs converted)",
+                  title_justify="left")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("name", "action", "kind", "reason") else "left")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in columns), style=None if r["action"] == "octave" else "dim")
+    out.print(table)
+
+
+# ----------------------------------------------------------------- commands
+@app.command()
+def convert(
+    model: Annotated[str, typer.Argument(help="torchvision name (resnet50) or package.module:factory.")],
+    alpha: AlphaOpt = None,
+    policy: PolicyOpt = None,
+    weights: WeightsOpt = None,
+    input_size: InputSizeOpt = "224",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Checkpoint path [default: <model>-oct<alpha>.pt].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    fmt: FormatOpt = OutputFormat.table,
+    model_arg: ModelArgOpt = None,
+    strict: StrictOpt = False,
+    layers: LayersOpt = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert MODEL, print the cost report, write a checkpoint."""
+    import octswap
+
+    with _errors(debug):
+        shape = parse_input_size(input_size)
+        kwargs = parse_model_args(model_arg)
+        pol = _policy(policy, alpha)
+        target = output if output is not None else _default_output(model, pol.alpha)
+        if target.exists() and not force:  # fail before the work, not after
+            raise octswap.OutputExistsError(f"{target} exists; pass --force to overwrite it")
+        original, source = octswap.load_model(model, weights=weights, kwargs=kwargs)
+        converted, plan = octswap.convert(original, pol, input_shape=shape, strict=strict)
+        report = octswap.report(original, converted, plan, model_name=model)
+        path = octswap.save(target, converted, plan, source=source, report=report.summary(), force=force)
+        _print_report(report, fmt, layers=layers, extra={"checkpoint": str(path)})
+        size = path.stat().st_size / 2**20
+        err.print(f"wrote {path} ({size:.1f} MiB): {report.converted} convs converted, FLOPs "
+                  f"{percent(report.total.flops_change)}, params {percent(report.total.params_change)}",
+                  highlight=False, markup=False)  # fmt: skip
+
+
+@app.command()
+def report(
+    target: Annotated[str, typer.Argument(help="A model name / import path, or a checkpoint file.")],
+    alpha: AlphaOpt = None,
+    policy: PolicyOpt = None,
+    weights: WeightsOpt = None,
+    input_size: InputSizeOpt = "224",
+    fmt: FormatOpt = OutputFormat.table,
+    model_arg: ModelArgOpt = None,
+    strict: StrictOpt = False,
+    layers: LayersOpt = True,
+    allow_import: Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare FLOPs and parameters of a model before and after conversion (nothing is saved)."""
+    import octswap
+
+    with _errors(debug):
+        if Path(target).is_file():
+            if alpha is not None or policy is not None or weights is not None or model_arg:
+                raise InputError("--alpha/--policy/--weights/--model-arg apply to a model, not to a checkpoint")
+            ckpt = octswap.read_checkpoint(target)
+            converted = octswap.load(target, allow_import=allow_import)
+            original = ckpt.build_original()
+            rep = octswap.report(original, converted, ckpt.plan, model_name=f"{ckpt.source.name} ({target})")
+        else:
+            shape = parse_input_size(input_size)
+            original, _ = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
+            converted, plan = octswap.convert(original, _policy(policy, alpha), input_shape=shape, strict=strict)
+            rep = octswap.report(original, converted, plan, model_name=target)
+        _print_report(rep, fmt, layers=layers)
+
+
+@app.command()
+def plan(
+    model: Annotated[str, typer.Argument(help="torchvision name (resnet50) or package.module:factory.")],
+    alpha: AlphaOpt = None,
+    policy: PolicyOpt = None,
+    input_size: InputSizeOpt = "224",
+    fmt: FormatOpt = OutputFormat.table,
+    model_arg: ModelArgOpt = None,
+    strict: StrictOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Dry run: show what would be converted, and why each conv is kept or converted."""
+    import octswap
+
+    with _errors(debug):
+        shape = parse_input_size(input_size)
+        original, _ = octswap.load_model(model, kwargs=parse_model_args(model_arg))
+        the_plan = octswap.make_plan(original, _policy(policy, alpha), input_shape=shape, strict=strict)
+        _print_plan(the_plan, fmt, model)
+
+
+_TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "video",
+          "optical_flow": "optical flow", "quantization": "quantized"}  # fmt: skip
+
+
+@app.command()
+def models(
+    pattern: Annotated[Optional[str], typer.Argument(help="Glob filter, e.g. 'resnet*'.")] = None,
+    fmt: FormatOpt = OutputFormat.table,
+    debug: DebugOpt = False,
+) -> None:
+    """List the torchvision models octswap can load by name."""
+    import fnmatch
+
+    from torchvision.models import get_model_builder
+
+    from octswap.models import convertible_models
+
+    with _errors(debug):
+        rows = []
+        for name in convertible_models():
+            if pattern and not fnmatch.fnmatch(name, pattern):
+                continue
+            module = get_model_builder(name).__module__
+            task = next((label for key, label in _TASKS.items() if f".{key}" in module), "classification")
+            rows.append({"name": name, "task": task})
+        if fmt is OutputFormat.json:
+            out.print_json(json.dumps(rows))
+        elif fmt is OutputFormat.csv:
+            out.print("name,task\n" + "".join(f"{r['name']},{r['task']}\n" for r in rows), end="", markup=False)
+        elif fmt is OutputFormat.markdown:
+            out.print("| name | task |\n|---|---|\n" + "".join(f"| {r['name']} | {r['task']} |\n" for r in rows),
+                      end="", markup=False)  # fmt: skip
+        else:
+            table = Table("name", "task", title=f"{len(rows)} models", title_justify="left")
+            for r in rows:
+                table.add_row(r["name"], r["task"])
+            out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

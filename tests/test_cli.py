@@ -1,0 +1,190 @@
+"""The command line: exit codes, one-line errors on stderr, JSON on stdout, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import octswap
+from octswap.cli import app
+from tests.nets import TinyResNet
+
+TINY = "tests.nets:tiny_resnet"
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(runner, *args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_version(runner):
+    result = run(runner, "--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"octswap {octswap.__version__}"
+
+
+def test_convert_writes_checkpoint_and_json_report(runner, workdir):
+    result = run(runner, "convert", TINY, "--alpha", "0.5", "--input-size", "16", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    summary = data["summary"]
+    assert summary["convs_converted"] == 6 and summary["convs_kept"] == 1
+    assert summary["flops_after"] < summary["flops_before"]
+    assert summary["params_after"] == summary["params_before"]
+    assert data["checkpoint"] == "tiny_resnet-oct0.5.pt"
+    assert files(workdir) == ["tiny_resnet-oct0.5.pt"]
+    assert "wrote tiny_resnet-oct0.5.pt" in result.stderr
+    model = octswap.load(workdir / "tiny_resnet-oct0.5.pt", allow_import=True)
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_convert_resnet18_default_output_and_table(runner, workdir):
+    result = run(runner, "convert", "resnet18", "--alpha", "0.25", "--no-layers")
+    assert result.exit_code == 0, result.output
+    assert "octswap report: resnet18" in result.stdout and "conv+linear" in result.stdout
+    assert files(workdir) == ["resnet18-oct0.25.pt"]
+    ckpt = octswap.read_checkpoint(workdir / "resnet18-oct0.25.pt")
+    assert ckpt.source.name == "resnet18" and ckpt.plan.policy.alpha == 0.25
+    assert ckpt.report["flops_after"] < ckpt.report["flops_before"]
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "csv"])
+def test_report_formats(runner, fmt):
+    result = run(runner, "report", TINY, "--input-size", "16", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    if fmt == "csv":
+        header, *rows = result.stdout.strip().splitlines()
+        assert header.startswith("kind,name,flops_before,flops_after")
+        assert rows[-1].startswith("total,total,")
+    else:
+        assert result.stdout.startswith("## octswap report:")
+        assert "| total | total |" in result.stdout
+
+
+def test_report_of_a_checkpoint(runner, workdir):
+    assert run(runner, "convert", TINY, "-s", "16", "-a", "0.5", "-o", "m.pt").exit_code == 0
+    result = run(runner, "report", "m.pt", "--allow-import", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["convs_converted"] == 6 and summary["flops_after"] < summary["flops_before"]
+    refused = run(runner, "report", "m.pt")
+    assert refused.exit_code == 2 and "--allow-import" in refused.stderr
+
+
+def test_plan_json(runner):
+    result = run(runner, "plan", TINY, "-s", "16", "-a", "0.5", "-f", "json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["model"] == TINY
+    actions = {layer["name"]: layer["action"] for layer in plan["layers"]}
+    assert actions["stem"] == "keep" and actions["layer1.conv1"] == "octave"
+
+
+def test_models_lists_torchvision(runner):
+    result = run(runner, "models", "resnet*", "--format", "json")
+    names = {row["name"]: row["task"] for row in json.loads(result.stdout)}
+    assert names["resnet50"] == "classification" and "vgg16" not in names
+    assert json.loads(run(runner, "models", "fcn_*", "-f", "json").stdout)[0]["task"] == "segmentation"
+
+
+# --------------------------------------------------------------- bad input
+def _policy(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["convert", "resnet5"], 2, "unknown model 'resnet5' (did you mean resnet50"),
+        (["convert", TINY, "--alpha", "1.5"], 2, "alpha must be in [0, 1), got 1.5"),
+        (["convert", TINY, "--alpha", "lots"], 2, "Invalid value for '--alpha'"),
+        (["convert", TINY, "--policy", "missing.yaml"], 2, "policy file not found: missing.yaml"),
+        (["convert", TINY, "-s", "16", "--policy", "{bad_policy}"], 2, "unknown key 'alpah' (did you mean 'alpha'?)"),
+        (["convert", TINY, "--weights", "missing.pt"], 2, "weights file not found: missing.pt"),
+        (["convert", TINY, "--weights", "{wrong_weights}"], 2, "missing: stem.bias"),
+        (["convert", "resnet18", "--weights", "IMAGENET1K_V1"], 2, "not in the local cache"),
+        (["convert", TINY, "--input-size", "big"], 2, "--input-size: expected N, HxW or CxHxW"),
+        (["convert", TINY, "--input-size", "1x16x16"], 2, "does not run on an input of shape 1x1x16x16"),
+        (["convert", TINY, "--model-arg", "oops"], 2, "--model-arg: expected KEY=VALUE"),
+        (["convert", TINY, "-s", "16", "-o", "no/such/dir/m.pt"], 2, "cannot write to no/such/dir"),
+        (["convert", TINY, "-s", "16", "--policy", "{unmatched}", "--strict"], 2, "matches no conv"),
+        (["report", "{corrupt}"], 2, "is not a readable checkpoint"),
+        (["report", "{foreign}"], 2, "is not an octswap checkpoint"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_bad_input_one_line_exit_code_nothing_written(runner, workdir, args, code, message, hub_dir):
+    fixtures = {
+        "bad_policy": _policy(workdir, "bad.yaml", "alpah: 0.5\n"),
+        "unmatched": _policy(workdir, "unmatched.yaml", "rules:\n  - regex: '^nothing'\n    skip: true\n"),
+        "wrong_weights": workdir / "w.pt",
+        "corrupt": workdir / "corrupt.pt",
+        "foreign": workdir / "foreign.pt",
+    }
+    state = TinyResNet().state_dict()
+    del state["stem.bias"]
+    torch.save(state, fixtures["wrong_weights"])
+    fixtures["corrupt"].write_bytes(b"\x00garbage")
+    torch.save({"weights": torch.zeros(1)}, fixtures["foreign"])
+    before = files(workdir)
+    args = [a.format(**{k: str(v) for k, v in fixtures.items()}) for a in args]
+    result = run(runner, *args)
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.output
+    if args[0] == "convert" and "--" not in message:
+        assert len([line for line in result.stderr.splitlines() if line.startswith("octswap: error")]) == 1
+    assert files(workdir) == before  # nothing written, nothing overwritten
+
+
+def test_existing_output_needs_force(runner, workdir):
+    target = workdir / "m.pt"
+    target.write_bytes(b"keep me")
+    result = run(runner, "convert", TINY, "-s", "16", "-o", target)
+    assert result.exit_code == 2 and "exists; pass --force" in result.stderr
+    assert target.read_bytes() == b"keep me"
+    result = run(runner, "convert", TINY, "-s", "16", "-o", target, "--force")
+    assert result.exit_code == 0 and octswap.read_checkpoint(target).plan.layers
+
+
+def test_debug_shows_the_traceback(runner, workdir):
+    result = run(runner, "convert", "resnet5", "--debug")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, octswap.ModelLoadError)
+
+
+def test_conversion_failure_exits_1(runner, workdir, tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.conv = nn.Conv2d(3, 32, 3, padding=1)\n"
+        "        self.mid = nn.Conv2d(32, 32, 3, padding=1)\n"
+        "    def forward(self, x):\n"
+        "        y = self.mid(self.conv(x))\n"
+        "        # depends on the exact module type: breaks once 'mid' is converted\n"
+        "        return y if type(self.mid) is nn.Conv2d else y[:, :, :1, :1].view(-1, 99)\n"
+        "def build():\n    return Net()\n"
+    )
+    result = run(runner, "convert", f"{script}:build", "-s", "16", "-a", "0.5")
+    assert result.exit_code == 1, result.output
+    assert "the converted model fails to run" in result.stderr
+    assert files(workdir) == ["broken.py"]  # and no checkpoint

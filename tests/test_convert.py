@@ -1,0 +1,90 @@
+"""End to end: convert real torchvision architectures, save, reload, compare outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import octswap
+from octswap.octave import OctaveConvBlock
+from octswap.policy import Policy, Rule
+
+# torchvision's own model tests cap size and time the same way: everything runs, the
+# big ones only under the `slow` marker (make test-slow).
+SMALL_PARAMS = 30_000_000
+
+
+def _classification_models() -> list:
+    params = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        heavy = weights.meta["num_params"] > SMALL_PARAMS or weights.meta["_ops"] > 6
+        params.append(pytest.param(name, marks=pytest.mark.slow) if heavy else name)
+    return params
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "resnext50_32x4d", "densenet121"])
+def test_convert_save_reload_identical(name, tmp_path):
+    model, source = octswap.load_model(name)
+    converted, plan = octswap.convert(model, alpha=0.25)
+    assert plan.octave_layers
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        y = converted(x)
+        assert y.shape == model(x).shape
+    assert sum(p.numel() for p in converted.parameters()) == sum(p.numel() for p in model.parameters())
+    path = octswap.save(tmp_path / f"{name}.pt", converted, plan, source=source)
+    torch.load(path, weights_only=True)  # plain data and tensors only
+    reloaded = octswap.load(path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), y)
+    # The original is untouched (surgery works on a copy).
+    assert not any(isinstance(m, OctaveConvBlock) for m in model.modules())
+
+
+def test_alpha_zero_conversion_is_exact():
+    model = torchvision.models.resnet18().eval()
+    converted, plan = octswap.convert(model, Policy(alpha=0.5, rules=(Rule(regex=".", alpha=0.0),)))
+    assert not plan.octave_layers
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(converted(x), model(x))
+
+
+def test_converted_weights_come_from_the_original():
+    """On input that is constant over 2x2 cells, a converted 1x1 conv computes exactly what the
+    original does: pooling and upsampling lose nothing there, so only the sliced weights matter."""
+    conv = nn.Conv2d(32, 48, 1)
+    block = OctaveConvBlock.from_conv(conv, alpha_in=0.5, alpha_out=0.25)
+    smooth = torch.randn(2, 32, 8, 6).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(block(smooth), conv(smooth))
+        fresh = OctaveConvBlock(octswap.OctaveConv2d(32, 48, 1, alpha_in=0.5, alpha_out=0.25))
+        assert not torch.allclose(fresh(smooth), conv(smooth), atol=1e-2)
+
+
+def test_training_mode_and_backward():
+    model = torchvision.models.resnet18()
+    converted, _ = octswap.convert(model, alpha=0.5, input_shape=(3, 64, 64))
+    converted.train()
+    out = converted(torch.randn(2, 3, 65, 63))
+    out.sum().backward()
+    block = converted.layer1[0].conv1
+    assert isinstance(block, OctaveConvBlock) and block.conv.l2h.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", _classification_models())
+def test_zoo_converts_and_saves_flops(name):
+    """Every torchvision classification model converts at 224 px and keeps its output shape."""
+    size = 299 if name == "inception_v3" else 224
+    model, _ = octswap.load_model(name)
+    converted, plan = octswap.convert(model, alpha=0.25, input_shape=(3, size, size))
+    if not plan.octave_layers:
+        # ViT-style models: only a patch-embedding conv, which no octave layout can take.
+        assert all(d.action == "keep" for d in plan.layers)
+        return
+    report = octswap.report(model, converted, plan, model_name=name)
+    assert report.total.flops_after < report.total.flops_before
+    assert report.total.params_after == report.total.params_before
