@@ -15,23 +15,51 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from octswap.checkpoint import load, read as read_checkpoint, save  # noqa: E402
-from octswap.conversion import convert  # noqa: E402
-from octswap.errors import (  # noqa: E402
-    CheckpointError,
-    ConversionError,
-    InputError,
-    ModelLoadError,
-    OctswapError,
-    OutputExistsError,
-    PolicyError,
-    WeightsError,
-)
-from octswap.models import ModelSource, load_model  # noqa: E402
-from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, OctaveConvBlock  # noqa: E402
-from octswap.plan import Plan, make_plan  # noqa: E402
-from octswap.policy import Policy, Rule, load_policy  # noqa: E402
-from octswap.report import Report, make_report as report  # noqa: E402
+# Public names resolve lazily (PEP 562): `octswap --version` and `--help` then start
+# without importing torch and torchvision, which take seconds.
+_EXPORTS = {
+    "load": "octswap.checkpoint",
+    "save": "octswap.checkpoint",
+    "read_checkpoint": ("octswap.checkpoint", "read"),
+    "convert": "octswap.conversion",
+    "CheckpointError": "octswap.errors",
+    "ConversionError": "octswap.errors",
+    "InputError": "octswap.errors",
+    "ModelLoadError": "octswap.errors",
+    "OctswapError": "octswap.errors",
+    "OutputExistsError": "octswap.errors",
+    "PolicyError": "octswap.errors",
+    "WeightsError": "octswap.errors",
+    "ModelSource": "octswap.models",
+    "load_model": "octswap.models",
+    "OctaveBatchNorm2d": "octswap.octave",
+    "OctaveConv2d": "octswap.octave",
+    "OctaveConvBlock": "octswap.octave",
+    "Plan": "octswap.plan",
+    "make_plan": "octswap.plan",
+    "Policy": "octswap.policy",
+    "Rule": "octswap.policy",
+    "load_policy": "octswap.policy",
+    "Report": "octswap.reporting",
+    "report": ("octswap.reporting", "make_report"),
+}
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'octswap' has no attribute {name!r}")
+    module_name, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "CheckpointError",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 import yaml
@@ -24,8 +24,13 @@ from rich.table import Table
 
 from octswap import __version__
 from octswap.errors import InputError, OctswapError
-from octswap.plan import Plan
-from octswap.report import Report, human, percent
+
+if TYPE_CHECKING:
+    from octswap.plan import Plan
+    from octswap.reporting import Report
+
+# Library modules (torch, torchvision, fvcore) are imported inside the commands, so
+# `--help` and `--version` answer at once.
 
 app = typer.Typer(
     name="octswap",
@@ -149,6 +154,8 @@ def _default_output(model: str, alpha: float) -> Path:
 
 # ---------------------------------------------------------------- rendering
 def _report_table(report: Report, *, layers: bool) -> Table:
+    from octswap.reporting import human, percent
+
     table = Table(title=f"octswap report: {report.model}", caption=report.convention, title_justify="left")
     for column in ("kind", "name"):
         table.add_column(column)
@@ -241,6 +248,7 @@ def convert(
 ) -> None:
     """Convert MODEL, print the cost report, write a checkpoint."""
     import octswap
+    from octswap.reporting import percent
 
     with _errors(debug):
         shape = parse_input_size(input_size)

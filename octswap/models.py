@@ -11,9 +11,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,14 +85,36 @@ def _close(name: str, choices: list[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else " (see `octswap models`)"
 
 
+@contextmanager
+def _no_downloads() -> Iterator[None]:
+    """Turn any download torch.hub would start into a clear error (no network at run time)."""
+
+    def refuse(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
+        raise WeightsError(
+            f"building this model would download {url} and octswap never downloads; "
+            f"put the file at {dst.rsplit('.', 1)[0] if dst.endswith('.partial') else dst} first"
+        )
+
+    original = torch.hub.download_url_to_file
+    torch.hub.download_url_to_file = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.hub.download_url_to_file = original  # type: ignore[assignment]
+
+
 def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
     from torchvision import models
 
     known = models.list_models()
     if name not in known:
         raise ModelLoadError(f"unknown model {name!r}{_close(name, known)}")
+    # Segmentation/detection builders fetch ImageNet backbone weights unless told not to.
+    if "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
+        kwargs = {"weights_backbone": None, **kwargs}
     try:
-        return models.get_model(name, weights=weights, **kwargs)
+        with _no_downloads():
+            return models.get_model(name, weights=weights, **kwargs)
     except TypeError as err:
         raise ModelLoadError(f"cannot build {name} with {kwargs}: {err}") from None
     except ValueError as err:

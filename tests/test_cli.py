@@ -188,3 +188,20 @@ def test_conversion_failure_exits_1(runner, workdir, tmp_path):
     assert result.exit_code == 1, result.output
     assert "the converted model fails to run" in result.stderr
     assert files(workdir) == ["broken.py"]  # and no checkpoint
+
+
+def test_help_and_version_do_not_import_torch():
+    """`octswap --help` must answer at once: the library is imported inside the commands."""
+    import subprocess
+    import sys
+
+    code = "import sys, octswap.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_public_api_names_resolve():
+    import octswap.reporting  # noqa: F401  (a submodule import must not shadow the function)
+
+    assert callable(octswap.report) and callable(octswap.convert) and callable(octswap.load)
+    assert set(octswap.__all__) <= set(dir(octswap))
