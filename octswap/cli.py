@@ -286,7 +286,7 @@ def report(
     import octswap
 
     with _errors(debug):
-        if Path(target).is_file():
+        if Path(target).is_file() or (":" not in target and Path(target).suffix in (".pt", ".pth")):
             if alpha is not None or policy is not None or weights is not None or model_arg:
                 raise InputError("--alpha/--policy/--weights/--model-arg apply to a model, not to a checkpoint")
             ckpt = octswap.read_checkpoint(target)

@@ -128,6 +128,7 @@ def _policy(tmp_path, name, text):
         (["convert", TINY, "-s", "16", "--policy", "{unmatched}", "--strict"], 2, "matches no conv"),
         (["report", "{corrupt}"], 2, "is not a readable checkpoint"),
         (["report", "{foreign}"], 2, "is not an octswap checkpoint"),
+        (["report", "missing.pt"], 2, "checkpoint not found: missing.pt"),
         (["frobnicate"], 2, "No such command"),
     ],
 )
