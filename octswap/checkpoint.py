@@ -226,7 +226,7 @@ def load(
         except OctswapError as err:
             raise CheckpointError(f"cannot rebuild the model of {ckpt.path}: {err}") from None
     try:
-        apply_plan(model, ckpt.plan)
+        model = apply_plan(model, ckpt.plan)
     except OctswapError as err:
         raise CheckpointError(f"cannot replay the plan of {ckpt.path}: {err}") from None
     try:

@@ -47,6 +47,11 @@ err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() els
 logger = logging.getLogger("octswap")
 
 
+class Mode(str, Enum):
+    graph = "graph"
+    layer = "layer"
+
+
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -61,6 +66,7 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Stat
 InputSizeOpt = Annotated[str, typer.Option("--input-size", "-s", help="Probe input: N, HxW or CxHxW.")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 ModelArgOpt = Annotated[Optional[list[str]], typer.Option("--model-arg", "-m", help="Builder argument KEY=VALUE (repeatable), e.g. num_classes=10.")]
+ModeOpt = Annotated[Mode, typer.Option("--mode", help="graph: pairs flow between layers (the paper's networks); layer: self-contained blocks, for models fx cannot trace.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="A policy rule that matches no conv is an error.")]
 LayersOpt = Annotated[bool, typer.Option("--layers/--no-layers", help="Include one row per conv.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -242,6 +248,7 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
+    mode: ModeOpt = Mode.graph,
     strict: StrictOpt = False,
     layers: LayersOpt = True,
     debug: DebugOpt = False,
@@ -258,7 +265,7 @@ def convert(
         if target.exists() and not force:  # fail before the work, not after
             raise octswap.OutputExistsError(f"{target} exists; pass --force to overwrite it")
         original, source = octswap.load_model(model, weights=weights, kwargs=kwargs)
-        converted, plan = octswap.convert(original, pol, input_shape=shape, strict=strict)
+        converted, plan = octswap.convert(original, pol, input_shape=shape, mode=mode.value, strict=strict)
         report = octswap.report(original, converted, plan, model_name=model)
         path = octswap.save(target, converted, plan, source=source, report=report.summary(), force=force)
         _print_report(report, fmt, layers=layers, extra={"checkpoint": str(path)})
@@ -277,6 +284,7 @@ def report(
     input_size: InputSizeOpt = "224",
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
+    mode: ModeOpt = Mode.graph,
     strict: StrictOpt = False,
     layers: LayersOpt = True,
     allow_import: Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")] = False,
@@ -296,7 +304,9 @@ def report(
         else:
             shape = parse_input_size(input_size)
             original, _ = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
-            converted, plan = octswap.convert(original, _policy(policy, alpha), input_shape=shape, strict=strict)
+            converted, plan = octswap.convert(
+                original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict
+            )
             rep = octswap.report(original, converted, plan, model_name=target)
         _print_report(rep, fmt, layers=layers)
 
@@ -309,6 +319,7 @@ def plan(
     input_size: InputSizeOpt = "224",
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
+    mode: ModeOpt = Mode.graph,
     strict: StrictOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -318,7 +329,7 @@ def plan(
     with _errors(debug):
         shape = parse_input_size(input_size)
         original, _ = octswap.load_model(model, kwargs=parse_model_args(model_arg))
-        the_plan = octswap.make_plan(original, _policy(policy, alpha), input_shape=shape, strict=strict)
+        the_plan = octswap.make_plan(original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict)
         _print_plan(the_plan, fmt, model)
 
 

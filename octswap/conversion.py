@@ -25,7 +25,7 @@ def convert(
     *,
     alpha: float | None = None,
     input_shape: tuple[int, int, int] = (3, 224, 224),
-    mode: str = "layer",
+    mode: str = "graph",
     strict: bool = False,
     inplace: bool = False,
     check: bool = True,
@@ -37,7 +37,9 @@ def convert(
         policy: Which convs, at which alpha; ``Policy()`` by default.
         alpha: Overrides the policy's global alpha (rules keep their own).
         input_shape: ``(C, H, W)`` of one sample, for the shape probe and check.
-        mode: ``"layer"``: each conv becomes a self-contained tensor-in/tensor-out block.
+        mode: ``"graph"`` (default): pairs flow between layers through an ``fx.GraphModule``,
+            as in the paper's networks; ``"layer"``: each conv becomes a self-contained
+            tensor-in/tensor-out block, for models ``torch.fx`` cannot trace.
         strict: A policy rule that matches no conv is an error.
         inplace: Modify ``model`` itself instead of a deep copy.
         check: Run the converted model once and compare its output shapes.
@@ -61,7 +63,7 @@ def convert(
         policy = policy.with_alpha(alpha)
     plan = make_plan(model, policy, input_shape=input_shape, mode=mode, strict=strict)
     target = model if inplace else copy.deepcopy(model)
-    apply_plan(target, plan)
+    target = apply_plan(target, plan)
     logger.info("converted %d of %d convs (%s mode)", len(plan.octave_layers), len(plan.layers), mode)
     if check:
         verify(target, plan)

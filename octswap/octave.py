@@ -19,6 +19,7 @@ mixes groups. This differs from the official MXNet code, which keeps the same
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Union
 
 import torch
@@ -166,6 +167,8 @@ class OctaveConv2d(nn.Module):
         kernel_size: As for ``nn.Conv2d``; the effective kernel must be odd.
         alpha_in: Low-frequency share of the input, in ``[0, 1)``.
         alpha_out: Low-frequency share of the output, in ``[0, 1)``.
+        in_low: Exact number of low-frequency input channels (overrides ``alpha_in``).
+        out_low: Exact number of low-frequency output channels (overrides ``alpha_out``).
         stride: 1 or 2 (the same in both dimensions).
         padding: 'same' geometry only (``dilation * (kernel - 1) / 2``), or ``'same'``.
         dilation: As for ``nn.Conv2d``.
@@ -194,6 +197,8 @@ class OctaveConv2d(nn.Module):
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
+        in_low: int | None = None,
+        out_low: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -212,8 +217,16 @@ class OctaveConv2d(nn.Module):
         self.alpha_out = float(alpha_out)
 
         gin, gout = in_channels // groups, out_channels // groups
-        self.in_low = low_channels(in_channels, alpha_in, groups=groups)
-        self.out_low = low_channels(out_channels, alpha_out, groups=groups)
+        # Explicit counts (graph mode: the input split is whatever flows in) override alphas.
+        self.in_low = low_channels(in_channels, alpha_in, groups=groups) if in_low is None else in_low
+        self.out_low = low_channels(out_channels, alpha_out, groups=groups) if out_low is None else out_low
+        for side, low, total, size in (("in", self.in_low, in_channels, gin), ("out", self.out_low, out_channels, gout)):
+            if not 0 <= low < total or (groups > 1 and low % size):
+                raise ValueError(f"{side}_low={low} must be in [0, {total}) and whole groups of {size if groups > 1 else 1}")
+        if in_low is not None:
+            self.alpha_in = self.in_low / in_channels
+        if out_low is not None:
+            self.alpha_out = self.out_low / out_channels
         self.in_high = in_channels - self.in_low
         self.out_high = out_channels - self.out_low
         # With no low channels anywhere this is an ordinary conv: keep its stride so
@@ -265,11 +278,22 @@ class OctaveConv2d(nn.Module):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, *, alpha_in: float, alpha_out: float) -> OctaveConv2d:
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        *,
+        alpha_in: float = 0.0,
+        alpha_out: float = 0.0,
+        in_low: int | None = None,
+        out_low: int | None = None,
+        in_order: Sequence[int] | None = None,
+    ) -> OctaveConv2d:
         """Build an octave conv from a trained ``nn.Conv2d``, copying its weights by slicing.
 
         ``h2h`` gets ``W[out_high, in_high]``, ``h2l`` gets ``W[out_low, in_high]``,
-        and so on, so the converted layer starts close to the original.
+        and so on, so the converted layer starts close to the original. ``in_order``
+        says which original input channel sits at each position of ``[high; low]``
+        when the input pair is not in the original order (after a channel ``cat``).
 
         Example:
             >>> plain = nn.Conv2d(32, 32, 3, padding=1)
@@ -283,15 +307,20 @@ class OctaveConv2d(nn.Module):
             conv.in_channels, conv.out_channels, conv.kernel_size,
             alpha_in=alpha_in, alpha_out=alpha_out, stride=conv.stride, padding=conv.padding,
             dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-            padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+            padding_mode=conv.padding_mode, in_low=in_low, out_low=out_low,
+            device=conv.weight.device, dtype=conv.weight.dtype,
         )  # fmt: skip
-        octave.load_from_conv(conv)
+        octave.load_from_conv(conv, in_order=in_order)
         return octave
 
     @torch.no_grad()
-    def load_from_conv(self, conv: nn.Conv2d) -> None:
+    def load_from_conv(self, conv: nn.Conv2d, *, in_order: Sequence[int] | None = None) -> None:
         """Copy a plain conv's weights into the four paths (exact slices)."""
         weight, bias = conv.weight, conv.bias
+        if in_order is not None:
+            if self.groups > 1:
+                raise ValueError("a reordered input needs groups=1")
+            weight = weight[:, list(in_order)]
         if tuple(weight.shape) != (self.out_channels, self.in_channels // self.groups, *self.kernel_size):
             raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit {self}")
         if self._combine == "sum":
@@ -431,8 +460,12 @@ class OctaveBatchNorm2d(nn.Module):
         self.bn_l = nn.BatchNorm2d(low, **kwargs) if low else None
 
     @classmethod
-    def from_bn(cls, bn: nn.BatchNorm2d, *, low: int) -> OctaveBatchNorm2d:
-        """Split ``bn`` into a high part (first channels) and a low part (last ``low`` channels)."""
+    def from_bn(cls, bn: nn.BatchNorm2d, *, low: int, order: Sequence[int] | None = None) -> OctaveBatchNorm2d:
+        """Split ``bn`` into a high part (first channels) and a low part (last ``low`` channels).
+
+        ``order`` gives the original channel at each position of ``[high; low]`` when
+        the pair is not in the original channel order.
+        """
         ref = bn.weight if bn.weight is not None else bn.running_mean
         octave = cls(
             bn.num_features, low=low, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
@@ -440,8 +473,9 @@ class OctaveBatchNorm2d(nn.Module):
             device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype,
         )  # fmt: skip
         high = bn.num_features - low
+        index = list(order) if order is not None else list(range(bn.num_features))
         with torch.no_grad():
-            for part, rows in ((octave.bn_h, slice(None, high)), (octave.bn_l, slice(high, None))):
+            for part, rows in ((octave.bn_h, index[:high]), (octave.bn_l, index[high:])):
                 if part is None:
                     continue
                 for name in ("weight", "bias", "running_mean", "running_var"):

@@ -85,6 +85,9 @@ class LayerDecision:
     out_low: int
     reason: str
     site: ConvSite
+    #: Graph mode: may this conv take a (high, low) input? (False for skipped convs and
+    #: geometry octave convs cannot have; a kept conv that may becomes a "last" conv.)
+    accepts_pair: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "site"}
@@ -113,6 +116,8 @@ class Plan:
     policy: Policy
     layers: tuple[LayerDecision, ...]
     warnings: tuple[str, ...] = field(default=())
+    #: Graph mode: merges and splits inserted where pairs meet plain-only ops.
+    boundaries: tuple[dict[str, str], ...] = field(default=())
     #: Output shapes of the original model at ``input_shape`` (see :func:`output_signature`).
     output: Any = None
 
@@ -131,6 +136,7 @@ class Plan:
             "policy": self.policy.to_dict(),
             "layers": [d.to_dict() for d in self.layers],
             "warnings": list(self.warnings),
+            "boundaries": [dict(b) for b in self.boundaries],
             "output": self.output,
         }
 
@@ -142,6 +148,7 @@ class Plan:
             policy=Policy.from_dict(data["policy"]),
             layers=tuple(LayerDecision.from_dict(d) for d in data["layers"]),
             warnings=tuple(data.get("warnings", ())),
+            boundaries=tuple(dict(b) for b in data.get("boundaries", ())),
             output=data.get("output"),
         )
 
@@ -226,8 +233,8 @@ def probe(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[Con
 
 # ------------------------------------------------------------------ decisions
 def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
-    def keep(reason: str, a_in: float = 0.0, a_out: float = 0.0) -> LayerDecision:
-        return LayerDecision(site.name, "keep", a_in, a_out, 0, 0, reason, site)
+    def keep(reason: str, a_in: float = 0.0, a_out: float = 0.0, *, accepts_pair: bool = False) -> LayerDecision:
+        return LayerDecision(site.name, "keep", a_in, a_out, 0, 0, reason, site, accepts_pair)
 
     if site.module_type != "torch.nn.modules.conv.Conv2d":
         return keep(f"custom Conv2d subclass {site.module_type} (its forward would be lost)")
@@ -236,21 +243,24 @@ def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
     res = policy.resolve(site)
     if res.skip:
         return keep(f"policy: skip ({res.source})")
-    if res.alpha_in == 0 and res.alpha_out == 0:
-        return keep(f"alpha 0 ({res.source})")
     try:
         check_geometry(site.kernel_size, stride=site.stride, padding=site.padding, dilation=site.dilation)
     except ValueError as err:
         return keep(str(err), res.alpha_in, res.alpha_out)
+    # From here on the conv could be octave: in graph mode a kept one becomes a "last"
+    # conv when a (high, low) pair reaches it.
+    if res.alpha_in == 0 and res.alpha_out == 0:
+        return keep(f"alpha 0 ({res.source})", accepts_pair=True)
     if not res.force:
         fewest = min(site.in_channels, site.out_channels)
         if fewest < policy.min_channels:
             what = f"stem: {site.in_channels} input channels" if site.is_stem else f"{fewest} channels"
-            return keep(f"{what} < min_channels {policy.min_channels}", res.alpha_in, res.alpha_out)
+            return keep(f"{what} < min_channels {policy.min_channels}", res.alpha_in, res.alpha_out, accepts_pair=True)
         assert site.output_size is not None  # set for every conv the probe ran
         if min(site.output_size) < policy.min_feature_size:
             size = "x".join(map(str, site.output_size))
-            return keep(f"feature map {size} < min_feature_size {policy.min_feature_size}", res.alpha_in, res.alpha_out)
+            reason = f"feature map {size} < min_feature_size {policy.min_feature_size}"
+            return keep(reason, res.alpha_in, res.alpha_out, accepts_pair=True)
     in_low = low_channels(site.in_channels, res.alpha_in, groups=site.groups)
     out_low = low_channels(site.out_channels, res.alpha_out, groups=site.groups)
     if in_low == 0 and out_low == 0:
@@ -258,9 +268,9 @@ def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
         return keep(
             f"alpha {res.alpha_in}/{res.alpha_out} gives no low-frequency channels for "
             f"{site.in_channels}->{site.out_channels}{groups}",
-            res.alpha_in, res.alpha_out,
+            res.alpha_in, res.alpha_out, accepts_pair=True,
         )  # fmt: skip
-    return LayerDecision(site.name, "octave", res.alpha_in, res.alpha_out, in_low, out_low, res.source, site)
+    return LayerDecision(site.name, "octave", res.alpha_in, res.alpha_out, in_low, out_low, res.source, site, True)
 
 
 def make_plan(
@@ -277,7 +287,7 @@ def make_plan(
         model: Any module containing ``nn.Conv2d`` layers; not modified.
         policy: Defaults to ``Policy()`` (alpha 0.25 with the automatic guards).
         input_shape: ``(C, H, W)`` of one input sample for the shape probe.
-        mode: The rewrite mode the plan is for (``"layer"``).
+        mode: ``"graph"`` (pairs flow between layers) or ``"layer"`` (self-contained blocks).
         strict: Make a rule that matches no conv an error instead of a warning.
 
     Example:
@@ -289,9 +299,18 @@ def make_plan(
         InputError: the model does not run at ``input_shape``.
         PolicyError: with ``strict``, a rule matches no conv.
     """
+    from octswap.rewrite import REWRITERS
+
+    if mode not in REWRITERS:
+        raise InputError(f"unknown conversion mode {mode!r} (known: {', '.join(sorted(REWRITERS))})")
     policy = policy if policy is not None else Policy()
     sites, output = probe(model, input_shape)
     layers = tuple(_decide(site, policy) for site in sites)
+    boundaries: tuple[dict[str, str], ...] = ()
+    if mode == "graph":
+        from octswap.rewrite.graph import plan_graph
+
+        layers, boundaries = plan_graph(model, layers, input_shape)
     warnings = []
     for index, rule in enumerate(policy.rules):
         if not any(rule.selects(site) for site in sites):
@@ -302,4 +321,7 @@ def make_plan(
             warnings.append(message)
     if not sites:
         warnings.append("the model has no nn.Conv2d layers")
-    return Plan(mode=mode, input_shape=input_shape, policy=policy, layers=layers, warnings=tuple(warnings), output=output)
+    return Plan(
+        mode=mode, input_shape=input_shape, policy=policy, layers=layers, warnings=tuple(warnings),
+        boundaries=boundaries, output=output,
+    )  # fmt: skip

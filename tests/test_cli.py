@@ -185,7 +185,7 @@ def test_conversion_failure_exits_1(runner, workdir, tmp_path):
         "        return y if type(self.mid) is nn.Conv2d else y[:, :, :1, :1].view(-1, 99)\n"
         "def build():\n    return Net()\n"
     )
-    result = run(runner, "convert", f"{script}:build", "-s", "16", "-a", "0.5")
+    result = run(runner, "convert", f"{script}:build", "-s", "16", "-a", "0.5", "--mode", "layer")
     assert result.exit_code == 1, result.output
     assert "the converted model fails to run" in result.stderr
     assert files(workdir) == ["broken.py"]  # and no checkpoint

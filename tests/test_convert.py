@@ -17,11 +17,15 @@ SMALL_PARAMS = 30_000_000
 
 
 def _classification_models() -> list:
+    """Every classification model in both modes; graph mode (the default) runs in the default
+    suite for the small ones, layer mode and the big ones under `slow`."""
     params = []
-    for name in torchvision.models.list_models(module=torchvision.models):
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        heavy = weights.meta["num_params"] > SMALL_PARAMS or weights.meta["_ops"] > 6
-        params.append(pytest.param(name, marks=pytest.mark.slow) if heavy else name)
+    for mode in ("graph", "layer"):
+        for name in torchvision.models.list_models(module=torchvision.models):
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+            heavy = weights.meta["num_params"] > SMALL_PARAMS or weights.meta["_ops"] > 6 or mode == "layer"
+            params.append(pytest.param(name, mode, marks=pytest.mark.slow, id=f"{mode}-{name}") if heavy
+                          else pytest.param(name, mode, id=f"{mode}-{name}"))  # fmt: skip
     return params
 
 
@@ -67,7 +71,7 @@ def test_converted_weights_come_from_the_original():
 
 def test_training_mode_and_backward():
     model = torchvision.models.resnet18()
-    converted, _ = octswap.convert(model, alpha=0.5, input_shape=(3, 64, 64))
+    converted, _ = octswap.convert(model, alpha=0.5, input_shape=(3, 64, 64), mode="layer")
     converted.train()
     out = converted(torch.randn(2, 3, 65, 63))
     out.sum().backward()
@@ -75,16 +79,22 @@ def test_training_mode_and_backward():
     assert isinstance(block, OctaveConvBlock) and block.conv.l2h.weight.grad is not None
 
 
-@pytest.mark.parametrize("name", _classification_models())
-def test_zoo_converts_and_saves_flops(name):
-    """Every torchvision classification model converts at 224 px and keeps its output shape."""
+@pytest.mark.parametrize("name,mode", _classification_models())
+def test_zoo_converts_and_saves_flops(name, mode, tmp_path):
+    """Every torchvision classification model converts at 224 px (inception_v3 at 299), keeps
+    its output shape, costs fewer FLOPs where a conv was converted, and reloads identically."""
     size = 299 if name == "inception_v3" else 224
-    model, _ = octswap.load_model(name)
-    converted, plan = octswap.convert(model, alpha=0.25, input_shape=(3, size, size))
+    model, source = octswap.load_model(name)
+    converted, plan = octswap.convert(model, alpha=0.25, input_shape=(3, size, size), mode=mode)
     if not plan.octave_layers:
-        # ViT-style models: only a patch-embedding conv, which no octave layout can take.
+        # ViT/Swin: only a patch-embedding conv, which no octave layout can take; ConvNeXt
+        # in graph mode: its depthwise convs feed LayerNorm, so octave outputs would only be merged.
         assert all(d.action == "keep" for d in plan.layers)
         return
     report = octswap.report(model, converted, plan, model_name=name)
     assert report.total.flops_after < report.total.flops_before
     assert report.total.params_after == report.total.params_before
+    path = octswap.save(tmp_path / "m.pt", converted, plan, source=source)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(octswap.load(path)(x), converted.eval()(x))

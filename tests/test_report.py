@@ -82,7 +82,8 @@ def test_renderers_agree(seq_report):
 def test_report_layer_row_matches_module_count():
     conv = nn.Conv2d(32, 32, 3, padding=1)
     model = nn.Sequential(conv)
-    converted, plan = octswap.convert(model, alpha=0.5, input_shape=(32, 8, 8), policy=octswap.Policy(min_channels=0))
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=(32, 8, 8), policy=octswap.Policy(min_channels=0),
+                                      mode="layer")
     rep = octswap.report(model, converted, plan)
     assert rep.layers[0].flops_before == 32 * 32 * 9 * 64
     assert rep.layers[0].flops_after == count_cost(converted[0], torch.randn(1, 32, 8, 8)).flops

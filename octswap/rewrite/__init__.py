@@ -40,4 +40,4 @@ def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
 
 
 # Imported for their registrations.
-from octswap.rewrite import layer  # noqa: E402,F401
+from octswap.rewrite import graph, layer  # noqa: E402,F401

@@ -1,0 +1,312 @@
+"""Graph mode on tiny hand-built nets, against references assembled by hand from the
+octave modules (which test_octave checks against the independent reference)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import octswap
+from octswap.errors import ConversionError
+from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, merge_frequencies, split_frequencies
+from octswap.policy import Policy, Rule
+from tests.reference import ref_pool
+
+ANY = Policy(alpha=0.5, min_channels=0, min_feature_size=0)
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def convert(model, policy=ANY, shape=(3, 16, 16)):
+    converted, plan = octswap.convert(model, policy, input_shape=shape, mode="graph")
+    return converted.eval(), plan
+
+
+def by_name(plan):
+    return {d.name: d for d in plan.layers}
+
+
+def test_conv_stack_equals_hand_built_octave_stack():
+    net = _randomize_bn(nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 8, 3, padding=1),
+    ))  # fmt: skip
+    policy = Policy(alpha=0.5, min_channels=0, min_feature_size=0, rules=(Rule(name="9", alpha=0.0),))
+    converted, plan = convert(net, policy, (3, 15, 15))
+    d = by_name(plan)
+    assert (d["0"].in_low, d["0"].out_low) == (0, 8) and d["0"].reason.startswith("first")
+    assert (d["3"].in_low, d["3"].out_low) == (8, 16)
+    assert (d["9"].in_low, d["9"].out_low) == (16, 0) and d["9"].reason.startswith("last")
+    assert plan.boundaries == ()
+
+    c0 = OctaveConv2d.from_conv(net[0], in_low=0, out_low=8)
+    c3 = OctaveConv2d.from_conv(net[3], in_low=8, out_low=16)
+    c6 = OctaveConv2d.from_conv(net[6], in_low=16, out_low=16)
+    c9 = OctaveConv2d.from_conv(net[9], in_low=16, out_low=0)
+    bns = [OctaveBatchNorm2d.from_bn(net[i], low=low).eval() for i, low in ((1, 8), (4, 16), (7, 16))]
+
+    def relu(pair):
+        return tuple(F.relu(t) for t in pair)
+
+    x = torch.randn(2, 3, 15, 15)
+    want = c9(relu(bns[2](c6(relu(bns[1](c3(relu(bns[0](c0(x))))))))))
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), want)
+    assert converted(x).shape == net(x).shape
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)  # plain (the policy keeps it)
+        y = torch.relu(self.a(x))
+        y = self.b(y) + x  # pair + plain: x gets split
+        z = self.head(y)  # last conv
+        return torch.flatten(F.adaptive_avg_pool2d(z, 1), 1)
+
+
+def test_residual_add_with_plain_operand_splits_it():
+    net = Residual().eval()
+    policy = Policy(alpha=0.5, min_channels=0, min_feature_size=0,
+                    rules=(Rule(name="stem", skip=True), Rule(name="head", alpha=0.0)))  # fmt: skip
+    converted, plan = convert(net, policy, (3, 11, 11))
+    assert [b["kind"] for b in plan.boundaries] == ["split"]
+    a = OctaveConv2d.from_conv(net.a, in_low=0, out_low=8)
+    b = OctaveConv2d.from_conv(net.b, in_low=8, out_low=8)
+    head = OctaveConv2d.from_conv(net.head, in_low=8, out_low=0)
+    x = torch.randn(2, 3, 11, 11)
+    s = net.stem(x)
+    y = tuple(torch.relu(t) for t in a(s))
+    yb = b(y)
+    xs = split_frequencies(s, 8)
+    z = head((yb[0] + xs[0], yb[1] + xs[1]))
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), torch.flatten(F.adaptive_avg_pool2d(z, 1), 1))
+
+
+class Branches(nn.Module):
+    """Two octave branches concatenated, a BatchNorm on the concatenation, then a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = nn.Conv2d(8, 12, 3, padding=1)
+        self.right = nn.Conv2d(8, 20, 1)
+        self.bn = nn.BatchNorm2d(32)
+        self.out = nn.Conv2d(32, 16, 3, padding=1)
+        self.tail = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        y = self.bn(torch.cat([self.left(x), self.right(x)], dim=1))
+        return self.tail(self.out(torch.relu(y)))
+
+
+def test_concat_keeps_the_original_channel_order():
+    net = _randomize_bn(Branches())
+    policy = Policy(alpha=0.5, min_channels=0, min_feature_size=0, rules=(Rule(name="tail", alpha=0.0),))
+    converted, plan = convert(net, policy, (8, 10, 10))
+    d = by_name(plan)
+    assert (d["out"].in_low, d["out"].out_low) == (6 + 10, 8)
+    left = OctaveConv2d.from_conv(net.left, in_low=0, out_low=6)
+    right = OctaveConv2d.from_conv(net.right, in_low=0, out_low=10)
+    # pair order: [left high, right high; left low, right low] in original channel numbers
+    order = list(range(0, 6)) + list(range(12, 22)) + list(range(6, 12)) + list(range(22, 32))
+    bn = OctaveBatchNorm2d.from_bn(net.bn, low=16, order=order).eval()
+    out = OctaveConv2d.from_conv(net.out, in_low=16, out_low=8, in_order=order)
+    tail = OctaveConv2d.from_conv(net.tail, in_low=8, out_low=0)
+    x = torch.randn(2, 8, 10, 10)
+    (lh, ll), (rh, rl) = left(x), right(x)
+    y = bn((torch.cat([lh, rh], 1), torch.cat([ll, rl], 1)))
+    want = tail(out(tuple(torch.relu(t) for t in y)))
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), want)
+
+
+class CatOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 3, padding=1)
+        self.b = nn.Conv2d(4, 8, 3, padding=1)
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return torch.flatten(self.c(torch.cat([self.a(x), self.b(x)], 1)), 1)
+
+
+def test_merge_at_a_boundary_restores_order():
+    """c's input is a reordered pair; c is the only consumer so a, b stay octave and c is
+    fed through in_order; its own output is merged before flatten (so c becomes 'last')."""
+    net = CatOut().eval()
+    converted, plan = convert(net, ANY, (4, 8, 8))
+    d = by_name(plan)
+    assert d["c"].reason.startswith("last") and d["c"].in_low == 8
+    with torch.no_grad():
+        x = torch.randn(1, 4, 8, 8)
+        a = OctaveConv2d.from_conv(net.a, in_low=0, out_low=4)(x)
+        b = OctaveConv2d.from_conv(net.b, in_low=0, out_low=4)(x)
+        order = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]
+        c = OctaveConv2d.from_conv(net.c, in_low=8, out_low=0, in_order=order)
+        want = torch.flatten(c((torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]], 1))), 1)
+        torch.testing.assert_close(converted(x), want)
+
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+        self.c, self.d = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.e = nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.cat([self.c(self.a(x)), self.d(self.b(x))], 1)
+        return self.e(y), torch.flatten(y, 1)
+
+
+def test_merge_restores_the_original_channel_order():
+    """The concatenated pair feeds an octave conv (so it stays a pair) and a flatten,
+    which gets a merge that puts every channel back where the original had it."""
+    two = Two().eval()
+    converted, plan = convert(two, ANY, (4, 9, 9))
+    assert [b["kind"] for b in plan.boundaries] == ["merge"]
+    with torch.no_grad():
+        x = torch.randn(1, 4, 9, 9)
+        parts = []
+        for first, second in ((two.a, two.c), (two.b, two.d)):
+            y = OctaveConv2d.from_conv(second, in_low=4, out_low=4)(OctaveConv2d.from_conv(first, in_low=0, out_low=4)(x))
+            parts.append(merge_frequencies(*y))
+        torch.testing.assert_close(converted(x)[1], torch.flatten(torch.cat(parts, 1), 1))
+
+
+class SE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(16, 4, 1)
+        self.fc2 = nn.Conv2d(4, 16, 1)
+        self.proj = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(self.pool(y)))))
+        return self.proj(y * s)
+
+
+def test_squeeze_excitation_pools_each_branch_and_gates_each():
+    net = SE().eval()
+    policy = Policy(alpha=0.5, min_channels=0, min_feature_size=4, rules=(Rule(name="proj", alpha=0.0),))
+    converted, plan = convert(net, policy, (3, 8, 8))
+    assert [b["kind"] for b in plan.boundaries] == ["pooled-merge"]
+    conv = OctaveConv2d.from_conv(net.conv, in_low=0, out_low=8)
+    proj = OctaveConv2d.from_conv(net.proj, in_low=8, out_low=0)
+    x = torch.randn(2, 3, 8, 8)
+    h, low = conv(x)
+    pooled = torch.cat([F.adaptive_avg_pool2d(h, 1), F.adaptive_avg_pool2d(low, 1)], 1)
+    s = torch.sigmoid(net.fc2(torch.relu(net.fc1(pooled))))
+    want = proj((h * s[:, :8], low * s[:, 8:]))
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), want)
+
+
+def test_depthwise_inverted_residual():
+    """MobileNetV2 layout: expansion 'first', depthwise octave, projection 'last'."""
+    net = nn.Sequential(nn.Conv2d(16, 64, 1), nn.ReLU6(), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(),
+                        nn.Conv2d(64, 16, 1)).eval()  # fmt: skip
+    policy = Policy(alpha=0.25, min_channels=0, min_feature_size=0, rules=(Rule(name="4", alpha=0.0),))
+    converted, plan = convert(net, policy, (16, 9, 9))
+    d = by_name(plan)
+    assert [(d[n].in_low, d[n].out_low) for n in ("0", "2", "4")] == [(0, 16), (16, 16), (16, 0)]
+    e = OctaveConv2d.from_conv(net[0], in_low=0, out_low=16)
+    dw = OctaveConv2d.from_conv(net[2], in_low=16, out_low=16)
+    p = OctaveConv2d.from_conv(net[4], in_low=16, out_low=0)
+    x = torch.randn(2, 16, 9, 9)
+    want = p(tuple(F.relu6(t) for t in dw(tuple(F.relu6(t) for t in e(x)))))
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), want)
+
+
+def test_octave_output_only_merged_stays_plain():
+    """A conv whose pair would go straight into flatten gains nothing: it stays plain."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 8 * 8, 2)).eval()
+    converted, plan = convert(net, ANY, (3, 8, 8))
+    assert plan.layers[0].action == "keep"
+    assert plan.layers[0].reason.startswith("no octave conv consumes its output")
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(converted(x), net(x))
+
+
+class Conflict(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 16, 3, padding=1)
+        self.b = nn.Conv2d(8, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(self.a(x) + self.b(x))
+
+
+def test_unification_conflict_names_the_layers():
+    policy = Policy(alpha=0.5, min_channels=0, min_feature_size=0, rules=(Rule(name="b", alpha=0.25),))
+    with pytest.raises(ConversionError, match=r"different channel splits: 8 low of 16 from a vs 4 low of 16 from b"):
+        convert(Conflict().eval(), policy, (8, 8, 8))
+    converted, plan = convert(Conflict().eval(), ANY, (8, 8, 8))  # same alpha: fine
+    assert plan.boundaries == ()
+
+
+def test_grouped_conv_gets_an_aligned_split():
+    """The producer of a grouped conv rounds its low channels to whole groups."""
+    net = nn.Sequential(nn.Conv2d(8, 24, 1), nn.ReLU(), nn.Conv2d(24, 24, 3, padding=1, groups=3),
+                        nn.Conv2d(24, 24, 1), nn.Conv2d(24, 8, 1)).eval()  # fmt: skip
+    policy = Policy(alpha=0.5, min_channels=0, min_feature_size=0, rules=(Rule(name="4", alpha=0.0),))
+    converted, plan = convert(net, policy, (8, 6, 6))
+    d = by_name(plan)
+    assert d["0"].out_low == 8 and d["2"].in_low == 8  # 12 rounded down to whole groups of 8
+    assert plan.boundaries == ()
+    x = torch.randn(1, 8, 6, 6)
+    assert converted(x).shape == net(x).shape
+
+
+def test_graph_checkpoint_round_trip(tmp_path, tiny_resnet):
+    model, source = octswap.load_model("tests.nets:tiny_resnet")
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=(3, 16, 16))
+    assert plan.mode == "graph" and isinstance(converted, torch.fx.GraphModule)
+    path = octswap.save(tmp_path / "g.pt", converted, plan, source=source)
+    again = octswap.load(path, allow_import=True)
+    x = torch.randn(2, 3, 21, 19)
+    with torch.no_grad():
+        assert torch.equal(again(x), converted.eval()(x))
+
+
+def test_graph_training_step():
+    model = _randomize_bn(Residual())
+    converted, _ = convert(model, Policy(alpha=0.5, min_channels=0, min_feature_size=0), (3, 12, 12))
+    converted.train()
+    loss = converted(torch.randn(4, 3, 12, 12)).square().mean()
+    loss.backward()
+    assert converted.a.h2l.weight.grad is not None and converted.b.l2l.weight.grad.abs().sum() > 0
+
+
+def test_split_reference_pooling():
+    x = torch.randn(1, 6, 5, 5)
+    h, low = split_frequencies(x, 2)
+    torch.testing.assert_close(low, ref_pool(x[:, 4:]))
