@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: run test test-slow bench venv clean
+.PHONY: run test test-slow zoo-test bench venv clean
 
 venv: $(STAMP)
 
@@ -28,8 +28,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# The whole torchvision classification zoo in both modes, big models included.
+zoo-test: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_convert.py -k zoo
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py
+	$(BIN)/python benchmarks/bench_octresnet.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis

@@ -186,6 +186,8 @@ def _print_report(report: Report, fmt: OutputFormat, *, layers: bool, extra: dic
         out.print(report.to_csv(layers=layers), markup=False, highlight=False, end="")
     else:
         out.print(_report_table(report, layers=layers))
+        if report.memory_line():
+            out.print(report.memory_line(), highlight=False)
         if report.uncounted:
             err.print("uncounted ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.uncounted.items())),
                       highlight=False)  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from octswap.flops import CONVENTION, Cost, count_cost
+from octswap.memory import ActivationMemory, measure_activations
 from octswap.plan import Plan, example_input
 
 __all__ = ["Report", "Row", "make_report"]
@@ -64,6 +65,9 @@ class Report:
     converted: int
     kept: int
     uncounted: dict[str, int] = field(default_factory=dict)
+    #: Activation memory of one forward pass (see :mod:`octswap.memory`), if measured.
+    activations_before: ActivationMemory | None = None
+    activations_after: ActivationMemory | None = None
 
     def summary(self) -> dict[str, Any]:
         """The headline figures (stored in checkpoints)."""
@@ -81,7 +85,28 @@ class Report:
             "params_after": self.total.params_after,
             "convs_converted": self.converted,
             "convs_kept": self.kept,
+            **self._memory_fields(),
         }
+
+    def _memory_fields(self) -> dict[str, int]:
+        if self.activations_before is None or self.activations_after is None:
+            return {}
+        return {
+            "peak_activation_bytes_before": self.activations_before.peak,
+            "peak_activation_bytes_after": self.activations_after.peak,
+            "activation_bytes_written_before": self.activations_before.total,
+            "activation_bytes_written_after": self.activations_after.total,
+        }
+
+    def memory_line(self) -> str:
+        """One sentence on activation memory, or '' when it was not measured."""
+        b, a = self.activations_before, self.activations_after
+        if b is None or a is None:
+            return ""
+        return (
+            f"Activation memory: peak {b.peak / 2**20:.1f} MiB -> {a.peak / 2**20:.1f} MiB ({a.peak / b.peak:.2f}x); "
+            f"written {b.total / 2**20:.1f} MiB -> {a.total / 2**20:.1f} MiB ({a.total / b.total:.2f}x)."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +151,8 @@ class Report:
                 f"{percent(row.flops_change)} | {human(row.params_before)} | {human(row.params_after)} | "
                 f"{row.note.replace('|', '/')} |"
             )
+        if self.memory_line():
+            lines += ["", self.memory_line()]
         if self.uncounted:
             lines += ["", "Uncounted ops (fvcore convention): " + ", ".join(f"`{k}` x{v}" for k, v in sorted(self.uncounted.items()))]
         return "\n".join(lines) + "\n"
@@ -163,6 +190,7 @@ def make_report(
     *,
     model_name: str = "model",
     original_cost: Cost | None = None,
+    memory: bool = True,
 ) -> Report:
     """Count both models with fvcore at the plan's input shape and compare them.
 
@@ -172,6 +200,7 @@ def make_report(
         plan: The plan that produced ``converted``.
         model_name: Shown in the report.
         original_cost: Reuse a cost already counted for ``original``.
+        memory: Also measure activation memory of both models (one forward pass each).
 
     Example:
         >>> converted, plan = octswap.convert(model, alpha=0.25)      # doctest: +SKIP
@@ -179,7 +208,16 @@ def make_report(
         -0.238
     """
     inputs = example_input(plan.input_shape)
-    before = original_cost if original_cost is not None else count_cost(original, inputs)
+    if original_cost is None:
+        # A graph-mode model is an fx.GraphModule, whose functional ops (residual adds...)
+        # sit at the top level; count the original traced the same way so stage rows compare.
+        counted = original
+        if plan.mode == "graph":
+            from octswap.rewrite.graph import trace
+
+            counted = trace(original)
+        original_cost = count_cost(counted, inputs)
+    before = original_cost
     after = count_cost(converted, inputs)
 
     def row(name: str, kind: str, note: str = "") -> Row:
@@ -195,6 +233,11 @@ def make_report(
         for d in plan.layers
     )
     stages = tuple(row(name, "stage") for name in _stage_names(original, before))
+    outside = Row("(outside stages)", "stage",
+                  before.flops - sum(r.flops_before for r in stages), after.flops - sum(r.flops_after for r in stages),
+                  0, 0, "top-level ops: merges, splits, functional adds")  # fmt: skip
+    if outside.flops_before or outside.flops_after:
+        stages += (outside,)
     total = Row("total", "total", before.flops, after.flops, before.params, after.params)
     core = Row("conv+linear", "core", before.core_flops, after.core_flops, before.params, after.params,
                "as torchvision's published GFLOPS")  # fmt: skip
@@ -205,4 +248,6 @@ def make_report(
         model=model_name, mode=plan.mode, input_shape=plan.input_shape, convention=CONVENTION,
         total=total, core=core, stages=stages, layers=layers,
         converted=len(plan.octave_layers), kept=len(plan.kept_layers), uncounted=uncounted,
+        activations_before=measure_activations(original, inputs) if memory else None,
+        activations_after=measure_activations(converted, inputs) if memory else None,
     )  # fmt: skip
