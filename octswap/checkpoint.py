@@ -8,6 +8,7 @@ One ``torch.save`` file holding a dict::
     source          how to rebuild the original architecture (see ModelSource)
     plan            the resolved plan (policy included), replayed on load
     state_dict      the converted model's weights
+    state_dict_metadata  per-module state-dict versions (``state_dict._metadata``)
     report          the cost summary printed at conversion
 
 It loads with ``torch.load(path, weights_only=True)``. :func:`load` rebuilds the
@@ -22,6 +23,7 @@ import datetime as _dt
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +145,7 @@ def save(
         OutputExistsError: the file exists and ``force`` is false.
         InputError: the file cannot be written.
     """
+    state = model.state_dict()
     payload = _plain({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -150,10 +153,19 @@ def save(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": source.to_dict(),
         "plan": plan.to_dict(),
-        "state_dict": model.state_dict(),
+        "state_dict": state,
+        # Per-module state-dict versions (BatchNorm, MNASNet...) that load_state_dict consults.
+        "state_dict_metadata": dict(getattr(state, "_metadata", {}) or {}),
         "report": report,
     })
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
+
+
+def _with_metadata(state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    result: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    if metadata:
+        result._metadata = OrderedDict((k, dict(v)) for k, v in metadata.items())  # type: ignore[attr-defined]
+    return result
 
 
 def read(path: str | Path) -> Checkpoint:
@@ -185,7 +197,7 @@ def read(path: str | Path) -> Checkpoint:
             created=str(data.get("created")),
             source=ModelSource.from_dict(data["source"]),
             plan=Plan.from_dict(data["plan"]),
-            state_dict=dict(data["state_dict"]),
+            state_dict=_with_metadata(data["state_dict"], data.get("state_dict_metadata")),
             report=data.get("report"),
         )
     except (KeyError, TypeError, ValueError, OctswapError) as err:

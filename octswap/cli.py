@@ -227,6 +227,9 @@ def _print_plan(plan: Plan, fmt: OutputFormat, model: str) -> None:
     if fmt is OutputFormat.markdown:
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
+        if plan.boundaries:
+            lines += ["", "| boundary | after | before | reason |", "|---|---|---|---|"]
+            lines += [f"| {b['kind']} | {b['after']} | {b['before']} | {b['reason']} |" for b in plan.boundaries]
         out.print("\n".join(lines), markup=False, highlight=False)
         return
     table = Table(title=f"octswap plan: {model} ({len(plan.octave_layers)} of {len(plan.layers)} convs converted)",
@@ -236,6 +239,11 @@ def _print_plan(plan: Plan, fmt: OutputFormat, model: str) -> None:
     for r in rows:
         table.add_row(*(str(r[c]) for c in columns), style=None if r["action"] == "octave" else "dim")
     out.print(table)
+    if plan.boundaries:
+        merges = Table("boundary", "after", "before", "reason", title="inserted merges and splits", title_justify="left")
+        for b in plan.boundaries:
+            merges.add_row(b["kind"], b["after"], b["before"], b["reason"])
+        out.print(merges)
 
 
 # ----------------------------------------------------------------- commands
@@ -271,6 +279,9 @@ def convert(
         report = octswap.report(original, converted, plan, model_name=model)
         path = octswap.save(target, converted, plan, source=source, report=report.summary(), force=force)
         _print_report(report, fmt, layers=layers, extra={"checkpoint": str(path)})
+        if not report.converted:
+            err.print(f"nothing converted: every conv of {model} was kept (reasons: octswap plan {model})",
+                      highlight=False, markup=False)  # fmt: skip
         size = path.stat().st_size / 2**20
         err.print(f"wrote {path} ({size:.1f} MiB): {report.converted} convs converted, FLOPs "
                   f"{percent(report.total.flops_change)}, params {percent(report.total.params_change)}",

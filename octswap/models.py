@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,9 +202,18 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    state = dict(data)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    # Keep the per-module versions torch.save stores beside the tensors (state_dict._metadata):
+    # some modules (BatchNorm, torchvision's MNASNet) read them while loading.
+    metadata = getattr(data, "_metadata", None)
+    strip = bool(data) and all(k.startswith("module.") for k in data)
+    state: OrderedDict[str, torch.Tensor] = OrderedDict(
+        (k.removeprefix("module.") if strip else k, v) for k, v in data.items()
+    )
+    if metadata is not None:
+        state._metadata = OrderedDict(  # type: ignore[attr-defined]
+            ((k.removeprefix("module.") if strip and k != "module" else "" if strip else k), v)
+            for k, v in metadata.items()
+        )
     return state
 
 

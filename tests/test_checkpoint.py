@@ -113,3 +113,13 @@ def test_tampered_state_dict_is_listed(tmp_path, converted):
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="missing: head.bias"):
         octswap.load(path, allow_import=True)
+
+
+def test_state_dict_versions_survive_checkpoints(tmp_path):
+    model, source = load_model("mnasnet0_5")
+    converted, plan = octswap.convert(model, alpha=0.25, input_shape=(3, 64, 64), mode="layer")
+    path = octswap.save(tmp_path / "m.pt", converted, plan, source=source)
+    again = octswap.load(path)  # MNASNet._load_from_state_dict needs the versions
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(x), converted.eval()(x))

@@ -124,3 +124,12 @@ def test_cached_torchvision_weights_load(hub_dir, monkeypatch):
         assert source.weights == spec
         assert torch.equal(model.conv1.weight, reference.conv1.weight)
     assert Path(torch.hub.get_dir()) == hub_dir
+
+
+def test_state_dict_versions_survive_weights_files(tmp_path):
+    """MNASNet refuses a state dict without its version metadata: the loader keeps it."""
+    reference = torchvision.models.mnasnet0_5()
+    path = tmp_path / "mnas.pt"
+    torch.save(reference.state_dict(), path)
+    model, _ = load_model("mnasnet0_5", weights=str(path))
+    assert torch.equal(model.layers[0].weight, reference.layers[0].weight)

@@ -272,12 +272,16 @@ def _inverse(order: Sequence[int]) -> tuple[int, ...]:
     return tuple(inverse)
 
 
-def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
-        return f"{type(modules[node.target]).__name__} {node.target} takes a plain tensor"
+        return f"{type(modules[node.target]).__name__} {node.target}"
     if node.op == "call_method":
-        return f".{node.target}() takes a plain tensor"
-    return f"{getattr(node.target, '__name__', node.target)} takes a plain tensor"
+        return f".{node.target}()"
+    return str(getattr(node.target, "__name__", node.target))
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    return f"{_op_name(node, modules)} takes a plain tensor"
 
 
 def _group_granularity(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> dict[str, int]:
@@ -403,12 +407,12 @@ def _pool(p: _Pass, node: fx.Node) -> Any:
     assert in_shape is not None
     dummy = torch.zeros(1, 1, (in_shape[2] + 1) // 2, (in_shape[3] + 1) // 2)
     fn = p.modules[node.target] if node.op == "call_module" else node.target
-    rest = [a for a in node.args[1:]]
+    rest = list(node.args[1:])
     if any(isinstance(a, fx.Node) for a in rest) or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
         return p.copy_plain(node)
     low_out = fn(dummy, *rest, **node.kwargs)
     if isinstance(low_out, tuple) or tuple(low_out.shape[-2:]) != ((out[2] + 1) // 2, (out[3] + 1) // 2):
-        return p.copy_plain(node, f"{_describe(node, p.modules).split(' takes')[0]} would break the half-size low map")
+        return p.copy_plain(node, f"{_op_name(node, p.modules)} would break the half-size low map")
     return p.per_branch(node, x, node.args[1:])
 
 
