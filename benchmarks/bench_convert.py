@@ -5,8 +5,9 @@ Goal (issue 2): the command finishes in under 15 s on the 2-core development mac
 Measures, each as the median of several runs:
   1. wall time of the whole CLI command in a fresh process (imports included);
   2. the library steps in one process (load, convert incl. probe + check, report, save);
-  3. CPU latency of the original vs the layer-wise converted model, interleaved
-     side by side in one process (eval mode, inference_mode, batch 1 and 8).
+  3. CPU latency of the original vs the converted model in graph mode (the default) and
+     in layer mode, interleaved side by side in one process (eval mode, inference_mode,
+     NCHW, batch 1 and 8).
 
 Usage:
     .venv/bin/python benchmarks/bench_convert.py [--runs 5] [--model resnet50] [--alpha 0.25]
@@ -62,22 +63,22 @@ def library_steps(model_name: str, alpha: float, runs: int) -> dict[str, list[fl
     return steps
 
 
-def latency(model_name: str, alpha: float, batch: int, runs: int) -> tuple[float, float]:
-    """Median seconds per forward of (original, converted), measured alternately."""
+def latency(model_name: str, alpha: float, batch: int, runs: int) -> list[float]:
+    """Median seconds per forward of (original, graph mode, layer mode), measured round-robin."""
     model, _ = octswap.load_model(model_name)
-    converted, _ = octswap.convert(model, alpha=alpha)
+    nets = [model] + [octswap.convert(model, alpha=alpha, mode=mode)[0] for mode in ("graph", "layer")]
     x = torch.randn(batch, 3, 224, 224)
-    times: dict[int, list[float]] = {0: [], 1: []}
+    times: list[list[float]] = [[] for _ in nets]
     with torch.inference_mode():
-        for net in (model, converted):  # warm-up
+        for net in nets:  # warm-up
             for _ in range(2):
                 net(x)
         for _ in range(runs):
-            for index, net in enumerate((model, converted)):
+            for index, net in enumerate(nets):
                 start = time.perf_counter()
                 net(x)
                 times[index].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -107,9 +108,9 @@ def main() -> None:
           f"({s['flops_after'] / s['flops_before']:.3f}x); conv+linear {s['core_flops_before'] / 1e9:.3f} G -> "
           f"{s['core_flops_after'] / 1e9:.3f} G; params {s['params_before']} -> {s['params_after']}")  # fmt: skip
     for batch in (1, 8):
-        before, after = latency(args.model, args.alpha, batch, max(args.runs, 5))
-        print(f"latency batch {batch} (layer mode, NCHW): original {before * 1e3:.1f} ms, "
-              f"converted {after * 1e3:.1f} ms, ratio {after / before:.2f}")  # fmt: skip
+        before, graph, layer = latency(args.model, args.alpha, batch, max(args.runs, 5))
+        print(f"latency batch {batch} (NCHW): original {before * 1e3:.1f} ms, graph mode {graph * 1e3:.1f} ms "
+              f"({graph / before:.2f}x), layer mode {layer * 1e3:.1f} ms ({layer / before:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":
