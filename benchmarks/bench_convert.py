@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import octswap
+from timing import interleaved_medians
 
 
 def cli_runs(model: str, alpha: float, runs: int) -> list[float]:
@@ -67,18 +68,7 @@ def latency(model_name: str, alpha: float, batch: int, runs: int) -> list[float]
     """Median seconds per forward of (original, graph mode, layer mode), measured round-robin."""
     model, _ = octswap.load_model(model_name)
     nets = [model] + [octswap.convert(model, alpha=alpha, mode=mode)[0] for mode in ("graph", "layer")]
-    x = torch.randn(batch, 3, 224, 224)
-    times: list[list[float]] = [[] for _ in nets]
-    with torch.inference_mode():
-        for net in nets:  # warm-up
-            for _ in range(2):
-                net(x)
-        for _ in range(runs):
-            for index, net in enumerate(nets):
-                start = time.perf_counter()
-                net(x)
-                times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return interleaved_medians(nets, torch.randn(batch, 3, 224, 224), runs)
 
 
 def main() -> None:

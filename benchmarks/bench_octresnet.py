@@ -17,31 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import torch
 
 import octswap
 from octswap.flops import count_cost
 from octswap.memory import measure_activations
+from timing import interleaved_medians
 
 PAPER = {0.125: 3.6, 0.25: 3.1, 0.5: 2.4, 0.75: 1.9}
-
-
-def latency(models: list[torch.nn.Module], x: torch.Tensor, runs: int) -> list[float]:
-    """Median seconds per forward for each model, measured round-robin."""
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for model in models:
-            for _ in range(2):
-                model(x)
-        for _ in range(runs):
-            for index, model in enumerate(models):
-                start = time.perf_counter()
-                model(x)
-                times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -82,7 +66,7 @@ def main() -> None:
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
                 nets = [n.to(memory_format=torch.channels_last) for n in nets]
-            base_t, t25, t50 = latency(nets, xb, args.runs)
+            base_t, t25, t50 = interleaved_medians(nets, xb, args.runs)
             layout = "channels-last" if channels_last else "NCHW"
             print(f"latency {layout} batch {batch}: original {base_t * 1e3:.1f} ms; "
                   f"graph a=0.25 {t25 * 1e3:.1f} ms ({t25 / base_t:.2f}x); a=0.5 {t50 * 1e3:.1f} ms ({t50 / base_t:.2f}x)")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from octswap.errors import ConversionError
+from octswap.eval_mode import eval_mode
 from octswap.plan import Plan, example_input, make_plan, output_signature
 from octswap.policy import Policy
 from octswap.rewrite import apply_plan
@@ -86,15 +87,11 @@ def verify(converted: nn.Module, plan: Plan) -> None:
     Raises:
         ConversionError: the forward pass fails, the shapes differ, or values are not finite.
     """
-    was_training = converted.training
-    converted.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(converted), torch.no_grad():
             output = converted(example_input(plan.input_shape))
     except Exception as err:  # noqa: BLE001 - report any failure of the rewritten model
         raise ConversionError(f"the converted model fails to run: {type(err).__name__}: {err}") from err
-    finally:
-        converted.train(was_training)
     signature = output_signature(output)
     if plan.output is not None and signature != plan.output:
         raise ConversionError(f"the converted model's output shapes {signature} differ from the original {plan.output}")

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from octswap.eval_mode import eval_mode
+
 __all__ = ["CONVENTION", "CORE_OPERATORS", "Cost", "OP_HANDLES", "count_cost"]
 
 logger = logging.getLogger(__name__)
@@ -150,26 +152,21 @@ def count_cost(model: nn.Module, inputs: torch.Tensor | tuple[Any, ...]) -> Cost
         >>> cost.flops == 8 * 3 * 9 * 64
         True
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with _quiet(), torch.no_grad():
-            # Imported here, under _quiet: fvcore scripts a helper at import time.
-            from fvcore.nn import FlopCountAnalysis, parameter_count
+    with eval_mode(model), _quiet(), torch.no_grad():
+        # Imported here, under _quiet: fvcore scripts a helper at import time.
+        from fvcore.nn import FlopCountAnalysis, parameter_count
 
-            analysis = FlopCountAnalysis(model, inputs)
-            for name, handle in OP_HANDLES.items():
-                analysis.set_op_handle(name, handle)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            analysis.tracer_warnings("none")
-            total = analysis.total()
-            by_module = dict(analysis.by_module())
-            by_operator = dict(analysis.by_operator())
-            uncounted = dict(analysis.unsupported_ops())
-            params = parameter_count(model)
-    finally:
-        model.train(was_training)
+        analysis = FlopCountAnalysis(model, inputs)
+        for name, handle in OP_HANDLES.items():
+            analysis.set_op_handle(name, handle)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        total = analysis.total()
+        by_module = dict(analysis.by_module())
+        by_operator = dict(analysis.by_operator())
+        uncounted = dict(analysis.unsupported_ops())
+        params = parameter_count(model)
     return Cost(
         flops=int(total),
         params=int(params.get("", 0)),

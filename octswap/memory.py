@@ -23,6 +23,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from octswap.eval_mode import eval_mode
+
 __all__ = ["ActivationMemory", "measure_activations"]
 
 
@@ -79,13 +81,8 @@ def measure_activations(model: nn.Module, inputs: torch.Tensor) -> ActivationMem
         >>> mem.total == 8 * 16 * 16 * 4
         True
     """
-    was_training = model.training
-    model.eval()
     tracker = _Tracker()
-    try:
-        with torch.no_grad(), tracker:
-            out = model(inputs)
-            del out
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), tracker:
+        out = model(inputs)
+        del out
     return ActivationMemory(peak=tracker.peak, total=tracker.total)

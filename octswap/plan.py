@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from octswap.errors import InputError, PolicyError
+from octswap.eval_mode import eval_mode
 from octswap.octave import check_geometry, low_channels
 from octswap.policy import Policy
 
@@ -207,10 +208,8 @@ def probe(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[Con
         return record
 
     handles = [m.register_forward_hook(hook(name)) for name, m in convs]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             output = model(example_input(input_shape))
     except Exception as err:  # noqa: BLE001 - any failure of user code means "does not run here"
         shape = "x".join(map(str, (1, *input_shape)))
@@ -218,7 +217,6 @@ def probe(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[Con
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
 
     sites = []
     for name, conv in convs:

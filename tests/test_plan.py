@@ -116,3 +116,17 @@ def test_plan_round_trips_through_plain_data(tiny_resnet):
     torch.save(plan.to_dict(), buffer := __import__("io").BytesIO())
     buffer.seek(0)
     assert Plan.from_dict(torch.load(buffer, weights_only=True)) == plan
+
+
+def test_mixed_training_modes_survive_probe_and_conversion(tiny_resnet):
+    """A training model with frozen (eval-mode) BatchNorm comes back exactly as it was."""
+    import octswap
+
+    tiny_resnet.train()
+    tiny_resnet.layer1.bn1.eval()
+    make_plan(tiny_resnet, input_shape=(3, 16, 16))
+    converted, _ = octswap.convert(tiny_resnet, alpha=0.5, input_shape=(3, 16, 16))
+    octswap.report(tiny_resnet, converted, _)
+    for model in (tiny_resnet,):
+        assert model.training and model.layer2.bn1.training and not model.layer1.bn1.training
+    assert converted.training and not converted.layer1.bn1.training and converted.layer2.bn1.training

@@ -31,6 +31,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from octswap.errors import ConversionError
+from octswap.eval_mode import eval_mode
 from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, downsample, upsample
 from octswap.plan import LayerDecision, Plan, example_input
 from octswap.rewrite import register_rewriter
@@ -170,17 +171,14 @@ def trace(model: nn.Module) -> fx.GraphModule:
     Traces a shallow copy: fx stores tensor constants (``_tensor_constant0``...) on the
     root it traces, and they must be numbered the same on every trace (checkpoint replay).
     """
-    was_training = model.training
-    model.eval()
     try:
-        return fx.symbolic_trace(copy.copy(model))
+        with eval_mode(model):
+            return fx.symbolic_trace(copy.copy(model))
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
         raise ConversionError(
             f"the model does not trace with torch.fx ({type(err).__name__}: {str(err).splitlines()[0]}); "
             "use --mode layer"
         ) from err
-    finally:
-        model.train(was_training)
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -632,7 +630,7 @@ def rewrite_graph(model: nn.Module, plan: Plan) -> fx.GraphModule:
     graph.lint()
     new = fx.GraphModule(root, graph, class_name=f"Octave{type(model).__name__}")
     new.recompile()
-    new.train(model.training)
+    new.training = model.training  # submodules keep their own flags (frozen BatchNorm stays frozen)
     return new
 
 
