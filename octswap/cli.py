@@ -24,6 +24,7 @@ from rich.table import Table
 
 from octswap import __version__
 from octswap.errors import InputError, OctswapError
+from octswap.shapes import parse_input_shape as parse_input_size
 
 if TYPE_CHECKING:
     from octswap.plan import Plan
@@ -123,19 +124,6 @@ def _errors(debug: bool) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ parsing
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """``224`` -> (3, 224, 224); ``224x192`` -> (3, 224, 192); ``1x28x28`` -> (1, 28, 28)."""
-    parts = re.split(r"[x,]", text.strip().lower())
-    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
-        raise InputError(f"--input-size: expected N, HxW or CxHxW with positive numbers, got {text!r}")
-    dims = [int(p) for p in parts]
-    if len(dims) == 1:
-        return (3, dims[0], dims[0])
-    if len(dims) == 2:
-        return (3, dims[0], dims[1])
-    return (dims[0], dims[1], dims[2])
-
-
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for item in items or []:
@@ -344,6 +332,92 @@ def plan(
         original, _ = octswap.load_model(model, kwargs=parse_model_args(model_arg))
         the_plan = octswap.make_plan(original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict)
         _print_plan(the_plan, fmt, model)
+
+
+@app.command()
+def zoo(
+    manifest: Annotated[Optional[Path], typer.Argument(help="Zoo manifest (YAML); or use --models.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for results.json/.csv, summary.md, junit.xml.")] = Path("zoo-results"),
+    models: Annotated[Optional[str], typer.Option("--models", help="Without a manifest: names or globs, comma-separated.")] = None,
+    alpha: Annotated[str, typer.Option("--alpha", "-a", help="With --models: alphas, comma-separated.")] = "0.25",
+    policy: PolicyOpt = None,
+    input_size: InputSizeOpt = "224",
+    mode: ModeOpt = Mode.graph,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 1,
+    save: Annotated[bool, typer.Option("--save", help="Also write each converted checkpoint into --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip tasks already done with this manifest entry and version.")] = False,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds before a task's worker is killed.")] = None,
+    max_flops_ratio: Annotated[Optional[float], typer.Option("--max-flops-ratio", help="Fail when a converted model keeps more than this share of FLOPs.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A previous results.json: fail on regressions.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert a whole model zoo (each model in its own process) and write CI-friendly results."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from octswap import zoo as zoo_lib
+
+    with _errors(debug):
+        if (manifest is None) == (models is None):
+            raise InputError("give a manifest file or --models, not both")
+        if manifest is not None:
+            spec = zoo_lib.load_manifest(manifest)
+        else:
+            spec = zoo_lib.manifest_from_cli(models or "", alpha, policy=str(policy) if policy else None,
+                                             input_size=input_size, mode=mode.value)  # fmt: skip
+        old = zoo_lib.read_results(baseline) if baseline is not None else None
+        done: dict[str, dict[str, Any]] = {}
+        if resume and (out_dir / "results.json").is_file():
+            for row in zoo_lib.read_results(out_dir / "results.json"):
+                if row.get("status") == "ok" and row.get("octswap_version") == __version__:
+                    done[row["entry_hash"]] = row
+        tasks = [t for t in spec.tasks if t.entry_hash not in done]
+        kept = [done[t.entry_hash] for t in spec.tasks if t.entry_hash in done]
+        if kept:
+            err.print(f"resuming: {len(kept)} of {len(spec.tasks)} tasks already done", highlight=False)
+        save_dir = out_dir / "checkpoints" if save else None
+        if save_dir is not None:
+            save_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=err, transient=True)  # fmt: skip
+        interrupted = False
+        with progress:
+            bar = progress.add_task("zoo", total=len(tasks))
+            current: list[str] = []
+
+            def started(task: Any) -> None:
+                current.append(task.key)
+                progress.update(bar, description=", ".join(current[-2:]))
+
+            def finished(task: Any, record: dict[str, Any]) -> None:
+                current.remove(task.key)
+                progress.advance(bar)
+                if record["status"] != "ok":
+                    err.print(f"failed: {task.key}: {record.get('error')}", highlight=False, markup=False)
+
+            try:
+                records = zoo_lib.run_zoo(tasks, jobs=jobs, save_dir=save_dir, timeout=timeout,
+                                          on_start=started, on_done=finished)  # fmt: skip
+            except KeyboardInterrupt as interrupt:
+                records = getattr(interrupt, "records", [])
+                interrupted = True
+        by_hash = {r["entry_hash"]: r for r in [*kept, *records]}
+        rows = [by_hash[t.entry_hash] for t in spec.tasks if t.entry_hash in by_hash]
+        wall = time.perf_counter() - start
+        paths = zoo_lib.write_results(rows, out_dir, source=spec.source, wall_time_s=round(wall, 1), interrupted=interrupted)
+        out.print(zoo_lib.summary_markdown(rows, wall_time_s=wall, interrupted=interrupted), markup=False,
+                  highlight=False, end="")  # fmt: skip
+        err.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False, markup=False)
+        if interrupted:
+            err.print("octswap: interrupted; results so far were written", highlight=False)
+            raise typer.Exit(130)
+        problems = zoo_lib.check_gates(rows, max_flops_ratio=max_flops_ratio, baseline=old)
+        for problem in problems:
+            err.print(f"octswap: gate: {problem}", highlight=False, markup=False)
+        if problems:
+            raise typer.Exit(1)
 
 
 _TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "video",

@@ -39,3 +39,17 @@ class TinyResNet(nn.Module):
 
 def tiny_resnet(num_classes: int = 10) -> TinyResNet:
     return TinyResNet(num_classes)
+
+
+def dies_on_build() -> nn.Module:
+    """A factory whose process is killed while building (a crash or OOM kill, in tests)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")
+
+
+def broken() -> nn.Module:
+    """A model that fails at its first forward pass."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Linear(5, 5))

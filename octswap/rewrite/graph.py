@@ -232,9 +232,9 @@ class _Pass:
     def copy_plain(self, node: fx.Node, why: str = "") -> fx.Node:
         return self.graph.node_copy(node, lambda n: self.plain(n, node, why))
 
-    def per_branch(self, node: fx.Node, pair: Pair, rest: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Pair:
-        """Apply ``node``'s op to each branch (first argument replaced)."""
-        kwargs = {k: self.plain(v, node) for k, v in (kwargs if kwargs is not None else node.kwargs).items()}
+    def per_branch(self, node: fx.Node, pair: Pair, rest: tuple[Any, ...] = ()) -> Pair:
+        """Apply ``node``'s op to each branch (its first argument replaced by the branch)."""
+        kwargs = {k: self.plain(v, node) for k, v in node.kwargs.items()}
         rest = tuple(self.plain(a, node) for a in rest)
         high = self.graph.create_node(node.op, node.target, (pair.high, *rest), kwargs, name=f"{node.name}_h")
         low = self.graph.create_node(node.op, node.target, (pair.low, *rest), kwargs, name=f"{node.name}_l")
@@ -252,9 +252,7 @@ class _Pass:
     # -- driver
     def run(self) -> fx.Graph:
         for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                self.env[node] = self.graph.node_copy(node)
-            elif node.op == "get_attr":
+            if node.op in ("placeholder", "get_attr"):
                 self.env[node] = self.graph.node_copy(node)
             elif node.op == "output":
                 self.graph.output(self.plain(node.args[0], node, "model output"))

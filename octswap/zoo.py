@@ -1,0 +1,522 @@
+"""Zoo runs: convert many models at several alphas, for CI, with results machines and people read.
+
+A manifest (YAML) lists models -- torchvision names, globs such as ``resnet*``, or
+``package.module:factory`` -- with alphas, policy, input size, weights and per-model
+overrides. Each (model, alpha) runs in its own worker process, so a crash or an
+out-of-memory kill costs one record, not the run. Results are written to a folder:
+``results.json``, ``results.csv``, ``summary.md`` and ``junit.xml``.
+
+Manifest::
+
+    version: 1
+    defaults:                 # every key optional
+      alphas: [0.25, 0.5]
+      policy: configs/default.yaml     # relative to the manifest's folder
+      input_size: 224                  # N, HxW or CxHxW
+      mode: graph
+    models:
+      - resnet*                        # a name or glob (torchvision classification models)
+      - name: mobilenet_v*
+        exclude: [mobilenet_v3_small]
+        policy: configs/mobilenet_v2.yaml
+      - name: fcn_resnet50             # segmentation: dict outputs are fine
+      - name: fasterrcnn_resnet50_fpn
+        part: backbone                 # convert model.backbone (detection models)
+      - name: mypkg.nets:build
+        kwargs: {num_classes: 10}
+        input_size: 3x64x64
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import yaml
+
+from octswap import __version__
+from octswap.errors import InputError
+
+__all__ = [
+    "Manifest",
+    "ZooTask",
+    "check_gates",
+    "load_manifest",
+    "manifest_from_cli",
+    "run_zoo",
+    "write_results",
+]
+
+logger = logging.getLogger(__name__)
+
+_ENTRY_KEYS = ("name", "exclude", "alphas", "policy", "input_size", "mode", "weights", "kwargs", "part")
+_DEFAULT_KEYS = ("alphas", "policy", "input_size", "mode", "weights")
+RESULT_FIELDS = (
+    "model", "alpha", "mode", "part", "status", "flops_before", "flops_after", "flops_ratio",
+    "core_flops_before", "core_flops_after", "params_before", "params_after", "convs_converted",
+    "convs_kept", "wall_time_s", "error", "checkpoint", "entry_hash", "octswap_version",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ZooTask:
+    """One (model, alpha) conversion of a zoo run."""
+
+    model: str
+    alpha: float
+    mode: str = "graph"
+    policy: str | None = None
+    input_size: str = "224"
+    weights: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # compared, not hashed
+    part: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}@{self.alpha:g}" + (f"[{self.part}]" if self.part else "")
+
+    @property
+    def entry_hash(self) -> str:
+        """Changes when anything that decides this task's result changes (policy file included)."""
+        data = dataclasses.asdict(self)
+        if self.policy and Path(self.policy).is_file():
+            data["policy_text"] = Path(self.policy).read_text(encoding="utf-8")
+        blob = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tasks: tuple[ZooTask, ...]
+    source: str = "<cli>"
+
+
+# ------------------------------------------------------------------ manifests
+def _fail(where: str, message: str) -> InputError:
+    return InputError(f"manifest {where}: {message}")
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _fail(where, f"unknown key {key!r}{hint}")
+
+
+def _alphas(value: Any, where: str) -> tuple[float, ...]:
+    values = value if isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise _fail(where, f"alphas must be numbers in [0, 1), got {v!r}")
+        out.append(float(v))
+    if not out:
+        raise _fail(where, "alphas is empty")
+    return tuple(out)
+
+
+def _classification_models() -> list[str]:
+    from torchvision import models
+
+    return models.list_models(module=models)
+
+
+def expand_models(pattern: str, exclude: Sequence[str] = ()) -> list[str]:
+    """torchvision names matching a glob (classification models; any registered name when exact).
+
+    Example:
+        >>> expand_models("resnet1*")
+        ['resnet101', 'resnet152', 'resnet18']
+    """
+    from torchvision import models
+
+    if ":" in pattern:
+        return [pattern]
+    if not any(ch in pattern for ch in "*?["):
+        if pattern not in models.list_models():
+            close = difflib.get_close_matches(pattern, models.list_models(), n=3)
+            raise InputError(f"unknown model {pattern!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        return [pattern]
+    names = [n for n in _classification_models() if fnmatch.fnmatch(n, pattern)]
+    names = [n for n in names if not any(fnmatch.fnmatch(n, x) for x in exclude)]
+    if not names:
+        raise InputError(f"no torchvision classification model matches {pattern!r}")
+    return names
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a zoo manifest; paths in it are relative to its folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"manifest not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"manifest {path}: invalid YAML: {err}") from None
+    return manifest_from_dict(data, base=path.parent, source=str(path))
+
+
+def manifest_from_dict(data: Any, *, base: Path = Path("."), source: str = "<dict>") -> Manifest:
+    if not isinstance(data, Mapping):
+        raise _fail(source, "expected a mapping with 'models'")
+    _check_keys(data, ("version", "defaults", "models"), source)
+    if data.get("version", 1) != 1:
+        raise _fail(source, f"unsupported version {data.get('version')!r}")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise _fail(f"{source}: defaults", "expected a mapping")
+    _check_keys(defaults, _DEFAULT_KEYS, f"{source}: defaults")
+    entries = data.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise _fail(source, "'models' must be a non-empty list")
+    tasks: list[ZooTask] = []
+    for index, entry in enumerate(entries):
+        where = f"{source}: models[{index}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, Mapping) or "name" not in entry:
+            raise _fail(where, "expected a model name or a mapping with 'name'")
+        _check_keys(entry, _ENTRY_KEYS, where)
+        merged = {**defaults, **entry}
+        alphas = _alphas(merged.get("alphas", [0.25]), where)
+        policy = merged.get("policy")
+        if policy is not None:
+            policy = str((base / policy) if not Path(policy).is_absolute() else Path(policy))
+            if not Path(policy).is_file():
+                raise _fail(where, f"policy file not found: {policy}")
+        mode = merged.get("mode", "graph")
+        if mode not in ("graph", "layer"):
+            raise _fail(where, f"mode must be 'graph' or 'layer', got {mode!r}")
+        kwargs = merged.get("kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise _fail(where, "kwargs must be a mapping")
+        part = merged.get("part")
+        if part is not None and (not isinstance(part, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", part)):
+            raise _fail(where, f"part must be a submodule name such as 'backbone', got {part!r}")
+        exclude = merged.get("exclude") or []
+        try:
+            names = expand_models(str(merged["name"]), exclude)
+        except InputError as err:
+            raise _fail(where, str(err)) from None
+        for name in names:
+            for alpha in alphas:
+                tasks.append(ZooTask(
+                    model=name, alpha=alpha, mode=mode, policy=policy, input_size=str(merged.get("input_size", 224)),
+                    weights=merged.get("weights"), kwargs=dict(kwargs), part=part,
+                ))  # fmt: skip
+    return Manifest(tasks=tuple(dict.fromkeys(tasks)), source=source)  # duplicates run once
+
+
+def manifest_from_cli(models: str, alphas: str, *, policy: str | None = None, input_size: str = "224",
+                      mode: str = "graph") -> Manifest:  # fmt: skip
+    """The manifest for ``octswap zoo --models 'resnet*,mobilenet_v2' --alpha 0.25,0.5``."""
+    try:
+        alpha_values = [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        raise InputError(f"--alpha: expected numbers separated by commas, got {alphas!r}") from None
+    data = {
+        "defaults": {"alphas": alpha_values, "input_size": input_size, "mode": mode,
+                     **({"policy": str(Path(policy).resolve())} if policy else {})},
+        "models": [m.strip() for m in models.split(",") if m.strip()],
+    }  # fmt: skip
+    return manifest_from_dict(data, source="--models")
+
+
+# ------------------------------------------------------------------- running
+def _run_task(task: ZooTask, save_dir: str | None) -> dict[str, Any]:
+    """Convert, verify and report one task (inside a worker process)."""
+    import octswap
+    from octswap.shapes import parse_input_shape
+
+    start = time.perf_counter()
+    record: dict[str, Any] = {"model": task.model, "alpha": task.alpha, "mode": task.mode, "part": task.part}
+    model, source = octswap.load_model(task.model, weights=task.weights, kwargs=task.kwargs)
+    target = model
+    if task.part:
+        target = model.get_submodule(task.part)
+    policy = octswap.load_policy(task.policy) if task.policy else octswap.Policy()
+    shape = parse_input_shape(task.input_size)
+    converted, plan = octswap.convert(target, policy, alpha=task.alpha, input_shape=shape, mode=task.mode)
+    report = octswap.report(target, converted, plan, model_name=task.key, memory=False)
+    summary = report.summary()
+    record.update(
+        status="ok",
+        flops_before=summary["flops_before"], flops_after=summary["flops_after"],
+        flops_ratio=round(summary["flops_after"] / summary["flops_before"], 6) if summary["flops_before"] else None,
+        core_flops_before=summary["core_flops_before"], core_flops_after=summary["core_flops_after"],
+        params_before=summary["params_before"], params_after=summary["params_after"],
+        convs_converted=summary["convs_converted"], convs_kept=summary["convs_kept"],
+    )  # fmt: skip
+    if save_dir is not None and not task.part:
+        path = Path(save_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task.model)}-oct{task.alpha:g}-{task.mode}.pt"
+        octswap.save(path, converted, plan, source=source, report=summary, force=True)
+        record["checkpoint"] = str(path)
+    record["wall_time_s"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+def _worker(task: ZooTask, save_dir: str | None, conn: Any) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    try:
+        record = _run_task(task, save_dir)
+    except BaseException as err:  # noqa: BLE001 - every failure becomes a record
+        line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        record = {"status": "failed", "error": f"{type(err).__name__}: {line}",
+                  "traceback": traceback.format_exc(limit=8)}  # fmt: skip
+    conn.send(record)
+    conn.close()
+
+
+def _base_record(task: ZooTask) -> dict[str, Any]:
+    record = dict.fromkeys(RESULT_FIELDS)
+    record.update(model=task.model, alpha=task.alpha, mode=task.mode, part=task.part,
+                  entry_hash=task.entry_hash, octswap_version=__version__)  # fmt: skip
+    return record
+
+
+def run_zoo(
+    tasks: Sequence[ZooTask],
+    *,
+    jobs: int = 1,
+    save_dir: str | Path | None = None,
+    timeout: float | None = None,
+    on_start: Callable[[ZooTask], None] | None = None,
+    on_done: Callable[[ZooTask, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every task in its own worker process, ``jobs`` at a time.
+
+    A worker that dies (a crash, an out-of-memory kill, ``timeout``) yields a failed
+    record; the run goes on. On ``KeyboardInterrupt`` the workers are stopped and
+    the records gathered so far are returned in ``KeyboardInterrupt.args[0]``-style:
+    the exception is re-raised with the partial list attached as ``.records``.
+
+    Example:
+        >>> records = run_zoo([ZooTask("resnet18", 0.25)], jobs=1)  # doctest: +SKIP
+    """
+    # forkserver: workers start from a clean process (no inherited threads) that has
+    # already imported torch, so each task costs a fork, not a torch import.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["octswap.zoo", "octswap.conversion", "octswap.reporting", "torchvision"])
+    pending = list(tasks)
+    running: dict[Any, tuple[ZooTask, Any, float]] = {}
+    records: dict[ZooTask, dict[str, Any]] = {}
+    save = str(save_dir) if save_dir is not None else None
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                task = pending.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_worker, args=(task, save, send), daemon=True)
+                process.start()
+                send.close()
+                running[process] = (task, receive, time.monotonic())
+                if on_start:
+                    on_start(task)
+            finished = mp.connection.wait([r for _, r, _ in running.values()] + [p.sentinel for p in running], timeout=1.0)
+            del finished
+            for process in list(running):
+                task, receive, started = running[process]
+                result: dict[str, Any] | None = None
+                if receive.poll():
+                    try:
+                        result = receive.recv()
+                    except EOFError:
+                        result = None
+                elif process.is_alive():
+                    if timeout is not None and time.monotonic() - started > timeout:
+                        process.kill()
+                        process.join()
+                        result = {"status": "failed", "error": f"timed out after {timeout:g} s"}
+                    else:
+                        continue
+                if result is None:
+                    process.join(timeout=5)
+                    if process.is_alive():
+                        continue
+                    result = {"status": "failed", "error": _death(process.exitcode)}
+                process.join(timeout=5)
+                receive.close()
+                del running[process]
+                record = {**_base_record(task), **{k: v for k, v in result.items() if k != "traceback"}}
+                if result.get("traceback"):
+                    logger.debug("%s failed:\n%s", task.key, result["traceback"])
+                records[task] = record
+                if on_done:
+                    on_done(task, record)
+    except KeyboardInterrupt as interrupt:
+        for process in running:
+            process.kill()
+        for process in running:
+            process.join(timeout=5)
+        setattr(interrupt, "records", [records[t] for t in tasks if t in records])
+        raise
+    return [records[t] for t in tasks if t in records]
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"worker died: {name}{hint}"
+    return f"worker exited with code {exitcode} without a result"
+
+
+# ------------------------------------------------------------------- outputs
+def write_results(records: Sequence[Mapping[str, Any]], out: str | Path, *, source: str = "",
+                  wall_time_s: float | None = None, interrupted: bool = False) -> dict[str, Path]:  # fmt: skip
+    """Write results.json, results.csv, summary.md and junit.xml (each atomically)."""
+    from octswap.checkpoint import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{k: r.get(k) for k in RESULT_FIELDS} for r in records]
+    payload = {
+        "octswap_version": __version__,
+        "manifest": source,
+        "wall_time_s": wall_time_s,
+        "interrupted": interrupted,
+        "counts": _counts(rows),
+        "results": rows,
+    }
+    files = {
+        "results.json": json.dumps(payload, indent=2) + "\n",
+        "results.csv": _csv(rows),
+        "summary.md": summary_markdown(rows, wall_time_s=wall_time_s, interrupted=interrupted),
+        "junit.xml": _junit(rows),
+    }
+    written = {}
+    for name, text in files.items():
+        written[name] = atomic_write(out / name, lambda tmp, t=text: Path(tmp).write_text(t, encoding="utf-8"), force=True)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as handle:
+            handle.write(files["summary.md"])
+    return written
+
+
+def _counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    counts = {"ok": 0, "failed": 0}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def summary_markdown(rows: Sequence[Mapping[str, Any]], *, wall_time_s: float | None = None,
+                     interrupted: bool = False) -> str:  # fmt: skip
+    counts = _counts(rows)
+    head = f"## octswap zoo: {counts['ok']} ok, {counts['failed']} failed"
+    if wall_time_s is not None:
+        head += f" in {wall_time_s:.0f} s"
+    lines = [head + (" (interrupted)" if interrupted else ""), "",
+             "| model | alpha | mode | status | FLOPs before | FLOPs after | ratio | params | converted/kept | time (s) | error |",
+             "|---|---:|---|---|---:|---:|---:|---:|---|---:|---|"]  # fmt: skip
+    for r in rows:
+        name = r["model"] + (f" ({r['part']})" if r.get("part") else "")
+        ratio = f"{r['flops_ratio']:.3f}" if r.get("flops_ratio") is not None else ""
+        flops = [f"{r[k] / 1e9:.3f} G" if r.get(k) is not None else "" for k in ("flops_before", "flops_after")]
+        params = f"{r['params_after'] / 1e6:.2f} M" if r.get("params_after") is not None else ""
+        convs = f"{r['convs_converted']}/{r['convs_kept']}" if r.get("convs_converted") is not None else ""
+        wall = f"{r['wall_time_s']:.1f}" if r.get("wall_time_s") is not None else ""
+        error = (r.get("error") or "").replace("|", "/")
+        lines.append(f"| {name} | {r['alpha']:g} | {r['mode']} | {r['status']} | {flops[0]} | {flops[1]} | {ratio} | "
+                     f"{params} | {convs} | {wall} | {error} |")  # fmt: skip
+    lines.append("")
+    lines.append("FLOPs are multiply-adds (fvcore's convention), batch size 1.")
+    return "\n".join(lines) + "\n"
+
+
+def _junit(rows: Sequence[Mapping[str, Any]]) -> str:
+    counts = _counts(rows)
+    total_time = sum(r.get("wall_time_s") or 0 for r in rows)
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="octswap-zoo" tests="{len(rows)}" failures="{counts["failed"]}" time="{total_time:.3f}">',
+        f'  <testsuite name="octswap-zoo" tests="{len(rows)}" failures="{counts["failed"]}" errors="0" '
+        f'time="{total_time:.3f}">',
+    ]
+    for r in rows:
+        name = f"{r['model']}@{r['alpha']:g}" + (f"[{r['part']}]" if r.get("part") else "")
+        attrs = f'classname={quoteattr("octswap.zoo." + str(r["mode"]))} name={quoteattr(name)} time="{r.get("wall_time_s") or 0:.3f}"'
+        if r["status"] == "ok":
+            parts.append(f"    <testcase {attrs}/>")
+        else:
+            message = str(r.get("error") or "failed")
+            parts.append(f"    <testcase {attrs}>")
+            parts.append(f"      <failure message={quoteattr(message)}>{escape(message)}</failure>")
+            parts.append("    </testcase>")
+    parts += ["  </testsuite>", "</testsuites>", ""]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------- gates
+def check_gates(rows: Sequence[Mapping[str, Any]], *, max_flops_ratio: float | None = None,
+                baseline: Sequence[Mapping[str, Any]] | None = None, tolerance: float = 0.005) -> list[str]:  # fmt: skip
+    """Problems a CI job should fail on: failed models, ratios above a bound, regressions.
+
+    A regression is a task that succeeded in ``baseline`` but fails now, or whose FLOPs
+    ratio grew by more than ``tolerance`` (absolute).
+    """
+    problems = [f"{r['model']}@{r['alpha']:g}: failed: {r.get('error')}" for r in rows if r["status"] != "ok"]
+    if max_flops_ratio is not None:
+        for r in rows:
+            ratio = r.get("flops_ratio")
+            if r["status"] == "ok" and r.get("convs_converted") and ratio is not None and ratio > max_flops_ratio:
+                problems.append(f"{r['model']}@{r['alpha']:g}: FLOPs ratio {ratio:.3f} > {max_flops_ratio:g}")
+    if baseline is not None:
+        before = {(b["model"], float(b["alpha"]), b.get("mode"), b.get("part")): b for b in baseline}
+        for r in rows:
+            old = before.get((r["model"], float(r["alpha"]), r.get("mode"), r.get("part")))
+            if old is None or old.get("status") != "ok":
+                continue
+            if r["status"] != "ok":
+                continue  # already listed as failed
+            if r.get("flops_ratio") is not None and old.get("flops_ratio") is not None:
+                if r["flops_ratio"] > old["flops_ratio"] + tolerance:
+                    problems.append(f"{r['model']}@{r['alpha']:g}: FLOPs ratio regressed "
+                                    f"{old['flops_ratio']:.3f} -> {r['flops_ratio']:.3f}")  # fmt: skip
+    return problems
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a results.json (for --baseline and --resume)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return list(data["results"])
+    except FileNotFoundError:
+        raise InputError(f"results file not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path} is not an octswap zoo results.json: {err}") from None

@@ -1,0 +1,162 @@
+"""`octswap zoo`: manifests, worker isolation, output schemas, resume and CI gates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from octswap.cli import app
+from octswap.errors import InputError
+from octswap.zoo import RESULT_FIELDS, check_gates, expand_models, load_manifest, manifest_from_dict
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def check_outputs(out: Path, expected: int) -> dict:
+    """Every output file exists and has the documented shape; returns results.json."""
+    data = json.loads((out / "results.json").read_text())
+    assert set(data) == {"octswap_version", "manifest", "wall_time_s", "interrupted", "counts", "results"}
+    assert len(data["results"]) == expected
+    for row in data["results"]:
+        assert set(row) == set(RESULT_FIELDS)
+        assert row["status"] in ("ok", "failed")
+        if row["status"] == "ok":
+            assert row["flops_after"] <= row["flops_before"] and row["params_after"] == row["params_before"]
+            assert row["error"] is None
+        else:
+            assert row["error"]
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(RESULT_FIELDS) and len(rows) == expected
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.tag == "testsuites" and int(suite.get("tests")) == expected
+    assert int(suite.get("failures")) == data["counts"]["failed"]
+    assert len(suite.findall(".//testcase")) == expected
+    assert len(suite.findall(".//failure")) == data["counts"]["failed"]
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith(f"## octswap zoo: {data['counts']['ok']} ok, {data['counts']['failed']} failed")
+    assert summary.count("\n| ") == expected + 1  # header + one row per task
+    return data
+
+
+def test_expand_models_globs_and_excludes():
+    assert expand_models("resnet1*") == ["resnet101", "resnet152", "resnet18"]
+    assert expand_models("resnet1*", exclude=["resnet15*"]) == ["resnet101", "resnet18"]
+    assert expand_models("fcn_resnet50") == ["fcn_resnet50"]
+    with pytest.raises(InputError, match="did you mean resnet50"):
+        expand_models("resnet5")
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"models": []}, "'models' must be a non-empty list"),
+        ({"modles": ["resnet18"]}, "unknown key 'modles' (did you mean 'models'?)"),
+        ({"models": [{"name": "resnet18", "alphas": [1.5]}]}, "models[0]: alphas must be numbers in [0, 1)"),
+        ({"models": [{"name": "resnet18", "polcy": "x.yaml"}]}, "unknown key 'polcy' (did you mean 'policy'?)"),
+        ({"models": [{"name": "resnet18", "policy": "missing.yaml"}]}, "policy file not found"),
+        ({"models": ["nosuchnet*"]}, "no torchvision classification model matches"),
+        ({"models": [{"name": "resnet18", "mode": "fast"}]}, "mode must be 'graph' or 'layer'"),
+        ({"defaults": {"alpha": 0.5}, "models": ["resnet18"]}, "unknown key 'alpha' (did you mean 'alphas'?)"),
+    ],
+)
+def test_manifest_validation(data, message, tmp_path):
+    with pytest.raises(InputError) as info:
+        manifest_from_dict(data, base=tmp_path)
+    assert message in str(info.value)
+
+
+def test_manifest_expansion_and_overrides(tmp_path):
+    (tmp_path / "p.yaml").write_text("alpha: 0.5\n")
+    manifest = manifest_from_dict(
+        {"defaults": {"alphas": [0.25, 0.5], "policy": "p.yaml"},
+         "models": ["resnet1*", {"name": "mobilenet_v2", "alphas": [0.375], "input_size": 160}]},
+        base=tmp_path,
+    )  # fmt: skip
+    keys = [t.key for t in manifest.tasks]
+    assert keys[:2] == ["resnet101@0.25", "resnet101@0.5"] and keys[-1] == "mobilenet_v2@0.375"
+    assert len(keys) == 7 and manifest.tasks[-1].input_size == "160"
+    assert all(t.policy == str(tmp_path / "p.yaml") for t in manifest.tasks)
+    # The hash changes with anything that decides the result, the policy text included.
+    before = manifest.tasks[0].entry_hash
+    (tmp_path / "p.yaml").write_text("alpha: 0.125\n")
+    assert manifest.tasks[0].entry_hash != before
+
+
+def test_shipped_zoo_manifests_load():
+    assert len(load_manifest(CONFIGS / "zoo-torchvision.yaml").tasks) >= 85
+    assert load_manifest(CONFIGS / "zoo-smoke.yaml").tasks
+
+
+def test_failures_and_a_killed_worker_are_recorded_and_the_run_goes_on(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "defaults: {input_size: 3x16x16}\n"
+        "models:\n"
+        "  - {name: 'tests.nets:dies_on_build'}\n"
+        "  - {name: 'tests.nets:broken'}\n"
+        "  - {name: 'tests.nets:tiny_resnet', alphas: [0.25, 0.5]}\n"
+    )
+    out = tmp_path / "out"
+    result = run("zoo", manifest, "--out", out, "--jobs", "2")
+    assert result.exit_code == 1, result.output
+    data = check_outputs(out, 4)
+    by_model = {(r["model"], r["alpha"]): r for r in data["results"]}
+    dead = by_model[("tests.nets:dies_on_build", 0.25)]
+    assert dead["status"] == "failed" and dead["error"].startswith("worker died: SIGKILL")
+    broken = by_model[("tests.nets:broken", 0.25)]
+    assert broken["status"] == "failed" and "does not run on an input" in broken["error"]
+    assert by_model[("tests.nets:tiny_resnet", 0.5)]["status"] == "ok"
+    assert "gate: tests.nets:broken@0.25: failed" in result.stderr
+
+    # --resume keeps the finished tasks and runs only the rest again.
+    again = run("zoo", manifest, "--out", out, "--resume")
+    assert again.exit_code == 1
+    assert "resuming: 2 of 4 tasks already done" in again.stderr
+    assert check_outputs(out, 4)["counts"] == {"ok": 2, "failed": 2}
+
+
+def test_gates_on_ratio_and_baseline(tmp_path):
+    out = tmp_path / "out"
+    args = ("zoo", "--models", "tests.nets:tiny_resnet", "--alpha", "0.5", "--input-size", "16", "--out", out)
+    assert run(*args).exit_code == 0
+    ratio = json.loads((out / "results.json").read_text())["results"][0]["flops_ratio"]
+    loose = run(*args, "--max-flops-ratio", "0.99")
+    assert loose.exit_code == 0
+    strict = run(*args, "--max-flops-ratio", "0.1")
+    assert strict.exit_code == 1 and f"FLOPs ratio {ratio:.3f} > 0.1" in strict.stderr
+    baseline = tmp_path / "baseline.json"
+    old = json.loads((out / "results.json").read_text())
+    old["results"][0]["flops_ratio"] = ratio - 0.05
+    baseline.write_text(json.dumps(old))
+    regressed = run(*args, "--baseline", baseline)
+    assert regressed.exit_code == 1 and "FLOPs ratio regressed" in regressed.stderr
+
+
+def test_check_gates_lists_failures():
+    rows = [{"model": "a", "alpha": 0.25, "status": "failed", "error": "boom"}]
+    assert check_gates(rows) == ["a@0.25: failed: boom"]
+
+
+def test_usage_errors():
+    assert run("zoo").exit_code == 2
+    assert run("zoo", "--models", "resnet5").exit_code == 2
+
+
+def test_smoke_manifest_end_to_end(tmp_path):
+    out = tmp_path / "smoke"
+    result = run("zoo", CONFIGS / "zoo-smoke.yaml", "--out", out, "--jobs", "2", "--save")
+    assert result.exit_code == 0, result.output
+    data = check_outputs(out, len(load_manifest(CONFIGS / "zoo-smoke.yaml").tasks))
+    assert data["counts"]["failed"] == 0
+    saved = [r["checkpoint"] for r in data["results"]]
+    assert all(saved) and all(Path(p).is_file() for p in saved)
