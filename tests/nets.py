@@ -53,3 +53,14 @@ def dies_on_build() -> nn.Module:
 def broken() -> nn.Module:
     """A model that fails at its first forward pass."""
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Linear(5, 5))
+
+
+def slow_build(marker: str = "") -> nn.Module:
+    """Announce the start through a file, then take a long time (for interrupt tests)."""
+    import time
+    from pathlib import Path
+
+    if marker:
+        Path(marker).write_text("started")
+    time.sleep(60)
+    return TinyResNet()

@@ -160,3 +160,34 @@ def test_smoke_manifest_end_to_end(tmp_path):
     assert data["counts"]["failed"] == 0
     saved = [r["checkpoint"] for r in data["results"]]
     assert all(saved) and all(Path(p).is_file() for p in saved)
+
+
+def test_ctrl_c_writes_the_results_so_far(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "started"
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "defaults: {input_size: 3x16x16}\n"
+        "models:\n"
+        "  - tests.nets:tiny_resnet\n"
+        f"  - {{name: 'tests.nets:slow_build', kwargs: {{marker: '{marker}'}}}}\n"
+    )
+    out = tmp_path / "out"
+    code = "from octswap.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "zoo", str(manifest), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    data = json.loads((out / "results.json").read_text())
+    assert data["interrupted"] is True
+    assert [(r["model"], r["status"]) for r in data["results"]] == [("tests.nets:tiny_resnet", "ok")]
