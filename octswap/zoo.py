@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import re
 import time
@@ -306,9 +307,8 @@ def run_zoo(
     """Run every task in its own worker process, ``jobs`` at a time.
 
     A worker that dies (a crash, an out-of-memory kill, ``timeout``) yields a failed
-    record; the run goes on. On ``KeyboardInterrupt`` the workers are stopped and
-    the records gathered so far are returned in ``KeyboardInterrupt.args[0]``-style:
-    the exception is re-raised with the partial list attached as ``.records``.
+    record; the run goes on. On ``KeyboardInterrupt`` the workers are stopped and the
+    exception is re-raised with the records gathered so far attached as ``.records``.
 
     Example:
         >>> records = run_zoo([ZooTask("resnet18", 0.25)], jobs=1)  # doctest: +SKIP
@@ -332,8 +332,8 @@ def run_zoo(
                 running[process] = (task, receive, time.monotonic())
                 if on_start:
                     on_start(task)
-            finished = mp.connection.wait([r for _, r, _ in running.values()] + [p.sentinel for p in running], timeout=1.0)
-            del finished
+            # Sleep until a worker reports or exits (or a second passes, for --timeout).
+            mp.connection.wait([r for _, r, _ in running.values()] + [p.sentinel for p in running], timeout=1.0)
             for process in list(running):
                 task, receive, started = running[process]
                 result: dict[str, Any] | None = None
