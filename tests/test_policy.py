@@ -147,7 +147,10 @@ def test_empty_file_is_the_default_policy(tmp_path):
 
 
 # ----------------------------------------------------------------- round trips
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+POLICIES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("zoo-"))  # zoo-*: manifests
+
+
+@pytest.mark.parametrize("path", POLICIES, ids=lambda p: p.name)
 def test_shipped_configs_load_and_round_trip(path):
     policy = load_policy(path)
     assert Policy.from_dict(policy.to_dict()) == policy
