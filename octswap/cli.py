@@ -181,6 +181,28 @@ def _print_report(report: Report, fmt: OutputFormat, *, layers: bool, extra: dic
                       highlight=False)  # fmt: skip
 
 
+def _latency_table(results: list[Any], flops_ratio: float) -> Table:
+    table = Table(title="latency (median of interleaved rounds, IQR in brackets)", title_justify="left",
+                  caption="ratio = converted / original; below 1 the converted model is faster")  # fmt: skip
+    for column in ("batch", "threads", "layout", "original", "converted", "latency ratio", "FLOPs ratio"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            str(r.batch), str(r.threads), "channels-last" if r.channels_last else "NCHW",
+            f"{r.original.median * 1e3:.1f} ms ({r.original.iqr * 1e3:.1f})",
+            f"{r.converted.median * 1e3:.1f} ms ({r.converted.iqr * 1e3:.1f})",
+            f"{r.ratio:.2f}", f"{flops_ratio:.2f}",
+        )  # fmt: skip
+    return table
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"--batch: expected positive whole numbers separated by commas, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def _plan_rows(plan: Plan) -> list[dict[str, Any]]:
     return [
         {
@@ -418,6 +440,59 @@ def zoo(
             err.print(f"octswap: gate: {problem}", highlight=False, markup=False)
         if problems:
             raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    target: Annotated[str, typer.Argument(help="A model name / import path, or a checkpoint file.")],
+    alpha: AlphaOpt = None,
+    policy: PolicyOpt = None,
+    input_size: InputSizeOpt = "224",
+    mode: ModeOpt = Mode.graph,
+    model_arg: ModelArgOpt = None,
+    batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8",
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Intra-op threads [default: torch's].")] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Run both models in channels-last memory format.")] = False,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Alternating rounds per model.")] = 7,
+    fmt: FormatOpt = OutputFormat.table,
+    allow_import: Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """CPU latency of the original vs the converted model, measured side by side."""
+    import octswap
+    from octswap.flops import count_cost
+    from octswap.latency import measure_latency
+    from octswap.plan import example_input
+
+    with _errors(debug):
+        batches = _parse_batches(batch)
+        if Path(target).is_file() or (":" not in target and Path(target).suffix in (".pt", ".pth")):
+            ckpt = octswap.read_checkpoint(target)
+            converted = octswap.load(target, allow_import=allow_import)
+            original = ckpt.build_original()
+            shape = ckpt.plan.input_shape
+        else:
+            shape = parse_input_size(input_size)
+            original, _ = octswap.load_model(target, kwargs=parse_model_args(model_arg))
+            converted, _ = octswap.convert(original, _policy(policy, alpha), input_shape=shape, mode=mode.value)
+        x = example_input(shape)
+        flops_ratio = count_cost(converted, x).flops / count_cost(original, x).flops
+        results = measure_latency(original, converted, shape, batches=batches, threads=threads,
+                                  channels_last=channels_last, rounds=rounds)  # fmt: skip
+        if fmt is OutputFormat.json:
+            out.print_json(json.dumps({"model": target, "flops_ratio": round(flops_ratio, 6),
+                                       "latency": [r.to_dict() for r in results]}))  # fmt: skip
+        elif fmt in (OutputFormat.csv, OutputFormat.markdown):
+            rows = [{**r.to_dict(), "flops_ratio": round(flops_ratio, 6)} for r in results]
+            columns = list(rows[0])
+            if fmt is OutputFormat.csv:
+                text = ",".join(columns) + "\n" + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in rows)
+            else:
+                text = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+                text += "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
+            out.print(text, markup=False, highlight=False, end="")
+        else:
+            out.print(_latency_table(results, flops_ratio))
 
 
 _TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "video",

@@ -1,0 +1,43 @@
+"""Latency measurement: structure and arithmetic only (speed goals live in benchmarks/)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+import octswap
+from octswap.cli import app
+from octswap.latency import measure_latency
+from tests.nets import TinyResNet
+
+
+def test_side_by_side_results():
+    model = TinyResNet().eval()
+    converted, _ = octswap.convert(model, alpha=0.5, input_shape=(3, 16, 16))
+    results = measure_latency(model, converted, (3, 16, 16), batches=(1, 2), rounds=3, min_round_time=0.01)
+    assert [r.batch for r in results] == [1, 2]
+    for r in results:
+        assert r.original.median > 0 and r.converted.median > 0 and r.original.rounds == 3
+        assert r.ratio == r.converted.median / r.original.median
+        assert r.to_dict()["ratio"] == round(r.ratio, 4)
+
+
+def test_channels_last_runs_on_copies():
+    model = TinyResNet().eval()
+    converted, _ = octswap.convert(model, alpha=0.5, input_shape=(3, 16, 16))
+    results = measure_latency(model, converted, (3, 16, 16), batches=(1,), channels_last=True, rounds=2,
+                              min_round_time=0.01)  # fmt: skip
+    assert results[0].channels_last
+    assert model.stem.weight.is_contiguous()  # the caller's model keeps its memory format
+
+
+def test_bench_command_json():
+    result = CliRunner().invoke(app, ["bench", "tests.nets:tiny_resnet", "-s", "16", "-a", "0.5", "--batch", "1",
+                                      "--rounds", "2", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert 0 < data["flops_ratio"] < 1
+    assert data["latency"][0]["batch"] == 1 and data["latency"][0]["ratio"] > 0
+    bad = CliRunner().invoke(app, ["bench", "tests.nets:tiny_resnet", "--batch", "x"])
+    assert bad.exit_code == 2 and "--batch" in bad.stderr
