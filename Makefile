@@ -35,6 +35,7 @@ zoo-test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_octresnet.py
+	$(BIN)/python benchmarks/bench_latency.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis
