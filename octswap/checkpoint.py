@@ -10,6 +10,8 @@ One ``torch.save`` file holding a dict::
     state_dict      the converted model's weights
     state_dict_metadata  per-module state-dict versions (``state_dict._metadata``)
     report          the cost summary printed at conversion
+    inference       (optional) how the model was prepared for inference
+                    (:class:`octswap.inference.InferenceOptions`), replayed on load
 
 It loads with ``torch.load(path, weights_only=True)``. :func:`load` rebuilds the
 original architecture from ``source`` (random init), replays ``plan``, then
@@ -25,7 +27,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from torch import nn
 
 from octswap import __version__
 from octswap.errors import CheckpointError, InputError, OctswapError, OutputExistsError
+from octswap.inference import InferenceOptions, inference_options, optimize_for_inference, unwrap_compiled
 from octswap.models import ModelSource, apply_state_dict
 from octswap.plan import Plan
 from octswap.rewrite import apply_plan
@@ -58,6 +61,7 @@ class Checkpoint:
     plan: Plan
     state_dict: dict[str, torch.Tensor]
     report: dict[str, Any] | None
+    inference: InferenceOptions | None = None
 
     def build_original(self) -> nn.Module:
         """The unconverted architecture, random init (for comparisons)."""
@@ -145,7 +149,8 @@ def save(
         OutputExistsError: the file exists and ``force`` is false.
         InputError: the file cannot be written.
     """
-    state = model.state_dict()
+    inference = inference_options(model)
+    state = unwrap_compiled(model).state_dict()
     payload = _plain({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -157,6 +162,7 @@ def save(
         # Per-module state-dict versions (BatchNorm, MNASNet...) that load_state_dict consults.
         "state_dict_metadata": dict(getattr(state, "_metadata", {}) or {}),
         "report": report,
+        "inference": None if inference is None else inference.to_dict(),
     })
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
 
@@ -199,6 +205,7 @@ def read(path: str | Path) -> Checkpoint:
             plan=Plan.from_dict(data["plan"]),
             state_dict=_with_metadata(data["state_dict"], data.get("state_dict_metadata")),
             report=data.get("report"),
+            inference=None if data.get("inference") is None else InferenceOptions.from_dict(data["inference"]),
         )
     except (KeyError, TypeError, ValueError, OctswapError) as err:
         raise CheckpointError(f"{path} is damaged: {type(err).__name__}: {err}") from None
@@ -209,6 +216,7 @@ def load(
     *,
     model: nn.Module | None = None,
     allow_import: bool = False,
+    compile: bool | None = None,
 ) -> nn.Module:
     """Rebuild a converted model from a checkpoint and load its weights strictly.
 
@@ -219,9 +227,12 @@ def load(
         allow_import: Let a checkpoint whose source is ``package.module:factory``
             import and call that factory. Off by default: a checkpoint should not
             run code merely by being loaded.
+        compile: Wrap the model in ``torch.compile``; ``None`` (default) does so when
+            the checkpoint was saved with ``compile`` in its inference options.
 
     Returns:
-        The converted model, in eval mode.
+        The converted model, in eval mode, prepared for inference as it was saved
+        (BatchNorm folded, channels-last) when the checkpoint records that.
 
     Example:
         >>> model = octswap.load("resnet50-oct0.25.pt")  # doctest: +SKIP
@@ -241,8 +252,20 @@ def load(
         model = apply_plan(model, ckpt.plan)
     except OctswapError as err:
         raise CheckpointError(f"cannot replay the plan of {ckpt.path}: {err}") from None
+    options = ckpt.inference
+    if options is not None:
+        # Same structure as what was saved (folded BatchNorms, channels-last) before
+        # the weights go in; compiling comes last, on the loaded weights.
+        model = optimize_for_inference(model, replace(options, compile=False), inplace=True)
     try:
         apply_state_dict(model, ckpt.state_dict, what=f"checkpoint {ckpt.path}")
     except OctswapError as err:
         raise CheckpointError(str(err)) from None
-    return model.eval()
+    model.eval()
+    if options is not None:
+        model.octswap_inference = options
+        if options.compile and compile is not False:
+            return torch.compile(model)  # type: ignore[return-value]
+    if compile:
+        return torch.compile(model)  # type: ignore[return-value]
+    return model

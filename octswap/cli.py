@@ -71,6 +71,15 @@ ModeOpt = Annotated[Mode, typer.Option("--mode", help="graph: pairs flow between
 StrictOpt = Annotated[bool, typer.Option("--strict", help="A policy rule that matches no conv is an error.")]
 LayersOpt = Annotated[bool, typer.Option("--layers/--no-layers", help="Include one row per conv.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+AllowImportOpt = Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")]
+# Latency measurement (bench, report --latency): both models are prepared alike.
+BatchOpt = Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Intra-op threads [default: torch's].")]
+RoundsOpt = Annotated[int, typer.Option("--rounds", min=1, help="Alternating rounds per model.")]
+LayoutOpt = Annotated[bool, typer.Option("--channels-last/--nchw", help="Memory format of both models and their input.")]
+FoldOpt = Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="Fold BatchNorm into the convs of both models.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile both models (minutes to start).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, or cuda where a GPU is present.")]
 
 _state = {"debug": False}
 
@@ -184,16 +193,70 @@ def _print_report(report: Report, fmt: OutputFormat, *, layers: bool, extra: dic
 def _latency_table(results: list[Any], flops_ratio: float) -> Table:
     table = Table(title="latency (median of interleaved rounds, IQR in brackets)", title_justify="left",
                   caption="ratio = converted / original; below 1 the converted model is faster")  # fmt: skip
-    for column in ("batch", "threads", "layout", "original", "converted", "latency ratio", "FLOPs ratio"):
+    for column in ("batch", "threads", "prepared", "original", "converted", "latency ratio", "FLOPs ratio",
+                   "peak memory ratio"):  # fmt: skip
         table.add_column(column, justify="right")
     for r in results:
+        memory = r.memory_ratio
         table.add_row(
-            str(r.batch), str(r.threads), "channels-last" if r.channels_last else "NCHW",
+            str(r.batch), str(r.threads), _prepared(r),
             f"{r.original.median * 1e3:.1f} ms ({r.original.iqr * 1e3:.1f})",
             f"{r.converted.median * 1e3:.1f} ms ({r.converted.iqr * 1e3:.1f})",
-            f"{r.ratio:.2f}", f"{flops_ratio:.2f}",
+            f"{r.ratio:.2f}", f"{flops_ratio:.2f}", "" if memory is None else f"{memory:.2f}",
         )  # fmt: skip
     return table
+
+
+def _prepared(result: Any) -> str:
+    o = result.options
+    parts = [result.device, "channels-last" if o.channels_last else "NCHW"]
+    parts += ["BN folded"] * o.fold_bn + ["compiled"] * o.compile
+    return ", ".join(parts)
+
+
+def _latency_text(results: list[Any], flops_ratio: float, fmt: OutputFormat) -> str:
+    """CSV or Markdown rows, one per batch size."""
+    rows = [{**r.to_dict(), "flops_ratio": round(flops_ratio, 6)} for r in results]
+    columns = list(rows[0])
+    if fmt is OutputFormat.csv:
+        return ",".join(columns) + "\n" + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in rows)
+    text = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return text + "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
+
+
+def _is_checkpoint(target: str) -> bool:
+    return Path(target).is_file() or (":" not in target and Path(target).suffix in (".pt", ".pth"))
+
+
+def _from_checkpoint(path: str, allow_import: bool) -> tuple[Any, Any, Any]:
+    """(original, converted, checkpoint); the original is folded like the checkpoint was, for fair counts."""
+    import octswap
+
+    ckpt = octswap.read_checkpoint(path)
+    converted = octswap.load(path, allow_import=allow_import, compile=False)
+    original = ckpt.build_original()
+    if ckpt.inference is not None and ckpt.inference.fold_bn:
+        original = octswap.fold_batchnorm(original.eval())
+    return original, converted, ckpt
+
+
+def _measure(original: Any, converted: Any, shape: tuple[int, int, int], recorded: Any, *, batch: str,
+             threads: int | None, rounds: int, channels_last: bool, fold_bn: bool, compile_: bool,
+             device: str) -> list[Any]:  # fmt: skip
+    """Time both models prepared alike; what a checkpoint was saved with also applies to the original."""
+    from octswap.inference import InferenceOptions
+    from octswap.latency import measure_latency
+
+    batches = _parse_batches(batch)
+    options = InferenceOptions(fold_bn=fold_bn, channels_last=channels_last, compile=compile_)
+    if recorded is not None:
+        if recorded.channels_last and not channels_last:
+            raise InputError("this checkpoint was saved channels-last; --nchw cannot undo that (drop --nchw)")
+        # A folded checkpoint has no BatchNorm left: compare it with a folded original.
+        options = InferenceOptions(fold_bn=fold_bn or recorded.fold_bn, channels_last=channels_last,
+                                   compile=compile_)  # fmt: skip
+    return measure_latency(original, converted, shape, batches=batches, threads=threads, options=options,
+                           device=device, rounds=rounds)  # fmt: skip
 
 
 def _parse_batches(text: str) -> tuple[int, ...]:
@@ -271,6 +334,8 @@ def convert(
     mode: ModeOpt = Mode.graph,
     strict: StrictOpt = False,
     layers: LayersOpt = True,
+    optimize: Annotated[bool, typer.Option("--optimize-for-inference", help="Save with BatchNorm folded into the convs and channels-last weights (recorded; load rebuilds it).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="Record that loading should torch.compile the model.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Convert MODEL, print the cost report, write a checkpoint."""
@@ -287,6 +352,9 @@ def convert(
         original, source = octswap.load_model(model, weights=weights, kwargs=kwargs)
         converted, plan = octswap.convert(original, pol, input_shape=shape, mode=mode.value, strict=strict)
         report = octswap.report(original, converted, plan, model_name=model)
+        if optimize or compile_:
+            options = octswap.InferenceOptions(fold_bn=optimize, channels_last=optimize, compile=compile_)
+            converted = octswap.optimize_for_inference(converted, options)
         path = octswap.save(target, converted, plan, source=source, report=report.summary(), force=force)
         _print_report(report, fmt, layers=layers, extra={"checkpoint": str(path)})
         if not report.converted:
@@ -310,28 +378,53 @@ def report(
     mode: ModeOpt = Mode.graph,
     strict: StrictOpt = False,
     layers: LayersOpt = True,
-    allow_import: Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")] = False,
+    allow_import: AllowImportOpt = False,
+    latency: Annotated[bool, typer.Option("--latency", help="Also time both models side by side (see octswap bench).")] = False,
+    batch: BatchOpt = "1,8",
+    threads: ThreadsOpt = None,
+    rounds: RoundsOpt = 7,
+    channels_last: LayoutOpt = True,
+    fold_bn: FoldOpt = True,
+    compile_: CompileOpt = False,
+    device: DeviceOpt = "cpu",
     debug: DebugOpt = False,
 ) -> None:
-    """Compare FLOPs and parameters of a model before and after conversion (nothing is saved)."""
+    """Compare FLOPs and parameters (and with --latency, speed) before and after conversion; nothing is saved."""
     import octswap
 
     with _errors(debug):
-        if Path(target).is_file() or (":" not in target and Path(target).suffix in (".pt", ".pth")):
+        if latency and fmt is OutputFormat.csv:
+            raise InputError("--latency needs --format table, json or markdown (CSV holds one table)")
+        recorded = None
+        if _is_checkpoint(target):
             if alpha is not None or policy is not None or weights is not None or model_arg:
                 raise InputError("--alpha/--policy/--weights/--model-arg apply to a model, not to a checkpoint")
-            ckpt = octswap.read_checkpoint(target)
-            converted = octswap.load(target, allow_import=allow_import)
-            original = ckpt.build_original()
-            rep = octswap.report(original, converted, ckpt.plan, model_name=f"{ckpt.source.name} ({target})")
+            original, converted, ckpt = _from_checkpoint(target, allow_import)
+            recorded, the_plan, name = ckpt.inference, ckpt.plan, f"{ckpt.source.name} ({target})"
         else:
+            _parse_batches(batch)  # a typo fails before the conversion, not after
             shape = parse_input_size(input_size)
             original, _ = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
-            converted, plan = octswap.convert(
+            converted, the_plan = octswap.convert(
                 original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict
             )
-            rep = octswap.report(original, converted, plan, model_name=target)
-        _print_report(rep, fmt, layers=layers)
+            name = target
+        rep = octswap.report(original, converted, the_plan, model_name=name)
+        if not latency:
+            _print_report(rep, fmt, layers=layers)
+            return
+        flops_ratio = rep.total.flops_after / rep.total.flops_before
+        results = _measure(original, converted, the_plan.input_shape, recorded, batch=batch, threads=threads,
+                           rounds=rounds, channels_last=channels_last, fold_bn=fold_bn, compile_=compile_,
+                           device=device)  # fmt: skip
+        if fmt is OutputFormat.json:
+            _print_report(rep, fmt, layers=layers, extra={"latency": [r.to_dict() for r in results]})
+        elif fmt is OutputFormat.markdown:
+            _print_report(rep, fmt, layers=layers)
+            out.print("\n" + _latency_text(results, flops_ratio, fmt), markup=False, highlight=False, end="")
+        else:
+            _print_report(rep, fmt, layers=layers)
+            out.print(_latency_table(results, flops_ratio))
 
 
 @app.command()
@@ -450,47 +543,42 @@ def bench(
     input_size: InputSizeOpt = "224",
     mode: ModeOpt = Mode.graph,
     model_arg: ModelArgOpt = None,
-    batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8",
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="Intra-op threads [default: torch's].")] = None,
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="Run both models in channels-last memory format.")] = False,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Alternating rounds per model.")] = 7,
+    batch: BatchOpt = "1,8",
+    threads: ThreadsOpt = None,
+    rounds: RoundsOpt = 7,
+    channels_last: LayoutOpt = True,
+    fold_bn: FoldOpt = True,
+    compile_: CompileOpt = False,
+    device: DeviceOpt = "cpu",
     fmt: FormatOpt = OutputFormat.table,
-    allow_import: Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")] = False,
+    allow_import: AllowImportOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """CPU latency of the original vs the converted model, measured side by side."""
+    """Latency and peak activation memory of the original vs the converted model, side by side."""
     import octswap
     from octswap.flops import count_cost
-    from octswap.latency import measure_latency
     from octswap.plan import example_input
 
     with _errors(debug):
-        batches = _parse_batches(batch)
-        if Path(target).is_file() or (":" not in target and Path(target).suffix in (".pt", ".pth")):
-            ckpt = octswap.read_checkpoint(target)
-            converted = octswap.load(target, allow_import=allow_import)
-            original = ckpt.build_original()
-            shape = ckpt.plan.input_shape
+        _parse_batches(batch)
+        recorded = None
+        if _is_checkpoint(target):
+            original, converted, ckpt = _from_checkpoint(target, allow_import)
+            shape, recorded = ckpt.plan.input_shape, ckpt.inference
+            compile_ = compile_ or bool(recorded and recorded.compile)
         else:
             shape = parse_input_size(input_size)
             original, _ = octswap.load_model(target, kwargs=parse_model_args(model_arg))
             converted, _ = octswap.convert(original, _policy(policy, alpha), input_shape=shape, mode=mode.value)
         x = example_input(shape)
         flops_ratio = count_cost(converted, x).flops / count_cost(original, x).flops
-        results = measure_latency(original, converted, shape, batches=batches, threads=threads,
-                                  channels_last=channels_last, rounds=rounds)  # fmt: skip
+        results = _measure(original, converted, shape, recorded, batch=batch, threads=threads, rounds=rounds,
+                           channels_last=channels_last, fold_bn=fold_bn, compile_=compile_, device=device)  # fmt: skip
         if fmt is OutputFormat.json:
             out.print_json(json.dumps({"model": target, "flops_ratio": round(flops_ratio, 6),
                                        "latency": [r.to_dict() for r in results]}))  # fmt: skip
         elif fmt in (OutputFormat.csv, OutputFormat.markdown):
-            rows = [{**r.to_dict(), "flops_ratio": round(flops_ratio, 6)} for r in results]
-            columns = list(rows[0])
-            if fmt is OutputFormat.csv:
-                text = ",".join(columns) + "\n" + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in rows)
-            else:
-                text = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-                text += "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
-            out.print(text, markup=False, highlight=False, end="")
+            out.print(_latency_text(results, flops_ratio, fmt), markup=False, highlight=False, end="")
         else:
             out.print(_latency_table(results, flops_ratio))
 

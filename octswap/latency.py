@@ -1,7 +1,8 @@
 """CPU latency of an original and a converted model, measured side by side.
 
-Both models run in the same process on the same input, in eval mode under
-``torch.inference_mode``, with ``torch.utils.benchmark.Timer`` (which sets the
+Both models are prepared alike for inference (:mod:`octswap.inference`: BatchNorm
+folded, channels-last by default) and run in the same process on the same input,
+in eval mode under ``torch.inference_mode``, with ``torch.utils.benchmark.Timer`` (which sets the
 thread count and synchronises). Rounds alternate between the two models so that a
 drift of the machine hits both alike; each figure is the median over rounds, with
 the interquartile range as its spread.
@@ -9,15 +10,18 @@ the interquartile range as its spread.
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from octswap.eval_mode import eval_mode
+from octswap.errors import InputError
+from octswap.inference import InferenceOptions
 
 __all__ = ["LatencyResult", "Timing", "measure_latency"]
 
@@ -33,24 +37,44 @@ class Timing:
 
 @dataclass(frozen=True)
 class LatencyResult:
+    """Original vs converted timing at one batch size, with how both were prepared."""
+
     batch: int
     threads: int
-    channels_last: bool
+    device: str
+    options: InferenceOptions
     original: Timing
     converted: Timing
+    original_peak_bytes: int | None = None
+    converted_peak_bytes: int | None = None
+
+    @property
+    def channels_last(self) -> bool:
+        return self.options.channels_last
 
     @property
     def ratio(self) -> float:
         """Converted time / original time (below 1: the converted model is faster)."""
         return self.converted.median / self.original.median
 
-    def to_dict(self) -> dict[str, float | int | bool]:
+    @property
+    def memory_ratio(self) -> float | None:
+        """Converted / original peak activation memory, when measured."""
+        if not self.original_peak_bytes or self.converted_peak_bytes is None:
+            return None
+        return self.converted_peak_bytes / self.original_peak_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        memory = self.memory_ratio
         return {
-            "batch": self.batch, "threads": self.threads, "channels_last": self.channels_last,
+            "batch": self.batch, "threads": self.threads, "device": self.device, **self.options.to_dict(),
             "original_ms": round(self.original.median * 1e3, 3), "original_iqr_ms": round(self.original.iqr * 1e3, 3),
             "converted_ms": round(self.converted.median * 1e3, 3),
             "converted_iqr_ms": round(self.converted.iqr * 1e3, 3),
             "ratio": round(self.ratio, 4), "rounds": self.original.rounds,
+            "original_peak_mib": None if self.original_peak_bytes is None else round(self.original_peak_bytes / 2**20, 2),
+            "converted_peak_mib": None if self.converted_peak_bytes is None else round(self.converted_peak_bytes / 2**20, 2),
+            "memory_ratio": None if memory is None else round(memory, 4),
         }  # fmt: skip
 
 
@@ -63,6 +87,18 @@ def _timing(samples: Sequence[float]) -> Timing:
     return Timing(statistics.median(samples), iqr, len(samples))
 
 
+def _check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r} (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but this machine has no usable CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported for timing (use cpu or cuda)")
+    return dev
+
+
 def measure_latency(
     original: nn.Module,
     converted: nn.Module,
@@ -70,11 +106,16 @@ def measure_latency(
     *,
     batches: Sequence[int] = (1, 8),
     threads: int | None = None,
-    channels_last: bool = False,
+    options: InferenceOptions | None = None,
+    device: str = "cpu",
     rounds: int = 7,
     min_round_time: float = 0.2,
+    memory: bool = True,
 ) -> list[LatencyResult]:
     """Time ``original`` and ``converted`` side by side at each batch size.
+
+    Both models are prepared alike with :func:`octswap.inference.optimize_for_inference`
+    (on copies; the models passed in are not changed), so the comparison is fair.
 
     Args:
         original: The unconverted model.
@@ -82,18 +123,26 @@ def measure_latency(
         input_shape: ``(C, H, W)`` of one sample.
         batches: Batch sizes to measure.
         threads: Intra-op threads (default: torch's current setting).
-        channels_last: Run both models and inputs in channels-last memory format
-            (on copies; the models passed in keep their format).
+        options: How both models are prepared (default: BatchNorm folded,
+            channels-last, not compiled). Inputs are channels-last when the weights are.
+        device: ``"cpu"`` or ``"cuda"`` (``torch.utils.benchmark`` synchronises CUDA).
         rounds: Alternating rounds per model; the median is reported.
         min_round_time: Seconds each round runs at least (its forward count is calibrated once).
+        memory: Also measure each model's peak activation memory at each batch size.
+
+    Raises:
+        InputError: a device this machine does not have.
 
     Example:
         >>> results = measure_latency(model, converted, (3, 224, 224), batches=(1,))  # doctest: +SKIP
         >>> results[0].ratio                                                          # doctest: +SKIP
         0.83
     """
-    import copy
+    from octswap.inference import optimize_for_inference
+    from octswap.memory import measure_activations
 
+    dev = _check_device(device)
+    options = options if options is not None else InferenceOptions()
     # torch.utils.benchmark imports cpp_extension, which warns about a missing CUDA
     # runtime on CPU machines; keep that out of our output (for this import only).
     cpp_logger = logging.getLogger("torch.utils.cpp_extension")
@@ -105,28 +154,31 @@ def measure_latency(
         cpp_logger.setLevel(level)
 
     threads = threads or torch.get_num_threads()
-    models = [original, converted]
-    if channels_last:
-        models = [copy.deepcopy(m).to(memory_format=torch.channels_last) for m in models]
+    models = [optimize_for_inference(copy.deepcopy(m).to(dev), options, inplace=True) for m in (original, converted)]
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
     results = []
-    with eval_mode(models[0]), eval_mode(models[1]):
-        for batch in batches:
-            x = torch.randn(batch, *input_shape)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            timers = []
-            for model in models:
+    for batch in batches:
+        x = torch.randn(batch, *input_shape, device=dev).contiguous(memory_format=layout)
+        peaks: list[int | None] = [None, None]
+        if memory and not options.compile:
+            peaks = [measure_activations(m, x).peak for m in models]
+        timers = []
+        for model in models:
 
-                def forward(m: nn.Module = model) -> None:
-                    with torch.inference_mode():
-                        m(x)
+            def forward(m: nn.Module = model) -> None:
+                with torch.inference_mode():
+                    m(x)
 
-                timers.append(benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads))
-            # Calibrate how many forwards make one round, on the slower of the two.
-            number = max(1, max(round(min_round_time / t.timeit(1).median) for t in timers))
-            samples: list[list[float]] = [[], []]
-            for _ in range(rounds):
-                for index, timer in enumerate(timers):
-                    samples[index].append(timer.timeit(number).median)
-            results.append(LatencyResult(batch, threads, channels_last, _timing(samples[0]), _timing(samples[1])))
+            timers.append(benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads))
+        # Warm up (and compile, with options.compile) before calibrating.
+        for timer in timers:
+            timer.timeit(1)
+        # Calibrate how many forwards make one round, on the slower of the two.
+        number = max(1, max(round(min_round_time / t.timeit(1).median) for t in timers))
+        samples: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for index, timer in enumerate(timers):
+                samples[index].append(timer.timeit(number).median)
+        results.append(LatencyResult(batch, threads, str(dev), options, _timing(samples[0]), _timing(samples[1]),
+                                     peaks[0], peaks[1]))  # fmt: skip
     return results

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import torch
 from typer.testing import CliRunner
 
 import octswap
 from octswap.cli import app
+from octswap.inference import InferenceOptions
 from octswap.latency import measure_latency
 from tests.nets import TinyResNet
 
@@ -23,13 +25,18 @@ def test_side_by_side_results():
         assert r.to_dict()["ratio"] == round(r.ratio, 4)
 
 
-def test_channels_last_runs_on_copies():
+def test_models_are_prepared_alike_on_copies():
     model = TinyResNet().eval()
     converted, _ = octswap.convert(model, alpha=0.5, input_shape=(3, 16, 16))
-    results = measure_latency(model, converted, (3, 16, 16), batches=(1,), channels_last=True, rounds=2,
-                              min_round_time=0.01)  # fmt: skip
-    assert results[0].channels_last
-    assert model.stem.weight.is_contiguous()  # the caller's model keeps its memory format
+    options = InferenceOptions(fold_bn=True, channels_last=True)
+    (result,) = measure_latency(model, converted, (3, 16, 16), batches=(1,), options=options, rounds=2,
+                                min_round_time=0.01)  # fmt: skip
+    assert result.channels_last and result.options == options and result.device == "cpu"
+    assert result.original_peak_bytes > 0 and result.converted_peak_bytes > 0
+    assert result.memory_ratio == result.converted_peak_bytes / result.original_peak_bytes
+    # The caller's models keep their memory format and their BatchNorms.
+    assert model.stem.weight.is_contiguous()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 def test_bench_command_json():
