@@ -1,13 +1,16 @@
 """Benchmark: FLOPs ratio and CPU latency ratio of converted vs original models, side by side.
 
 Models resnet18, resnet50, resnext50_32x4d (configs/resnet.yaml), mobilenet_v2
-(configs/mobilenet_v2.yaml; its own alpha is replaced by the sweep's) and densenet121
-(default policy), at alpha 0.125 / 0.25 / 0.5, graph mode. Latency comes from
-`octswap.latency.measure_latency`: both models in one process, rounds alternating,
-median over rounds.
+(configs/mobilenet_v2.yaml; its own alpha is replaced by the sweep's, and its own
+alpha 0.375 is added) and densenet121 (default policy), at alpha 0.125 / 0.25 / 0.5,
+graph mode. Latency comes from `octswap.latency.measure_latency`: both models in one
+process, prepared alike (BatchNorm folded, channels-last unless --nchw / --no-fold),
+rounds alternating, median over rounds. Each model runs in a fresh process: the
+allocator's state after a bigger model otherwise shifts small models' timings.
 
 Usage:
-    .venv/bin/python benchmarks/bench_latency.py [--batch 8] [--threads 2] [--rounds 5] [--nchw]
+    .venv/bin/python benchmarks/bench_latency.py [--batch 8] [--threads 2] [--rounds 5]
+        [--nchw] [--no-fold] [--reference-kernels] [--models resnet50,mobilenet_v2]
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 
 import torch
 
 import octswap
 from octswap.flops import count_cost
+from octswap.inference import InferenceOptions
 from octswap.latency import measure_latency
+from octswap.octave import fused_kernels
 from octswap.plan import example_input
 
 MODELS = {
@@ -37,27 +44,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--nchw", action="store_true", help="NCHW instead of channels-last")
+    parser.add_argument("--no-fold", action="store_true", help="keep BatchNorm (both models)")
+    parser.add_argument("--reference-kernels", action="store_true", help="octave path sums without fused kernels")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        run_models(args)
+        return
     layout = "NCHW" if args.nchw else "channels-last"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
-          f"batch {args.batch}, {layout}, median of {args.rounds} interleaved rounds")  # fmt: skip
-    print("| model | alpha | FLOPs ratio | latency ratio | original ms | converted ms |")
-    print("|---|---|---|---|---|---|")
+          f"batch {args.batch}, {layout}, BatchNorm {'kept' if args.no_fold else 'folded'} (both models), "
+          f"{'reference' if args.reference_kernels else 'fused'} octave kernels, "
+          f"median of {args.rounds} interleaved rounds of >= {args.min_round_time} s")  # fmt: skip
+    print("| model | alpha | FLOPs ratio | latency ratio | original ms | converted ms | peak memory ratio |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for name in args.models.split(","):
+        if name not in MODELS:
+            sys.exit(f"bench_latency: unknown model {name!r} (known: {', '.join(MODELS)})")
+        argv = ["--batch", str(args.batch), "--threads", str(args.threads), "--rounds", str(args.rounds),
+                "--min-round-time", str(args.min_round_time), "--models", name, "--worker"]  # fmt: skip
+        argv += [flag for flag, on in (("--nchw", args.nchw), ("--no-fold", args.no_fold),
+                                       ("--reference-kernels", args.reference_kernels)) if on]  # fmt: skip
+        subprocess.run([sys.executable, __file__, *argv], check=True)
+
+
+def run_models(args: argparse.Namespace) -> None:
+    options = InferenceOptions(fold_bn=not args.no_fold, channels_last=not args.nchw)
     shape = (3, 224, 224)
     x = example_input(shape)
-    for name, policy_path in MODELS.items():
+    for name in args.models.split(","):
+        policy_path = MODELS[name]
         model, _ = octswap.load_model(name)
         base = count_cost(model, x).flops
         policy = octswap.load_policy(policy_path) if policy_path else octswap.Policy()
-        for alpha in ALPHAS:
+        alphas = ALPHAS + ((policy.alpha,) if policy.alpha not in ALPHAS else ())
+        # The first seconds of a process time slower (thread pools, allocator, caches):
+        # one discarded measurement, so the first alpha is not penalised.
+        measure_latency(model, model, shape, batches=(args.batch,), threads=args.threads, options=options,
+                        rounds=1, min_round_time=args.min_round_time, memory=False)  # fmt: skip
+        for alpha in alphas:
             converted, _ = octswap.convert(model, policy, alpha=alpha, input_shape=shape)
             flops = count_cost(converted, x).flops / base
-            (result,) = measure_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
-                                        channels_last=not args.nchw, rounds=args.rounds)  # fmt: skip
+            with fused_kernels(not args.reference_kernels):
+                (result,) = measure_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
+                                            options=options, rounds=args.rounds,
+                                            min_round_time=args.min_round_time)  # fmt: skip
             print(f"| {name} | {alpha} | {flops:.2f} | {result.ratio:.2f} | {result.original.median * 1e3:.1f} | "
-                  f"{result.converted.median * 1e3:.1f} |")  # fmt: skip
+                  f"{result.converted.median * 1e3:.1f} | {result.memory_ratio:.2f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

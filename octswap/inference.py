@@ -262,6 +262,12 @@ def add_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Eager PyTorch code such as torchvision's ``out += identity`` adds in place, but
     ``torch.fx`` records ``+=`` as ``+``; a traced model would then allocate a new
     full-size tensor per residual add. :func:`inplace_adds` puts this back.
+
+    Example:
+        >>> with torch.no_grad():
+        ...     a = torch.ones(2); out = add_into(a, torch.ones(2))
+        >>> out is a, a.tolist()
+        (True, [2.0, 2.0])
     """
     if (
         not torch.is_grad_enabled()
@@ -288,6 +294,11 @@ def inplace_adds(gm: fx.GraphModule) -> int:
 
     Returns:
         How many adds were rewritten.
+
+    Example:
+        >>> traced = torch.fx.symbolic_trace(torchvision.models.resnet18().eval())  # doctest: +SKIP
+        >>> inplace_adds(traced)                                                     # doctest: +SKIP
+        8
     """
     modules = dict(gm.named_modules())
     changed = 0

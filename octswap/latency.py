@@ -170,9 +170,15 @@ def measure_latency(
                     m(x)
 
             timers.append(benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads))
-        # Warm up (and compile, with options.compile) before calibrating.
+        # Warm up (and compile, with options.compile) before calibrating: the first
+        # forwards pay for oneDNN primitive creation and for the allocator settling
+        # (glibc raises its mmap threshold only after large blocks are freed), so run
+        # each model for a few rounds' worth of time first.
         for timer in timers:
-            timer.timeit(1)
+            spent, calls = 0.0, 0
+            while calls < 3 or spent < 2 * min_round_time:
+                spent += timer.timeit(1).median
+                calls += 1
         # Calibrate how many forwards make one round, on the slower of the two.
         number = max(1, max(round(min_round_time / t.timeit(1).median) for t in timers))
         samples: list[list[float]] = [[], []]
