@@ -264,8 +264,6 @@ def load(
     model.eval()
     if options is not None:
         model.octswap_inference = options
-        if options.compile and compile is not False:
-            return torch.compile(model)  # type: ignore[return-value]
-    if compile:
+    if compile or (compile is None and options is not None and options.compile):
         return torch.compile(model)  # type: ignore[return-value]
     return model

@@ -248,13 +248,11 @@ def _measure(original: Any, converted: Any, shape: tuple[int, int, int], recorde
     from octswap.latency import measure_latency
 
     batches = _parse_batches(batch)
-    options = InferenceOptions(fold_bn=fold_bn, channels_last=channels_last, compile=compile_)
-    if recorded is not None:
-        if recorded.channels_last and not channels_last:
-            raise InputError("this checkpoint was saved channels-last; --nchw cannot undo that (drop --nchw)")
-        # A folded checkpoint has no BatchNorm left: compare it with a folded original.
-        options = InferenceOptions(fold_bn=fold_bn or recorded.fold_bn, channels_last=channels_last,
-                                   compile=compile_)  # fmt: skip
+    if recorded is not None and recorded.channels_last and not channels_last:
+        raise InputError("this checkpoint was saved channels-last; --nchw cannot undo that (drop --nchw)")
+    # A folded checkpoint has no BatchNorm left: compare it with a folded original.
+    fold = fold_bn or (recorded is not None and recorded.fold_bn)
+    options = InferenceOptions(fold_bn=fold, channels_last=channels_last, compile=compile_)
     return measure_latency(original, converted, shape, batches=batches, threads=threads, options=options,
                            device=device, rounds=rounds)  # fmt: skip
 
