@@ -240,14 +240,13 @@ def _from_checkpoint(path: str, allow_import: bool) -> tuple[Any, Any, Any]:
     return original, converted, ckpt
 
 
-def _measure(original: Any, converted: Any, shape: tuple[int, int, int], recorded: Any, *, batch: str,
-             threads: int | None, rounds: int, channels_last: bool, fold_bn: bool, compile_: bool,
-             device: str) -> list[Any]:  # fmt: skip
+def _measure(original: Any, converted: Any, shape: tuple[int, int, int], recorded: Any, *,
+             batches: tuple[int, ...], threads: int | None, rounds: int, channels_last: bool, fold_bn: bool,
+             compile_: bool, device: str) -> list[Any]:  # fmt: skip
     """Time both models prepared alike; what a checkpoint was saved with also applies to the original."""
     from octswap.inference import InferenceOptions
     from octswap.latency import measure_latency
 
-    batches = _parse_batches(batch)
     if recorded is not None and recorded.channels_last and not channels_last:
         raise InputError("this checkpoint was saved channels-last; --nchw cannot undo that (drop --nchw)")
     # A folded checkpoint has no BatchNorm left: compare it with a folded original.
@@ -393,6 +392,7 @@ def report(
     with _errors(debug):
         if latency and fmt is OutputFormat.csv:
             raise InputError("--latency needs --format table, json or markdown (CSV holds one table)")
+        batches = _parse_batches(batch)  # a typo fails before the conversion, not after
         recorded = None
         if _is_checkpoint(target):
             if alpha is not None or policy is not None or weights is not None or model_arg:
@@ -400,7 +400,6 @@ def report(
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             recorded, the_plan, name = ckpt.inference, ckpt.plan, f"{ckpt.source.name} ({target})"
         else:
-            _parse_batches(batch)  # a typo fails before the conversion, not after
             shape = parse_input_size(input_size)
             original, _ = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
             converted, the_plan = octswap.convert(
@@ -412,7 +411,7 @@ def report(
             _print_report(rep, fmt, layers=layers)
             return
         flops_ratio = rep.total.flops_after / rep.total.flops_before
-        results = _measure(original, converted, the_plan.input_shape, recorded, batch=batch, threads=threads,
+        results = _measure(original, converted, the_plan.input_shape, recorded, batches=batches, threads=threads,
                            rounds=rounds, channels_last=channels_last, fold_bn=fold_bn, compile_=compile_,
                            device=device)  # fmt: skip
         if fmt is OutputFormat.json:
@@ -558,7 +557,7 @@ def bench(
     from octswap.plan import example_input
 
     with _errors(debug):
-        _parse_batches(batch)
+        batches = _parse_batches(batch)
         recorded = None
         if _is_checkpoint(target):
             original, converted, ckpt = _from_checkpoint(target, allow_import)
@@ -570,7 +569,7 @@ def bench(
             converted, _ = octswap.convert(original, _policy(policy, alpha), input_shape=shape, mode=mode.value)
         x = example_input(shape)
         flops_ratio = count_cost(converted, x).flops / count_cost(original, x).flops
-        results = _measure(original, converted, shape, recorded, batch=batch, threads=threads, rounds=rounds,
+        results = _measure(original, converted, shape, recorded, batches=batches, threads=threads, rounds=rounds,
                            channels_last=channels_last, fold_bn=fold_bn, compile_=compile_, device=device)  # fmt: skip
         if fmt is OutputFormat.json:
             out.print_json(json.dumps({"model": target, "flops_ratio": round(flops_ratio, 6),

@@ -355,7 +355,10 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     tensor output) and layer-mode octave blocks. Models are traced with ``torch.fx``
     (a ``GraphModule`` is edited directly); a model fx cannot trace gets the
     ``nn.Sequential`` (conv, BatchNorm) pairs folded instead. Call it on a model in
-    eval mode; a BatchNorm still in training mode is left alone.
+    eval mode; a BatchNorm still in training mode is left alone. The graph also gets
+    its residual adds back in place (:func:`inplace_adds`): tracing records eager
+    ``out += identity`` as an out-of-place add, which would make a traced original
+    slower than the eager one it stands for.
 
     Returns:
         The folded model (a ``GraphModule`` when it was traced).
