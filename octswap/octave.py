@@ -503,7 +503,13 @@ class OctaveConv2d(nn.Module):
         bounds = self._slices[path]
         if bounds is None or (bounds[0] == 0 and bounds[1] == x.shape[1]):
             return x
-        return x[:, bounds[0] : bounds[1]]
+        part = x[:, bounds[0] : bounds[1]]
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # A channel slice of a channels-last map is strided; oneDNN convs and
+            # avg_pool2d then fall back to slow generic kernels (measured: a depthwise
+            # conv or a pool on the slice takes about twice as long as on a copy).
+            part = part.contiguous(memory_format=torch.channels_last)
+        return part
 
     def _join(self, parts: list[Tensor]) -> Tensor:
         if len(parts) == 1:
