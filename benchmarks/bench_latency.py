@@ -4,7 +4,8 @@ Models resnet18, resnet50, resnext50_32x4d (configs/resnet.yaml), mobilenet_v2
 (configs/mobilenet_v2.yaml; its own alpha is replaced by the sweep's, and its own
 alpha 0.375 is added) and densenet121 (default policy), at alpha 0.125 / 0.25 / 0.5,
 graph mode. Latency comes from `octswap.latency.measure_latency`: both models in one
-process, prepared alike (BatchNorm folded, channels-last unless --nchw / --no-fold),
+process, prepared alike (BatchNorm folded, channels-last, conv weights packed for oneDNN,
+unless --no-fold / --nchw / --no-prepack),
 rounds alternating, median over rounds. Each model runs in fresh processes, --processes
 of them (default 3): a process's allocator and memory layout shift its timings by several
 percent, so the table shows the median ratio over processes and their range.
@@ -18,7 +19,7 @@ tuning guide recommends); --malloc default measures glibc as it comes.
 
 Usage:
     .venv/bin/python benchmarks/bench_latency.py [--batch 8] [--threads 2] [--rounds 7]
-        [--processes 3] [--malloc tuned|default] [--nchw] [--no-fold] [--reference-kernels] [--models resnet50,mobilenet_v2]
+        [--processes 3] [--malloc tuned|default] [--nchw] [--no-fold] [--no-prepack] [--reference-kernels] [--models resnet50,mobilenet_v2]
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> None:
                         help="glibc malloc thresholds of the worker processes (see above)")  # fmt: skip
     parser.add_argument("--nchw", action="store_true", help="NCHW instead of channels-last")
     parser.add_argument("--no-fold", action="store_true", help="keep BatchNorm (both models)")
+    parser.add_argument("--no-prepack", action="store_true", help="plain conv weights, reordered per call (both models)")
     parser.add_argument("--reference-kernels", action="store_true", help="octave path sums without fused kernels")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
@@ -72,7 +74,8 @@ def main() -> None:
         return
     layout = "NCHW" if args.nchw else "channels-last"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
-          f"batch {args.batch}, {layout}, BatchNorm {'kept' if args.no_fold else 'folded'} (both models), "
+          f"batch {args.batch}, {layout}, BatchNorm {'kept' if args.no_fold else 'folded'}, "
+          f"weights {'plain' if args.no_prepack else 'packed'} (both models), "
           f"{'reference' if args.reference_kernels else 'fused'} octave kernels, "
           f"median of {args.rounds} interleaved rounds of >= {args.min_round_time} s, "
           f"{args.processes} process(es) per model, {args.malloc} malloc")  # fmt: skip
@@ -85,6 +88,7 @@ def main() -> None:
         argv = ["--batch", str(args.batch), "--threads", str(args.threads), "--rounds", str(args.rounds),
                 "--min-round-time", str(args.min_round_time), "--models", name, "--worker"]  # fmt: skip
         argv += [flag for flag, on in (("--nchw", args.nchw), ("--no-fold", args.no_fold),
+                                       ("--no-prepack", args.no_prepack),
                                        ("--reference-kernels", args.reference_kernels)) if on]  # fmt: skip
         env = dict(os.environ)
         if args.malloc == "tuned":
@@ -105,7 +109,7 @@ def main() -> None:
 
 
 def run_models(args: argparse.Namespace) -> None:
-    options = InferenceOptions(fold_bn=not args.no_fold, channels_last=not args.nchw)
+    options = InferenceOptions(fold_bn=not args.no_fold, channels_last=not args.nchw, prepack=not args.no_prepack)
     shape = (3, 224, 224)
     x = example_input(shape)
     for name in args.models.split(","):

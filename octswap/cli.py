@@ -78,6 +78,9 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, hel
 RoundsOpt = Annotated[int, typer.Option("--rounds", min=1, help="Alternating rounds per model.")]
 LayoutOpt = Annotated[bool, typer.Option("--channels-last/--nchw", help="Memory format of both models and their input.")]
 FoldOpt = Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="Fold BatchNorm into the convs of both models.")]
+PrepackOpt = Annotated[
+    bool, typer.Option("--prepack/--no-prepack", help="Keep conv weights in oneDNN's layout, made once (both models).")
+]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile both models (minutes to start).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, or cuda where a GPU is present.")]
 
@@ -210,7 +213,7 @@ def _latency_table(results: list[Any], flops_ratio: float) -> Table:
 def _prepared(result: Any) -> str:
     o = result.options
     parts = [result.device, "channels-last" if o.channels_last else "NCHW"]
-    parts += ["BN folded"] * o.fold_bn + ["compiled"] * o.compile
+    parts += ["BN folded"] * o.fold_bn + ["packed"] * o.prepack + ["compiled"] * o.compile
     return ", ".join(parts)
 
 
@@ -242,7 +245,7 @@ def _from_checkpoint(path: str, allow_import: bool) -> tuple[Any, Any, Any]:
 
 def _measure(original: Any, converted: Any, shape: tuple[int, int, int], recorded: Any, *,
              batches: tuple[int, ...], threads: int | None, rounds: int, channels_last: bool, fold_bn: bool,
-             compile_: bool, device: str) -> list[Any]:  # fmt: skip
+             prepack: bool, compile_: bool, device: str) -> list[Any]:  # fmt: skip
     """Time both models prepared alike; what a checkpoint was saved with also applies to the original."""
     from octswap.inference import InferenceOptions
     from octswap.latency import measure_latency
@@ -251,7 +254,7 @@ def _measure(original: Any, converted: Any, shape: tuple[int, int, int], recorde
         raise InputError("this checkpoint was saved channels-last; --nchw cannot undo that (drop --nchw)")
     # A folded checkpoint has no BatchNorm left: compare it with a folded original.
     fold = fold_bn or (recorded is not None and recorded.fold_bn)
-    options = InferenceOptions(fold_bn=fold, channels_last=channels_last, compile=compile_)
+    options = InferenceOptions(fold_bn=fold, channels_last=channels_last, prepack=prepack, compile=compile_)
     return measure_latency(original, converted, shape, batches=batches, threads=threads, options=options,
                            device=device, rounds=rounds)  # fmt: skip
 
@@ -331,7 +334,7 @@ def convert(
     mode: ModeOpt = Mode.graph,
     strict: StrictOpt = False,
     layers: LayersOpt = True,
-    optimize: Annotated[bool, typer.Option("--optimize-for-inference", help="Save with BatchNorm folded into the convs and channels-last weights (recorded; load rebuilds it).")] = False,
+    optimize: Annotated[bool, typer.Option("--optimize-for-inference", help="Save with BatchNorm folded into the convs, channels-last and packed weights (recorded; load rebuilds it).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="Record that loading should torch.compile the model.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -350,7 +353,8 @@ def convert(
         converted, plan = octswap.convert(original, pol, input_shape=shape, mode=mode.value, strict=strict)
         report = octswap.report(original, converted, plan, model_name=model)
         if optimize or compile_:
-            options = octswap.InferenceOptions(fold_bn=optimize, channels_last=optimize, compile=compile_)
+            options = octswap.InferenceOptions(fold_bn=optimize, channels_last=optimize, prepack=optimize,
+                                               compile=compile_)  # fmt: skip
             converted = octswap.optimize_for_inference(converted, options)
         path = octswap.save(target, converted, plan, source=source, report=report.summary(), force=force)
         _print_report(report, fmt, layers=layers, extra={"checkpoint": str(path)})
@@ -382,6 +386,7 @@ def report(
     rounds: RoundsOpt = 7,
     channels_last: LayoutOpt = True,
     fold_bn: FoldOpt = True,
+    prepack: PrepackOpt = True,
     compile_: CompileOpt = False,
     device: DeviceOpt = "cpu",
     debug: DebugOpt = False,
@@ -412,8 +417,8 @@ def report(
             return
         flops_ratio = rep.total.flops_after / rep.total.flops_before
         results = _measure(original, converted, the_plan.input_shape, recorded, batches=batches, threads=threads,
-                           rounds=rounds, channels_last=channels_last, fold_bn=fold_bn, compile_=compile_,
-                           device=device)  # fmt: skip
+                           rounds=rounds, channels_last=channels_last, fold_bn=fold_bn, prepack=prepack,
+                           compile_=compile_, device=device)  # fmt: skip
         if fmt is OutputFormat.json:
             _print_report(rep, fmt, layers=layers, extra={"latency": [r.to_dict() for r in results]})
         elif fmt is OutputFormat.markdown:
@@ -545,6 +550,7 @@ def bench(
     rounds: RoundsOpt = 7,
     channels_last: LayoutOpt = True,
     fold_bn: FoldOpt = True,
+    prepack: PrepackOpt = True,
     compile_: CompileOpt = False,
     device: DeviceOpt = "cpu",
     fmt: FormatOpt = OutputFormat.table,
@@ -570,7 +576,8 @@ def bench(
         x = example_input(shape)
         flops_ratio = count_cost(converted, x).flops / count_cost(original, x).flops
         results = _measure(original, converted, shape, recorded, batches=batches, threads=threads, rounds=rounds,
-                           channels_last=channels_last, fold_bn=fold_bn, compile_=compile_, device=device)  # fmt: skip
+                           channels_last=channels_last, fold_bn=fold_bn, prepack=prepack, compile_=compile_,
+                           device=device)  # fmt: skip
         if fmt is OutputFormat.json:
             out.print_json(json.dumps({"model": target, "flops_ratio": round(flops_ratio, 6),
                                        "latency": [r.to_dict() for r in results]}))  # fmt: skip

@@ -1,4 +1,4 @@
-"""Inference preparation: fold BatchNorm into convs, channels-last, optional ``torch.compile``.
+"""Inference preparation: fold BatchNorm, channels-last, packed weights, optional ``torch.compile``.
 
 Applied alike to an original and a converted model, so that latency comparisons
 compare like with like, and recorded in checkpoints (:class:`InferenceOptions`), so
@@ -10,7 +10,7 @@ and then load the folded weights.
 
 Octave convs need no switch of their own: in eval mode without autograd, on CPU,
 with channels-last float inputs, :class:`~octswap.octave.OctaveConv2d` sums its
-paths inside fused oneDNN convolutions (see :func:`octswap.octave.fused_kernels`).
+paths inside fused oneDNN convolutions (see :mod:`octswap.kernels`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from octswap.errors import InputError
+from octswap.kernels import pack_convs
 from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, OctaveConvBlock
 
 __all__ = [
@@ -49,12 +50,16 @@ class InferenceOptions:
     Attributes:
         fold_bn: Fold each eval-mode BatchNorm into the conv that feeds it.
         channels_last: Store 4-D weights channels-last (inputs follow after the first conv).
+        prepack: Keep each conv's weight in oneDNN's blocked layout, made once instead
+            of on every call (:class:`octswap.kernels.PackedConv2d`; CPU inference only,
+            same state dict).
         compile: Wrap the model in ``torch.compile`` (applied when the model is loaded,
             never stored: compiled code is specific to the machine).
     """
 
     fold_bn: bool = True
     channels_last: bool = True
+    prepack: bool = True
     compile: bool = False
 
     def to_dict(self) -> dict[str, bool]:
@@ -269,14 +274,20 @@ def add_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         >>> out is a, a.tolist()
         (True, [2.0, 2.0])
     """
-    if (
-        not torch.is_grad_enabled()
-        and isinstance(b, torch.Tensor)
-        and a.dtype == b.dtype
-        and a.shape == torch.broadcast_shapes(a.shape, b.shape)
-    ):
+    if not torch.is_grad_enabled() and isinstance(b, torch.Tensor) and a.dtype == b.dtype and _fits_into(a, b):
         return a.add_(b)
     return a + b
+
+
+def _fits_into(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` broadcasts to ``a``'s shape (so ``a + b`` has ``a``'s shape).
+
+    Plain Python on purpose: ``torch.broadcast_shapes`` costs tens of microseconds per
+    call, which adds up to milliseconds per forward pass over a ResNet's residual adds.
+    """
+    if b.dim() > a.dim():
+        return False
+    return all(db == 1 or db == da for da, db in zip(a.shape[a.dim() - b.dim() :], b.shape))
 
 
 def _fresh(node: Any, modules: Mapping[str, nn.Module]) -> bool:
@@ -398,8 +409,8 @@ def optimize_for_inference(
 ) -> nn.Module:
     """Prepare a model (original or converted) for fast inference.
 
-    Puts it in eval mode, folds BatchNorm, converts weights to channels-last and,
-    when asked, wraps it in ``torch.compile``. Apply the same options to an original
+    Puts it in eval mode, folds BatchNorm, converts weights to channels-last, packs
+    conv weights for oneDNN and, when asked, wraps it in ``torch.compile``. Apply the same options to an original
     and a converted model to compare their latency fairly.
 
     Example:
@@ -414,6 +425,8 @@ def optimize_for_inference(
         target = fold_batchnorm(target, inplace=True)
     if options.channels_last:
         target = target.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+    if options.prepack:
+        pack_convs(target)
     if previous is not None:  # preparing twice keeps what the first time did
         options = InferenceOptions(**{k: v or getattr(previous, k) for k, v in options.to_dict().items()})
     # The model remembers how it was prepared, so octswap.save can record it.

@@ -56,6 +56,10 @@ class _Tracker(TorchDispatchMode):
         for value in tree_flatten(out)[0]:
             if not isinstance(value, torch.Tensor) or isinstance(value, nn.Parameter):
                 continue
+            if value.layout != torch.strided:
+                # oneDNN's packed weights (octswap.kernels) are opaque, have no storage
+                # to measure, and are weights, not activations.
+                continue
             storage = value.untyped_storage()
             nbytes = storage.nbytes()
             if nbytes == 0:

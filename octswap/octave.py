@@ -19,13 +19,15 @@ mixes groups. This differs from the official MXNet code, which keeps the same
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from octswap import kernels
+from octswap.kernels import fused_kernels, fused_kernels_available  # re-exported: part of this API
 
 __all__ = [
     "OctaveBatchNorm2d",
@@ -119,59 +121,6 @@ def downsample(x: Tensor) -> Tensor:
 def upsample(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     """Nearest upsampling to an exact ``size`` (for odd sizes this is x2 then crop)."""
     return F.interpolate(x, size=size, mode="nearest")
-
-
-# ------------------------------------------------------------ fused kernels
-# oneDNN convolutions can add their result into an existing tensor ("sum" post-op),
-# so a path sum such as h2h(x_h) + upsample(l2h(x_l)) costs one conv writing into the
-# upsampled tensor instead of a conv, a new full-size tensor and an add kernel. PyTorch
-# exposes this as the (private) op inductor uses for the same fusion; it exists only in
-# builds with oneDNN, works for channels-last float tensors without autograd, and is
-# looked up once so that a build without it silently keeps the reference path.
-_conv_add_ = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise_", None)
-_fused = {"enabled": True, "works": None}
-
-
-def fused_kernels_available() -> bool:
-    """Whether this PyTorch build can run octave path sums as fused oneDNN convolutions.
-
-    Tried once on a tiny input (the op is private to PyTorch, so its presence alone
-    is not trusted).
-    """
-    if _fused["works"] is None:
-        _fused["works"] = False
-        if _conv_add_ is not None and torch.backends.mkldnn.is_available():
-            try:
-                with torch.inference_mode():
-                    x = torch.ones(1, 2, 3, 3).contiguous(memory_format=torch.channels_last)
-                    w = torch.ones(2, 2, 1, 1).contiguous(memory_format=torch.channels_last)
-                    acc = torch.ones(1, 2, 3, 3).contiguous(memory_format=torch.channels_last)
-                    _conv_add_(acc, x, w, None, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, None, [], None)
-                _fused["works"] = bool((acc == 3).all())
-            except (RuntimeError, TypeError, NotImplementedError):
-                _fused["works"] = False
-    return bool(_fused["works"])
-
-
-@contextmanager
-def fused_kernels(enabled: bool) -> Iterator[None]:
-    """Allow (default) or forbid the fused inference kernels inside the block.
-
-    The fused path runs only when it cannot change results beyond float rounding:
-    CPU, float32, channels-last input, no autograd, not under ``torch.compile`` or
-    ``torch.jit.trace``.
-    Forbidding it forces the reference computation (tests compare the two).
-
-    Example:
-        >>> with fused_kernels(False):
-        ...     y = conv(x)   # doctest: +SKIP
-    """
-    previous = _fused["enabled"]
-    _fused["enabled"] = enabled
-    try:
-        yield
-    finally:
-        _fused["enabled"] = previous
 
 
 def split_frequencies(x: Tensor, low: int) -> tuple[Tensor, Tensor]:
@@ -459,20 +408,11 @@ class OctaveConv2d(nn.Module):
 
     def _can_fuse(self, x_h: Tensor, x_l: Tensor | None) -> bool:
         # Cheapest and most often false first: this runs on every call.
-        channels_last = torch.channels_last
         return (
             self._combine == "sum"
             and not self._plain
-            and _fused["enabled"]
-            and not torch.is_grad_enabled()
-            and x_h.dtype == torch.float32
-            and x_h.device.type == "cpu"
             and self.padding_mode == "zeros"
-            and x_h.is_contiguous(memory_format=channels_last)
-            and (x_l is None or x_l.is_contiguous(memory_format=channels_last))
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()  # fvcore counts FLOPs on a trace of the reference ops
-            and fused_kernels_available()
+            and kernels.fast_path_allowed(x_h, x_l)
         )
 
     def _forward_fused(self, x_h: Tensor, x_l: Tensor | None) -> OctaveInput:
@@ -480,26 +420,27 @@ class OctaveConv2d(nn.Module):
 
         Same paths, same weights, same resampling; only the additions move into the
         convolutions' output stage (no extra full-size tensor, no separate add kernel).
-        Paths are called as functions: on small maps the module-call overhead of four
-        path convs is a measurable share of the layer's time.
+        Paths are called as functions (:mod:`octswap.kernels`, which also uses packed
+        weights where the paths are packed): on small maps the module-call overhead of
+        four path convs is a measurable share of the layer's time.
         """
         if self._strided:
             x_h = downsample(x_h)
         if self.l2h is not None:
             assert x_l is not None
-            y = _conv(self.l2h, x_l)
+            y = kernels.conv(self.l2h, x_l)
             # The strided conv's low input already sits at the output resolution.
-            high = _conv_into(y if self._strided else upsample(y, x_h.shape[-2:]), self.h2h, x_h)
+            high = kernels.conv_into(y if self._strided else upsample(y, x_h.shape[-2:]), self.h2h, x_h)
         else:
-            high = _conv(self.h2h, x_h)
+            high = kernels.conv(self.h2h, x_h)
         if self.out_low == 0:
             return high
         low_in = None if x_l is None else downsample(x_l) if self._strided else x_l
         if self.h2l is None:
-            return high, _conv(self.l2l, low_in)
-        low = _conv(self.h2l, downsample(x_h))
+            return high, kernels.conv(self.l2l, low_in)
+        low = kernels.conv(self.h2l, downsample(x_h))
         if self.l2l is not None:
-            low = _conv_into(low, self.l2l, low_in)
+            low = kernels.conv_into(low, self.l2l, low_in)
         return high, low
 
     def _take(self, x: Tensor, path: str) -> Tensor:
@@ -531,21 +472,6 @@ class OctaveConv2d(nn.Module):
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
             f"alpha_in={self.alpha_in}, alpha_out={self.alpha_out}"
         )
-
-
-def _conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)`` without the module call (zero padding only, as the fused path requires)."""
-    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _conv_into(acc: Tensor, conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``acc += conv(x)`` in one oneDNN call; ``acc`` must be a fresh channels-last tensor."""
-    if not acc.is_contiguous(memory_format=torch.channels_last):
-        acc = acc.contiguous(memory_format=torch.channels_last)
-    return _conv_add_(
-        acc, x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-        conv.groups, "add", 1.0, None, [], None,
-    )  # fmt: skip
 
 
 def _half(size: torch.Size | tuple[int, ...]) -> torch.Size:

@@ -245,6 +245,11 @@ def test_add_into_writes_in_place_only_without_autograd():
         small = torch.ones(3)
         out = add_into(small, torch.ones(2, 3))  # would broadcast a itself: a new tensor
         assert out.shape == (2, 3) and small.eq(1).all()
+        column = torch.ones(2, 1)
+        out = add_into(column, torch.ones(1, 3))  # both broadcast: a new (2, 3) tensor
+        assert out.shape == (2, 3) and column.eq(1).all()
+        a = torch.ones(2, 3, 4)
+        assert add_into(a, torch.ones(3, 1)) is a and a.eq(2).all()  # b broadcasts into a
 
 
 def test_inplace_adds_keep_outputs_and_skip_shared_operands():
