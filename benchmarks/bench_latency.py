@@ -38,7 +38,7 @@ import octswap
 from octswap.flops import count_cost
 from octswap.inference import InferenceOptions
 from octswap.latency import measure_latency
-from octswap.octave import fused_kernels
+from octswap.kernels import fused_kernels
 from octswap.plan import example_input
 
 MODELS = {

@@ -113,22 +113,18 @@ def test_packed_conv_copies_pickles_and_keeps_state_dict_keys():
     assert twin.weight.data_ptr() != packed.weight.data_ptr()
 
 
-def test_prepared_model_with_packed_weights_matches_plain_ops():
+def test_prepared_model_packs_every_conv_and_keeps_keys_and_flops():
     model = TinyResNet().eval()
     converted, _ = octswap.convert(model, alpha=0.5, input_shape=(3, 15, 15))
     fast = optimize_for_inference(converted)
     convs = sum(isinstance(m, nn.Conv2d) for m in converted.modules())
     assert sum(isinstance(m, PackedConv2d) for m in fast.modules()) == convs  # octave path convs too
-    assert list(fast.state_dict()) == list(optimize_for_inference(converted, InferenceOptions(prepack=False)).state_dict())
-    x = torch.randn(2, 3, 15, 15).contiguous(memory_format=CL)
-    with torch.inference_mode():
-        with fused_kernels(False):
-            reference = fast(x)
-        got = fast(x)
-    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    unpacked = optimize_for_inference(converted, InferenceOptions(prepack=False))
+    assert not any(isinstance(m, PackedConv2d) for m in unpacked.modules())
+    assert list(fast.state_dict()) == list(unpacked.state_dict())
+    # Outputs: test_inference.py compares this default (packed) preparation with plain ops.
     # FLOPs are counted on a trace of the plain ops, packed or not.
     sample = torch.randn(1, 3, 15, 15).contiguous(memory_format=CL)
-    unpacked = optimize_for_inference(converted, InferenceOptions(prepack=False))
     assert count_cost(fast, sample).flops == count_cost(unpacked, sample).flops
 
 
