@@ -19,7 +19,8 @@ tuning guide recommends); --malloc default measures glibc as it comes.
 
 Usage:
     .venv/bin/python benchmarks/bench_latency.py [--batch 8] [--threads 2] [--rounds 7]
-        [--processes 3] [--malloc tuned|default] [--nchw] [--no-fold] [--no-prepack] [--reference-kernels] [--models resnet50,mobilenet_v2]
+        [--processes 3] [--malloc tuned|default] [--nchw] [--no-fold] [--no-prepack]
+        [--reference-kernels] [--models resnet50,mobilenet_v2]
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def main() -> None:
     print("| model | alpha | FLOPs ratio | latency ratio (median) | range over processes | original ms | "
           "converted ms | peak memory ratio |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|", flush=True)
+    env = dict(os.environ)
+    if args.malloc == "tuned":
+        env.update(MALLOC_MMAP_THRESHOLD_=str(2**30), MALLOC_TRIM_THRESHOLD_=str(2**30))
     for name in args.models.split(","):
         if name not in MODELS:
             sys.exit(f"bench_latency: unknown model {name!r} (known: {', '.join(MODELS)})")
@@ -90,9 +94,6 @@ def main() -> None:
         argv += [flag for flag, on in (("--nchw", args.nchw), ("--no-fold", args.no_fold),
                                        ("--no-prepack", args.no_prepack),
                                        ("--reference-kernels", args.reference_kernels)) if on]  # fmt: skip
-        env = dict(os.environ)
-        if args.malloc == "tuned":
-            env.update(MALLOC_MMAP_THRESHOLD_=str(2**30), MALLOC_TRIM_THRESHOLD_=str(2**30))
         rows: dict[float, list[dict]] = {}
         for _ in range(args.processes):
             done = subprocess.run([sys.executable, __file__, *argv], check=True, stdout=subprocess.PIPE, text=True,

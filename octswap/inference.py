@@ -410,8 +410,8 @@ def optimize_for_inference(
     """Prepare a model (original or converted) for fast inference.
 
     Puts it in eval mode, folds BatchNorm, converts weights to channels-last, packs
-    conv weights for oneDNN and, when asked, wraps it in ``torch.compile``. Apply the same options to an original
-    and a converted model to compare their latency fairly.
+    conv weights for oneDNN and, when asked, wraps it in ``torch.compile``. Apply the
+    same options to an original and a converted model to compare their latency fairly.
 
     Example:
         >>> fast = optimize_for_inference(converted)                                    # doctest: +SKIP

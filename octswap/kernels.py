@@ -38,6 +38,7 @@ __all__ = [
     "fused_kernels",
     "fused_kernels_available",
     "pack_convs",
+    "packable",
 ]
 
 _mkldnn = getattr(torch.ops, "mkldnn", None)
@@ -123,7 +124,14 @@ class PackedConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, plain: nn.Conv2d) -> PackedConv2d:
-        """A packed conv sharing ``plain``'s parameters (not copied; hooks are not carried over)."""
+        """A packed conv sharing ``plain``'s parameters (not copied; hooks are not carried over).
+
+        Raises:
+            ValueError: ``plain`` pads other than with zeros by explicit amounts, which
+                oneDNN's packed conv cannot do.
+        """
+        if not packable(plain):
+            raise ValueError(f"cannot pack {plain}: only zero padding by explicit amounts")
         packed = cls(
             plain.in_channels, plain.out_channels, plain.kernel_size, stride=plain.stride, padding=plain.padding,
             dilation=plain.dilation, groups=plain.groups, bias=plain.bias is not None,
@@ -154,9 +162,14 @@ class PackedConv2d(nn.Conv2d):
         return cached[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not fast_path_allowed(x):
+        if not fast_path_allowed(x):
             return super().forward(x)
         return conv(self, x)
+
+
+def packable(module: nn.Conv2d) -> bool:
+    """Whether oneDNN's packed conv computes ``module``: zero padding by explicit amounts."""
+    return module.padding_mode == "zeros" and not isinstance(module.padding, str)
 
 
 def conv(module: nn.Conv2d, x: Tensor) -> Tensor:
@@ -188,9 +201,10 @@ def conv_into(acc: Tensor, module: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 def pack_convs(model: nn.Module) -> int:
-    """Replace every ``nn.Conv2d`` in ``model`` (in place) by a :class:`PackedConv2d`.
+    """Replace every packable ``nn.Conv2d`` in ``model`` (in place) by a :class:`PackedConv2d`.
 
     Parameters are shared, state-dict keys unchanged; octave path convs are packed too.
+    Convs with other padding (reflect, ``'same'``) stay as they are.
 
     Returns:
         How many convs were replaced.
@@ -198,7 +212,7 @@ def pack_convs(model: nn.Module) -> int:
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Conv2d:
+            if type(child) is nn.Conv2d and packable(child):
                 setattr(parent, name, PackedConv2d.from_conv(child))
                 replaced += 1
     return replaced

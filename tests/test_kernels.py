@@ -128,12 +128,15 @@ def test_prepared_model_packs_every_conv_and_keeps_keys_and_flops():
     assert count_cost(fast, sample).flops == count_cost(unpacked, sample).flops
 
 
-def test_pack_convs_replaces_only_plain_conv2d():
+def test_pack_convs_replaces_only_packable_plain_conv2d():
     class Custom(nn.Conv2d):
         pass
 
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), Custom(8, 8, 1), nn.Sequential(nn.Conv2d(8, 8, 1)))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), Custom(8, 8, 1), nn.Sequential(nn.Conv2d(8, 8, 1)),
+                          nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), nn.Conv2d(8, 8, 3, padding="same"))  # fmt: skip
     assert pack_convs(model) == 2
     assert [type(m).__name__ for m in model.modules() if isinstance(m, nn.Conv2d)] == [
-        "PackedConv2d", "Custom", "PackedConv2d"
+        "PackedConv2d", "Custom", "PackedConv2d", "Conv2d", "Conv2d"
     ]  # fmt: skip
+    with pytest.raises(ValueError, match="only zero padding"):
+        PackedConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"))
