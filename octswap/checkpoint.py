@@ -12,6 +12,10 @@ One ``torch.save`` file holding a dict::
     report          the cost summary printed at conversion
     inference       (optional) how the model was prepared for inference
                     (:class:`octswap.inference.InferenceOptions`), replayed on load
+    healing         (optional) how the model was healed by distillation, with the
+                    fidelity measured before and after (:mod:`octswap.healing`)
+    training        (optional) the state of an unfinished healing run (optimizer,
+                    scheduler, position), for ``octswap heal --resume``
 
 It loads with ``torch.load(path, weights_only=True)``. :func:`load` rebuilds the
 original architecture from ``source`` (random init), replays ``plan``, then
@@ -62,6 +66,8 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     report: dict[str, Any] | None
     inference: InferenceOptions | None = None
+    healing: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
 
     def build_original(self) -> nn.Module:
         """The unconverted architecture, random init (for comparisons)."""
@@ -137,6 +143,8 @@ def save(
     *,
     source: ModelSource,
     report: Mapping[str, Any] | None = None,
+    healing: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> Path:
     """Write a converted model as an octswap checkpoint.
@@ -163,6 +171,8 @@ def save(
         "state_dict_metadata": dict(getattr(state, "_metadata", {}) or {}),
         "report": report,
         "inference": None if inference is None else inference.to_dict(),
+        "healing": healing,
+        "training": training,
     })
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
 
@@ -206,6 +216,8 @@ def read(path: str | Path) -> Checkpoint:
             state_dict=_with_metadata(data["state_dict"], data.get("state_dict_metadata")),
             report=data.get("report"),
             inference=None if data.get("inference") is None else InferenceOptions.from_dict(data["inference"]),
+            healing=data.get("healing"),
+            training=data.get("training"),
         )
     except (KeyError, TypeError, ValueError, OctswapError) as err:
         raise CheckpointError(f"{path} is damaged: {type(err).__name__}: {err}") from None

@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -83,6 +84,17 @@ PrepackOpt = Annotated[
 ]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile both models (minutes to start).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, or cuda where a GPU is present.")]
+# Real data (report/convert --data, heal): see octswap.data.
+DataOpt = Annotated[Optional[Path], typer.Option("--data", "-d", help="ImageFolder-style folder, flat folder of images, or .pt file {'inputs', 'labels'}: measure fidelity on it.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per batch (per process under torchrun).")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use this many samples (a fixed random subset).")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Normalisation mean, one value or one per channel [default: ImageNet's for 3 channels, else 0].")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Normalisation std, one value or one per channel [default: ImageNet's for 3 channels, else 1].")]
+ResizeOpt = Annotated[Optional[int], typer.Option("--resize", min=1, help="Resize the shorter image side to N, then centre-crop [default: resize to the model's HxW].")]
+CropOpt = Annotated[Optional[str], typer.Option("--crop", help="Centre-crop size N or HxW after --resize [default: the model's HxW].")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes [default: 0 for .pt files, else up to 4].")]
+CalibrateOpt = Annotated[int, typer.Option("--calibrate-bn", min=0, help="Re-estimate BatchNorm statistics on this many batches of --data (0: off).")]
+TeacherWeightsOpt = Annotated[Optional[str], typer.Option("--teacher-weights", help="The original's weights, when not where the checkpoint recorded them.")]
 
 _state = {"debug": False}
 
@@ -191,6 +203,12 @@ def _print_report(report: Report, fmt: OutputFormat, *, layers: bool, extra: dic
         if report.uncounted:
             err.print("uncounted ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.uncounted.items())),
                       highlight=False)  # fmt: skip
+        if report.fidelity is not None:
+            out.print(_fidelity_table(report.fidelity, f"fidelity (converted vs original) on {report.fidelity.data}"))
+        else:
+            from octswap.reporting import NOT_MEASURED
+
+            out.print(NOT_MEASURED + ".", highlight=False, markup=False)
 
 
 def _latency_table(results: list[Any], flops_ratio: float) -> Table:
@@ -266,6 +284,61 @@ def _parse_batches(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+def _preprocessing(mean: str | None, std: str | None, resize: int | None, crop: str | None) -> Any:
+    """A Preprocessing when any option was given, else None (the model's own transforms)."""
+    from octswap.data import Preprocessing, parse_floats
+
+    if mean is None and std is None and resize is None and crop is None:
+        return None
+    crop_size = None
+    if crop is not None:
+        _, height, width = parse_input_size(crop)
+        crop_size = (height, width)
+    return Preprocessing(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize, crop=crop_size)
+
+
+def _open(path: Path, shape: tuple[int, int, int], name: str | None, weights: str | None, prep: Any,
+          limit: int | None) -> Any:  # fmt: skip
+    from octswap.data import choose_transform, open_data
+
+    transform = None
+    if not path.is_file():  # images: the model's own preprocessing unless options say otherwise
+        transform = choose_transform(shape, model_name=name, weights=weights, preprocessing=prep)
+    return open_data(path, input_shape=shape, transform=transform, limit=limit)
+
+
+def _fidelity(original: Any, converted: Any, data: Any, *, batch_size: int, workers: int | None,
+              stages: list[str]) -> Any:  # fmt: skip
+    from octswap.data import make_loader
+    from octswap.fidelity import measure_fidelity
+
+    loader = make_loader(data, batch_size=batch_size, workers=workers)
+    return measure_fidelity(original, converted, loader, stages=stages, data=data.describe())
+
+
+def _fidelity_table(fidelity: Any, title: str) -> Table:
+    table = Table("metric", "value", title=title, title_justify="left")
+    for metric, value in fidelity.rows():
+        table.add_row(metric, value)
+    return table
+
+
+def _stages(report: Report) -> list[str]:
+    return [r.name for r in report.stages if r.name != "(outside stages)"]
+
+
+def _warn_untrained(weights: str | None, name: str) -> None:
+    if weights is None:
+        err.print(f"note: {name} has random weights (no --weights); the fidelity of an untrained model says little",
+                  highlight=False, markup=False)  # fmt: skip
+
+
+def _teacher(ckpt: Any, weights: str | None, allow_import: bool) -> Any:
+    from octswap.healing import load_teacher
+
+    return load_teacher(ckpt, weights=weights, allow_import=allow_import)
+
+
 def _plan_rows(plan: Plan) -> list[dict[str, Any]]:
     return [
         {
@@ -336,9 +409,18 @@ def convert(
     layers: LayersOpt = True,
     optimize: Annotated[bool, typer.Option("--optimize-for-inference", help="Save with BatchNorm folded into the convs, channels-last and packed weights (recorded; load rebuilds it).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="Record that loading should torch.compile the model.")] = False,
+    data: DataOpt = None,
+    calibrate_bn: CalibrateOpt = 0,
+    batch_size: BatchSizeOpt = 64,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    workers: WorkersOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Convert MODEL, print the cost report, write a checkpoint."""
+    """Convert MODEL, print the cost report (and with --data its fidelity), write a checkpoint."""
     import octswap
     from octswap.reporting import percent
 
@@ -349,9 +431,23 @@ def convert(
         target = output if output is not None else _default_output(model, pol.alpha)
         if target.exists() and not force:  # fail before the work, not after
             raise octswap.OutputExistsError(f"{target} exists; pass --force to overwrite it")
+        if calibrate_bn and data is None:
+            raise InputError("--calibrate-bn needs --data (the samples to re-estimate on)")
+        prep = _preprocessing(mean, std, resize, crop)
         original, source = octswap.load_model(model, weights=weights, kwargs=kwargs)
+        samples = _open(data, shape, model, weights, prep, limit) if data is not None else None
         converted, plan = octswap.convert(original, pol, input_shape=shape, mode=mode.value, strict=strict)
+        if samples is not None and calibrate_bn:
+            from octswap.data import batches, make_loader
+
+            loader = make_loader(samples, batch_size=batch_size, workers=workers)
+            used = octswap.recalibrate_batchnorm(converted, batches(loader), batches=calibrate_bn)
+            err.print(f"re-estimated BatchNorm statistics on {used} batches of {samples.describe()}", highlight=False)
         report = octswap.report(original, converted, plan, model_name=model)
+        if samples is not None:
+            _warn_untrained(source.weights, model)
+            report = replace(report, fidelity=_fidelity(original, converted, samples, batch_size=batch_size,
+                                                        workers=workers, stages=_stages(report)))  # fmt: skip
         if optimize or compile_:
             options = octswap.InferenceOptions(fold_bn=optimize, channels_last=optimize, prepack=optimize,
                                                compile=compile_)  # fmt: skip
@@ -389,29 +485,51 @@ def report(
     prepack: PrepackOpt = True,
     compile_: CompileOpt = False,
     device: DeviceOpt = "cpu",
+    data: DataOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    workers: WorkersOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare FLOPs and parameters (and with --latency, speed) before and after conversion; nothing is saved."""
+    """Compare FLOPs and parameters (with --data fidelity, with --latency speed) before and after conversion; nothing is saved."""
     import octswap
 
     with _errors(debug):
         if latency and fmt is OutputFormat.csv:
             raise InputError("--latency needs --format table, json or markdown (CSV holds one table)")
         batches = _parse_batches(batch)  # a typo fails before the conversion, not after
+        prep = _preprocessing(mean, std, resize, crop)
         recorded = None
         if _is_checkpoint(target):
             if alpha is not None or policy is not None or weights is not None or model_arg:
                 raise InputError("--alpha/--policy/--weights/--model-arg apply to a model, not to a checkpoint")
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             recorded, the_plan, name = ckpt.inference, ckpt.plan, f"{ckpt.source.name} ({target})"
+            model_name, model_weights = ckpt.source.name, teacher_weights or ckpt.source.weights
+            # Fidelity compares with the original's trained weights, not a random rebuild.
+            trained = (lambda: _teacher(ckpt, teacher_weights, allow_import)) if data is not None else None
         else:
+            if teacher_weights is not None:
+                raise InputError("--teacher-weights applies to a checkpoint; give a model's weights with --weights")
             shape = parse_input_size(input_size)
-            original, _ = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
+            original, source = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
             converted, the_plan = octswap.convert(
                 original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict
             )
-            name = target
+            name, model_name, model_weights = target, target, source.weights
+            trained = (lambda: original) if data is not None else None
+        samples = _open(data, the_plan.input_shape, model_name, model_weights, prep, limit) if data is not None else None
         rep = octswap.report(original, converted, the_plan, model_name=name)
+        if samples is not None and trained is not None:
+            reference = trained()
+            _warn_untrained(model_weights, model_name)
+            rep = replace(rep, fidelity=_fidelity(reference, converted, samples, batch_size=batch_size,
+                                                  workers=workers, stages=_stages(rep)))  # fmt: skip
         if not latency:
             _print_report(rep, fmt, layers=layers)
             return
@@ -585,6 +703,148 @@ def bench(
             out.print(_latency_text(results, flops_ratio, fmt), markup=False, highlight=False, end="")
         else:
             out.print(_latency_table(results, flops_ratio))
+
+
+class BNMode(str, Enum):
+    train = "train"
+    frozen = "frozen"
+
+
+@contextmanager
+def _stop_on_signal() -> Iterator[Any]:
+    """First Ctrl-C (or SIGTERM): finish the step, save, stop. A second Ctrl-C aborts at once."""
+    import signal
+    import threading
+
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def ask(signum: int, frame: Any) -> None:
+        if requested.is_set() and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        requested.set()
+        err.print("octswap: stopping after this step and saving (Ctrl-C again to abort)", highlight=False)
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _healing_table(healing: dict[str, Any]) -> Table:
+    fidelity = healing.get("fidelity") or {}
+    table = Table("model", "agreement", "top-1 original", "top-1 healed model", "KL", title_justify="left",
+                  title=f"fidelity on {fidelity.get('data', 'the data')} (vs the original)")  # fmt: skip
+    labels = {"converted": "converted", "calibrated": "BatchNorm re-estimated", "healed": "healed"}
+    for key, label in labels.items():
+        f = fidelity.get(key)
+        if f is None:
+            continue
+        def pct(v: Any) -> str:
+            return "n/a" if v is None else f"{v * 100:.2f}%"
+        table.add_row(label, pct(f["agreement"]), pct(f["accuracy_original"]), pct(f["accuracy_converted"]),
+                      f"{f['kl']:.4f}")  # fmt: skip
+    return table
+
+
+@app.command()
+def heal(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by octswap convert.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Training data: ImageFolder-style folder, flat folder of images, or .pt file.")],
+    val: Annotated[Optional[Path], typer.Option("--val", help="Validation data: fidelity after every epoch, before/after record.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Healed checkpoint [default: <checkpoint>-healed.pt].")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training data.")] = 3,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 1e-4,
+    batch_size: BatchSizeOpt = 64,
+    labels: Annotated[bool, typer.Option("--labels/--no-labels", help="Also learn from the data's labels (cross-entropy).")] = False,
+    label_weight: Annotated[float, typer.Option("--label-weight", help="Weight of the cross-entropy with --labels.")] = 0.5,
+    temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T.")] = 4.0,
+    calibrate_bn: Annotated[int, typer.Option("--calibrate-bn", min=0, help="Batches of BatchNorm re-estimation before training (0: off).")] = 100,
+    bn: Annotated[BNMode, typer.Option("--bn", help="BatchNorm while training: batch statistics (train) or fixed running statistics (frozen).")] = BNMode.train,
+    target: Annotated[Optional[float], typer.Option("--target", help="Stop once top-1 agreement on --val reaches this (0-1).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample order.")] = 0,
+    channels_last: Annotated[bool, typer.Option("--channels-last/--nchw", help="Memory format while training.")] = False,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    workers: WorkersOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the unfinished run saved in --output.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    allow_import: AllowImportOpt = False,
+    device: DeviceOpt = "cpu",
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format of the summary (table or json).")] = OutputFormat.table,
+    debug: DebugOpt = False,
+) -> None:
+    """Heal a converted model by distillation from its original (no labels needed); runs under torchrun too."""
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from octswap.distillation import HealInterrupted, HealOptions
+    from octswap.healing import heal_checkpoint
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    with _errors(debug):
+        if fmt in (OutputFormat.csv, OutputFormat.markdown):
+            raise InputError("--format: heal prints a table or json")
+        options = HealOptions(
+            epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
+            labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target,
+            seed=seed, channels_last=channels_last, workers=workers,
+        )  # fmt: skip
+        target_path = output if output is not None else checkpoint.with_name(f"{checkpoint.stem}-healed.pt")
+        prep = _preprocessing(mean, std, resize, crop)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.0f} samples/s"),
+                            TimeRemainingColumn(), console=err, transient=True, disable=not main)  # fmt: skip
+        bars: dict[int, Any] = {}
+
+        def on_step(info: Any) -> None:
+            if info.epoch not in bars:
+                bars[info.epoch] = progress.add_task(f"epoch {info.epoch + 1}/{options.epochs}", total=info.steps,
+                                                     loss=0.0, speed=0.0)  # fmt: skip
+            progress.update(bars[info.epoch], completed=info.step, loss=info.loss, speed=info.samples_per_s)
+
+        def on_epoch(done: Any) -> None:
+            line = f"epoch {done.epoch}/{options.epochs}: loss {done.loss:.4f}, {done.seconds:.1f} s, " \
+                   f"{done.samples / max(done.seconds, 1e-9):.0f} samples/s"  # fmt: skip
+            if done.fidelity is not None:
+                line += f"; validation {done.fidelity.summary()}"
+            progress.console.print(line, highlight=False, markup=False)
+
+        try:
+            with _stop_on_signal() as stop, progress:
+                outcome = heal_checkpoint(
+                    checkpoint, data, target_path, options=options, val=val, preprocessing=prep, limit=limit,
+                    teacher_weights=teacher_weights, allow_import=allow_import, resume=resume, force=force,
+                    device=device, on_step=on_step, on_epoch=on_epoch, stop=stop,
+                )  # fmt: skip
+        except HealInterrupted as stopped:
+            if main:
+                err.print(f"octswap: {stopped}; progress saved to {target_path} (continue with --resume)",
+                          highlight=False, markup=False)  # fmt: skip
+            raise typer.Exit(130) from None
+        if not main:
+            return
+        if outcome.already_complete:
+            err.print(f"{target_path} already holds a finished healing run; nothing to do", highlight=False)
+        if fmt is OutputFormat.json:
+            out.print_json(json.dumps({"checkpoint": str(target_path), "healing": outcome.healing}))
+        else:
+            out.print(_healing_table(outcome.healing))
+        if not outcome.already_complete:
+            size = target_path.stat().st_size / 2**20
+            err.print(f"wrote {target_path} ({size:.1f} MiB): {outcome.healing['epochs_done']} epochs of distillation",
+                      highlight=False, markup=False)  # fmt: skip
 
 
 _TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "video",

@@ -71,6 +71,24 @@ class ModelSource:
             return _build_import(self.name, dict(self.kwargs))
         raise ModelLoadError(f"a {self.kind!r} model source cannot be rebuilt; pass the original model")
 
+    def load(self, *, weights: str | None = None) -> nn.Module:
+        """Rebuild the original *with its trained weights* (``weights`` replaces the recorded ones).
+
+        Raises:
+            WeightsError: no weights are recorded or given, or they cannot be read.
+            ModelLoadError: the architecture cannot be rebuilt.
+        """
+        chosen = weights or self.weights
+        if chosen is None:
+            raise WeightsError(
+                f"the original {self.name} was converted from random weights (none recorded); "
+                "give its trained weights file"
+            )
+        if self.kind not in ("torchvision", "import"):
+            raise ModelLoadError(f"a {self.kind!r} model source cannot be rebuilt; pass the original model")
+        model, _ = load_model(self.name, weights=chosen, kwargs=self.kwargs)
+        return model
+
 
 def convertible_models() -> list[str]:
     """torchvision models octswap can build by name (classification first, then the others)."""
@@ -274,4 +292,7 @@ def load_model(
         assert weights is not None
         apply_state_dict(model, load_state_dict_file(weights), what=f"weights file {weights}")
     model.eval()
-    return model, ModelSource(kind=kind, name=spec, kwargs=kwargs, weights=weights)
+    # A file is recorded by its absolute path, so the original can be found again later
+    # (fidelity, healing) from another working directory.
+    recorded = str(Path(weights).resolve()) if weight_file and weights is not None else weights
+    return model, ModelSource(kind=kind, name=spec, kwargs=kwargs, weights=recorded)

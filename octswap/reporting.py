@@ -15,9 +15,11 @@ from typing import Any
 
 from torch import nn
 
+from octswap.fidelity import Fidelity
 from octswap.flops import CONVENTION, Cost, count_cost
 from octswap.memory import ActivationMemory, measure_activations
 from octswap.plan import Plan, example_input
+from octswap.stages import stage_names
 
 __all__ = ["Report", "Row", "make_report"]
 
@@ -68,6 +70,8 @@ class Report:
     #: Activation memory of one forward pass (see :mod:`octswap.memory`), if measured.
     activations_before: ActivationMemory | None = None
     activations_after: ActivationMemory | None = None
+    #: Converted vs original on real data (``--data``), if measured.
+    fidelity: Fidelity | None = None
 
     def summary(self) -> dict[str, Any]:
         """The headline figures (stored in checkpoints)."""
@@ -86,6 +90,7 @@ class Report:
             "convs_converted": self.converted,
             "convs_kept": self.kept,
             **self._memory_fields(),
+            **({"fidelity": self.fidelity.to_dict()} if self.fidelity is not None else {}),
         }
 
     def _memory_fields(self) -> dict[str, int]:
@@ -116,6 +121,7 @@ class Report:
             "stages": [r.to_dict() for r in self.stages],
             "layers": [r.to_dict() for r in self.layers],
             "uncounted_ops": dict(self.uncounted),
+            "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
         }
 
     def rows(self, *, layers: bool = True) -> list[Row]:
@@ -129,10 +135,15 @@ class Report:
         out = io.StringIO()
         columns = ["kind", "name", "flops_before", "flops_after", "flops_change", "params_before",
                    "params_after", "params_change", "note"]  # fmt: skip
+        if self.fidelity is not None:
+            columns.append("value")  # fidelity rows: kind "fidelity", name the metric
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows(layers=layers):
             writer.writerow({k: v for k, v in row.to_dict().items() if k in columns})
+        if self.fidelity is not None:
+            for metric, value in _fidelity_values(self.fidelity):
+                writer.writerow({"kind": "fidelity", "name": metric, "value": value})
         return out.getvalue()
 
     def to_markdown(self, *, layers: bool = True) -> str:
@@ -155,7 +166,23 @@ class Report:
             lines += ["", self.memory_line()]
         if self.uncounted:
             lines += ["", "Uncounted ops (fvcore convention): " + ", ".join(f"`{k}` x{v}" for k, v in sorted(self.uncounted.items()))]
+        if self.fidelity is None:
+            lines += ["", NOT_MEASURED + "."]
+        else:
+            lines += ["", f"### Fidelity on {self.fidelity.data or 'the data'}", "", "| metric | value |", "|---|---:|"]
+            lines += [f"| {metric} | {value} |" for metric, value in self.fidelity.rows()]
         return "\n".join(lines) + "\n"
+
+
+#: What reports say when no data was given.
+NOT_MEASURED = "Fidelity not measured: pass --data with real samples (random inputs prove nothing for a trained model)"
+
+
+def _fidelity_values(fidelity: Fidelity) -> list[tuple[str, Any]]:
+    """Machine-readable ``(metric, value)`` pairs, stages as ``drift:NAME``."""
+    data = fidelity.to_dict()
+    pairs = [(k, v) for k, v in data.items() if k not in ("stages", "data")]
+    return pairs + [(f"drift:{s['name']}", s["relative_error"]) for s in data["stages"]]
 
 
 def human(value: float) -> str:
@@ -168,19 +195,6 @@ def human(value: float) -> str:
 
 def percent(change: float) -> str:
     return f"{change * 100:+.1f}%"
-
-
-def _stage_names(model: nn.Module, cost: Cost) -> list[str]:
-    """Top-level children; a plain container holding most of the FLOPs is opened one level
-    (``features`` of VGG/MobileNet), so the stage rows say something."""
-    names: list[str] = []
-    for name, child in model.named_children():
-        share = cost.by_module.get(name, 0) / cost.flops if cost.flops else 0
-        if isinstance(child, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and share > 0.5:
-            names.extend(f"{name}.{sub}" for sub, _ in child.named_children())
-        else:
-            names.append(name)
-    return names
 
 
 def make_report(
@@ -232,7 +246,7 @@ def make_report(
         row(d.name, "layer", f"octave a_in={d.alpha_in:g} a_out={d.alpha_out:g}" if d.action == "octave" else f"kept: {d.reason}")
         for d in plan.layers
     )
-    stages = tuple(row(name, "stage") for name in _stage_names(original, before))
+    stages = tuple(row(name, "stage") for name in stage_names(original, before.by_module))
     outside = Row("(outside stages)", "stage",
                   before.flops - sum(r.flops_before for r in stages), after.flops - sum(r.flops_after for r in stages),
                   0, 0, "top-level ops: merges, splits, functional adds")  # fmt: skip

@@ -64,3 +64,36 @@ def slow_build(marker: str = "") -> nn.Module:
         Path(marker).write_text("started")
     time.sleep(60)
     return TinyResNet()
+
+
+def bars(n: int, *, size: int = 16, seed: int = 0, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oriented bars: class 0 horizontal, class 1 vertical, 2 diagonal; random position, noise."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, channels, size, size, generator=gen) * 0.3
+    y = torch.randint(0, 3, (n,), generator=gen)
+    for i in range(n):
+        at = int(torch.randint(2, size - 2, (1,), generator=gen))
+        label = int(y[i])
+        if label == 0:
+            x[i, :, at - 1 : at + 1, :] += 2.0
+        elif label == 1:
+            x[i, :, :, at - 1 : at + 1] += 2.0
+        else:
+            idx = torch.arange(size)
+            x[i, :, idx, (idx + at) % size] += 2.0
+    return x, y
+
+
+def trained_tiny(x: torch.Tensor, y: torch.Tensor, *, steps: int = 60, seed: int = 0) -> TinyResNet:
+    """A TinyResNet with 3 outputs trained for a few Adam steps on ``(x, y)``."""
+    torch.manual_seed(seed)
+    model = TinyResNet(num_classes=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        index = torch.randint(0, len(x), (32,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x[index]), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -38,6 +38,7 @@ from octswap.rewrite import register_rewriter
 from octswap.rewrite.layer import replace_module
 
 __all__ = [
+    "ORIGIN",
     "Layout",
     "merge_ordered",
     "plan_graph",
@@ -50,6 +51,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: ``node.meta`` key of the rewritten graph: which node of the traced original a node
+#: carries, as ``(original node name, role, restore)`` tuples; role ``plain``, ``high``
+#: or ``low``; ``restore`` (high only) reorders a merged pair to the original channels.
+#: Fidelity measurements use it to compare stage outputs (:mod:`octswap.fidelity`).
+ORIGIN = "octswap_origin"
 
 
 # ------------------------------------------------------------------ layouts
@@ -258,7 +265,18 @@ class _Pass:
                 self.graph.output(self.plain(node.args[0], node, "model output"))
             else:
                 self.env[node] = _handler(node, self.modules)(self, node)
+            _tag(node.name, self.env.get(node))
         return self.graph
+
+
+def _tag(name: str, value: Any) -> None:
+    """Record in the new graph which original node a value stands for (see :data:`ORIGIN`)."""
+    if isinstance(value, Pair):
+        restore = None if value.layout.is_standard else _inverse(value.layout.order)
+        value.high.meta.setdefault(ORIGIN, []).append((name, "high", restore))
+        value.low.meta.setdefault(ORIGIN, []).append((name, "low", None))
+    elif isinstance(value, fx.Node):
+        value.meta.setdefault(ORIGIN, []).append((name, "plain", None))
 
 
 def _inverse(order: Sequence[int]) -> tuple[int, ...]:
