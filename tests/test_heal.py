@@ -124,7 +124,7 @@ def test_ddp_two_gloo_processes_match_one_process(files):
                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     two = subprocess.run(octswap_cmd(*common, "--batch-size", "4", "-o", files / "two.pt", launcher=launcher),
                          cwd=ROOT, capture_output=True, text=True, env=env)  # fmt: skip
     assert two.returncode == 0, two.stderr
