@@ -96,6 +96,10 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False) -> Path:
         raise InputError(f"cannot write to {folder}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the file the mode a plain open() would (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(tmp)
         with open(tmp, "rb") as handle:

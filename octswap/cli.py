@@ -292,8 +292,10 @@ def _preprocessing(mean: str | None, std: str | None, resize: int | None, crop: 
         return None
     crop_size = None
     if crop is not None:
-        _, height, width = parse_input_size(crop)
-        crop_size = (height, width)
+        parts = crop.lower().split("x")
+        if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2):
+            raise InputError(f"--crop: expected N or HxW with positive numbers, got {crop!r}")
+        crop_size = (int(parts[0]), int(parts[-1]))
     return Preprocessing(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize, crop=crop_size)
 
 
@@ -713,6 +715,7 @@ class BNMode(str, Enum):
 @contextmanager
 def _stop_on_signal() -> Iterator[Any]:
     """First Ctrl-C (or SIGTERM): finish the step, save, stop. A second Ctrl-C aborts at once."""
+    import os
     import signal
     import threading
 
@@ -720,8 +723,11 @@ def _stop_on_signal() -> Iterator[Any]:
     if threading.current_thread() is not threading.main_thread():
         yield requested.is_set
         return
+    owner = os.getpid()
 
     def ask(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked DataLoader worker: the main process decides
+            return
         if requested.is_set() and signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
@@ -738,7 +744,7 @@ def _stop_on_signal() -> Iterator[Any]:
 
 def _healing_table(healing: dict[str, Any]) -> Table:
     fidelity = healing.get("fidelity") or {}
-    table = Table("model", "agreement", "top-1 original", "top-1 healed model", "KL", title_justify="left",
+    table = Table("model", "agreement", "top-1 original", "top-1 this model", "KL", title_justify="left",
                   title=f"fidelity on {fidelity.get('data', 'the data')} (vs the original)")  # fmt: skip
     labels = {"converted": "converted", "calibrated": "BatchNorm re-estimated", "healed": "healed"}
     for key, label in labels.items():
@@ -833,6 +839,12 @@ def heal(
                 err.print(f"octswap: {stopped}; progress saved to {target_path} (continue with --resume)",
                           highlight=False, markup=False)  # fmt: skip
             raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # Ctrl-C twice: no save now, but earlier epochs are on disk
+            if main:
+                saved = f"the last finished epoch is in {target_path} (continue with --resume)" \
+                    if target_path.exists() else "nothing was written"  # fmt: skip
+                err.print(f"octswap: aborted; {saved}", highlight=False, markup=False)
+            raise typer.Exit(130) from None
         if not main:
             return
         if outcome.already_complete:
@@ -843,8 +855,14 @@ def heal(
             out.print(_healing_table(outcome.healing))
         if not outcome.already_complete:
             size = target_path.stat().st_size / 2**20
-            err.print(f"wrote {target_path} ({size:.1f} MiB): {outcome.healing['epochs_done']} epochs of distillation",
-                      highlight=False, markup=False)  # fmt: skip
+            epochs_done = outcome.healing["epochs_done"]
+            err.print(f"wrote {target_path} ({size:.1f} MiB): {epochs_done} epoch{'s' * (epochs_done != 1)} of "
+                      "distillation", highlight=False, markup=False)  # fmt: skip
+            calibrated, healed = outcome.fidelity("calibrated"), outcome.fidelity("healed")
+            if calibrated is not None and healed is not None and healed.agreement < calibrated.agreement:
+                err.print(f"warning: the healed model agrees less with the original than after BatchNorm "
+                          f"re-estimation alone ({healed.agreement * 100:.2f}% < {calibrated.agreement * 100:.2f}%): "
+                          "train longer (more --epochs or data) or with a lower --lr", highlight=False, markup=False)  # fmt: skip
 
 
 _TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "video",

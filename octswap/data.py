@@ -313,6 +313,13 @@ def _open_folder(path: Path, channels: int, transform: Callable[[Any], torch.Ten
         return Data(path, "images", ImageFiles(files, _loader(channels), transform), False, None, 0)
     if not subfolders:
         raise InputError(f"{path} holds no images (expected class sub-folders or image files)")
+    for sub in subfolders:
+        if not _image_files(sub) and any(p.is_dir() for p in sub.iterdir()):
+            # ImageFolder would take sub-folders' images as this class: --data one level too high.
+            raise InputError(
+                f"{sub} holds sub-folders but no images of its own: give the folder whose sub-folders are "
+                "the classes (one folder per class)"
+            )
     folder = ImageFolder(str(path), transform=transform, loader=_loader(channels), allow_empty=True)
     if not folder.samples:
         raise InputError(f"{path} holds no images in its sub-folders ({', '.join(folder.classes[:5])}...)")
@@ -320,11 +327,12 @@ def _open_folder(path: Path, channels: int, transform: Callable[[Any], torch.Ten
 
 
 def _open_tensors(path: Path, channels: int) -> Data:
+    if path.suffix not in (".pt", ".pth"):
+        raise InputError(f"--data: {path} is neither a folder of images nor a .pt file")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read data file {path}: {first}") from None
+    except Exception:  # noqa: BLE001 - torch raises many types for bad files
+        raise InputError(f"cannot read data file {path}: not a tensor file written by torch.save") from None
     if not isinstance(content, dict) or not isinstance(content.get("inputs"), torch.Tensor):
         raise InputError(f"{path}: expected a dict with 'inputs' (Tensor[N, C, H, W]) and optional 'labels'")
     inputs, labels = content["inputs"], content.get("labels")

@@ -281,7 +281,8 @@ def heal(
 
     Args:
         student: The converted model; trained on a deep copy unless ``inplace``.
-        teacher: The original with its trained weights; frozen, eval mode, never changed.
+        teacher: The original with its trained weights; its weights are never changed, but it is
+            put in eval mode on ``device`` with ``requires_grad`` off (and channels-last if asked).
         train: Training samples ``(input, label)`` (labels only used with ``options.labels``).
         options: See :class:`HealOptions`.
         val: Validation samples: after every epoch the fidelity (agreement, accuracy) is
@@ -306,7 +307,35 @@ def heal(
     """
     options = options or HealOptions()
     device = torch.device(device)
+    joined = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     world = _world(device)
+    try:
+        return _train(student, teacher, train, options=options, val=val, resume=resume, device=device, world=world,
+                      on_step=on_step, on_epoch=on_epoch, save=save, stop=stop, on_calibrated=on_calibrated,
+                      inplace=inplace)  # fmt: skip
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    student: nn.Module,
+    teacher: nn.Module,
+    train: Data | Dataset,
+    *,
+    options: HealOptions,
+    val: Data | Dataset | None,
+    resume: Mapping[str, Any] | None,
+    device: torch.device,
+    world: _World,
+    on_step: Callable[[StepInfo], None] | None,
+    on_epoch: Callable[[EpochResult], None] | None,
+    save: Callable[[nn.Module, dict[str, Any]], None] | None,
+    stop: Callable[[], bool] | None,
+    on_calibrated: Callable[[nn.Module], None] | None,
+    inplace: bool,
+) -> HealResult:
+    """The training loop of :func:`heal`, inside the process group."""
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)

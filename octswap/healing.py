@@ -32,7 +32,7 @@ __all__ = ["HealOutcome", "heal_checkpoint", "load_teacher"]
 
 logger = logging.getLogger(__name__)
 
-#: Fidelity before/after is measured on the validation data, or on this many training samples.
+#: Fidelity before/after is measured on the validation data, or on at most this many training samples.
 TRAIN_SAMPLE = 1000
 
 
@@ -148,8 +148,12 @@ def heal_checkpoint(
     transform = choose_transform(shape, model_name=ckpt.source.name, weights=teacher_weights or ckpt.source.weights,
                                  preprocessing=preprocessing)  # fmt: skip
     train = open_data(data, input_shape=shape, transform=transform, limit=limit)
+    if options.labels and not train.labelled:
+        raise InputError(f"--labels: {train.path} has no labels (use --no-labels, or a folder of class sub-folders)")
     val_data = open_data(val, input_shape=shape, transform=transform) if val is not None else None
-    check: Data = val_data or open_data(data, input_shape=shape, transform=transform, limit=TRAIN_SAMPLE, seed=1)
+    # Without --val: a fixed subset of the training data, no larger than --limit asks.
+    sample = min(TRAIN_SAMPLE, limit) if limit is not None else TRAIN_SAMPLE
+    check: Data = val_data or open_data(data, input_shape=shape, transform=transform, limit=sample, seed=1)
     check_loader = make_loader(check, batch_size=options.batch_size, workers=options.workers)
     where = "validation data" if val_data is not None else f"training data ({len(check)} samples)"
     main = _is_main()

@@ -295,4 +295,7 @@ def load_model(
     # A file is recorded by its absolute path, so the original can be found again later
     # (fidelity, healing) from another working directory.
     recorded = str(Path(weights).resolve()) if weight_file and weights is not None else weights
+    module_name, _, attr = spec.partition(":")
+    if is_import and module_name.endswith(".py"):  # a model file, likewise by its absolute path
+        spec = f"{Path(module_name).resolve()}:{attr}"
     return model, ModelSource(kind=kind, name=spec, kwargs=kwargs, weights=recorded)

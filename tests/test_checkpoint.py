@@ -123,3 +123,13 @@ def test_state_dict_versions_survive_checkpoints(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(again(x), converted.eval()(x))
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path, tiny_resnet):
+    import os
+
+    converted, plan = octswap.convert(tiny_resnet, alpha=0.5, input_shape=(3, 16, 16))
+    path = octswap.save(tmp_path / "m.pt", converted, plan, source=octswap.ModelSource("import", "tests.nets:tiny_resnet"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -108,6 +108,7 @@ def test_heal_writes_a_checkpoint_with_its_record(runner, setup, tmp_path):
         (["convert", TINY, "-s", "16", "--calibrate-bn", "2"], "--calibrate-bn needs --data"),
         (["report", TINY, "-s", "16", "--data", "{folder}/missing"], "data not found"),
         (["report", TINY, "-s", "16", "--data", "{folder}/bars.pt", "--mean", "a,b"], "--mean: expected a number"),
+        (["report", TINY, "-s", "16", "--data", "{folder}/bars.pt", "--crop", "3x"], "--crop: expected N or HxW"),
         (["heal", "{ckpt}", "--data", "{folder}/nothing.pt", "--allow-import"], "data not found"),
         (["heal", "{ckpt}", "--data", "{folder}/unlabelled.pt", "--labels", "--allow-import"], "has no labels"),
         (["heal", "{ckpt}", "--data", "{folder}/bars.pt"], "--allow-import"),

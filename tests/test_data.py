@@ -86,6 +86,9 @@ def test_limit_is_a_fixed_subset_across_classes(folder):
         (lambda p: (p.mkdir(), (p / "bad.png").write_text("not an image")), (3, 8, 8), "cannot read image .*bad.png"),
         (lambda p: write_png(p / "a.png", 1), (4, 8, 8), "1 or 3 input channels"),
         (lambda p: None, (3, 8, 8), "data not found"),
+        (lambda p: write_png(p / "train" / "cls" / "a.png", 1), (3, 8, 8), "holds sub-folders but no images of its own"),
+        (lambda p: write_png(p.with_suffix(".png"), 1) or p.with_suffix(".png").rename(p), (3, 8, 8),
+         "neither a folder of images nor a .pt file"),
     ],
 )
 def test_bad_folders(tmp_path, make, shape, message):

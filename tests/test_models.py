@@ -133,3 +133,14 @@ def test_state_dict_versions_survive_weights_files(tmp_path):
     torch.save(reference.state_dict(), path)
     model, _ = load_model("mnasnet0_5", weights=str(path))
     assert torch.equal(model.layers[0].weight, reference.layers[0].weight)
+
+
+def test_files_are_recorded_by_absolute_path(tmp_path, monkeypatch):
+    """A checkpoint must find its model file and the original's weights from any folder."""
+    (tmp_path / "net.py").write_text("from tests.nets import tiny_resnet\n")
+    torch.save(TinyResNet().state_dict(), tmp_path / "w.pt")
+    monkeypatch.chdir(tmp_path)
+    _, source = load_model("net.py:tiny_resnet", weights="w.pt")
+    assert source.name == f"{tmp_path / 'net.py'}:tiny_resnet" and source.weights == str(tmp_path / "w.pt")
+    monkeypatch.chdir("/")
+    assert isinstance(source.load(), TinyResNet)
