@@ -7,9 +7,14 @@ random weights (speed does not depend on them), train mode, batch 32 at 224x224,
 Each round times one step of each model in turn (interleaved, so drifts of the machine hit
 all alike); medians over the rounds after warm-up.
 
+glibc's malloc gives big freed blocks back to the system and then pays page faults on every
+step (see bench_latency.py); the script re-runs itself with the thresholds fixed, as a
+long-running trainer with jemalloc/tcmalloc would run (``--malloc default`` to measure glibc
+as it comes).
+
 Usage:
     .venv/bin/python benchmarks/bench_training.py [--alpha 0.5] [--batch 32] [--rounds 5]
-        [--threads 2] [--model resnet50] [--channels-last]
+        [--threads 2] [--model resnet50] [--channels-last] [--malloc default]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -57,10 +63,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--malloc", choices=["fixed", "default"], default="fixed")
     args = parser.parse_args()
+    if args.malloc == "fixed" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        fixed = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **fixed})
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
-          f"batch {args.batch}, {'channels-last' if args.channels_last else 'NCHW'}", flush=True)  # fmt: skip
+          f"batch {args.batch}, {'channels-last' if args.channels_last else 'NCHW'}, malloc {args.malloc}", flush=True)  # fmt: skip
     original, _ = octswap.load_model(args.model)
     converted, _ = octswap.convert(original, octswap.load_policy(args.policy), alpha=args.alpha)
     teacher = original.eval()
