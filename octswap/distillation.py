@@ -423,11 +423,10 @@ def _train(
         if options.bn == "frozen":
             for bn in batchnorm_layers(model):
                 bn.eval()
-        resumed = resume is not None and epoch == start_epoch
-        loss_sum = float(resume.get("epoch_loss_sum", 0.0)) if resumed else 0.0  # type: ignore[union-attr]
-        seen = int(resume.get("epoch_samples", 0)) if resumed else 0  # type: ignore[union-attr]
-        before = float(resume.get("epoch_seconds", 0.0)) if resumed else 0.0  # type: ignore[union-attr]
-        started = time.perf_counter() - before
+        partial = resume if resume is not None and epoch == start_epoch else {}  # a resumed epoch's sums so far
+        loss_sum = float(partial.get("epoch_loss_sum", 0.0))
+        seen = int(partial.get("epoch_samples", 0))
+        started = time.perf_counter() - float(partial.get("epoch_seconds", 0.0))
         step = skip
         for inputs, labels in batches(loader):
             inputs = _move(inputs, device, options.channels_last)

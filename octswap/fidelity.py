@@ -191,14 +191,14 @@ class _GraphTaps:
                 if origin in self.names:
                     self.roles.setdefault(origin, {})[role] = (node, restore)
         self.stages = [s for s in stages if by_stage.get(s) in self.roles]
+        self.wanted = {node for roles in self.roles.values() for node, _ in roles.values()}
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, Any, dict[str, tuple[Any, Any]]]:
         from octswap.rewrite.graph import merge_ordered
 
-        wanted = {node for roles in self.roles.values() for node, _ in roles.values()}
         original = _Capture(self.traced, lambda n: n.name in self.names)
         reference = original.run(x)
-        converted = _Capture(self.converted, lambda n: n in wanted)
+        converted = _Capture(self.converted, lambda n: n in self.wanted)
         output = converted.run(x)
         pairs: dict[str, tuple[Any, Any]] = {}
         by_name = {n.name: v for n, v in original.values.items()}

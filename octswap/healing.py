@@ -138,7 +138,7 @@ def heal_checkpoint(
     options = options or HealOptions()
     if previous is not None:
         saved = HealOptions.from_dict(previous.healing["options"])  # type: ignore[index]
-        if replace(saved, workers=options.workers) != replace(options, workers=options.workers):
+        if replace(saved, workers=options.workers) != options:
             logger.warning("resuming with the options the run started with, not the ones given")
         options = replace(saved, workers=options.workers)
     teacher = load_teacher(ckpt, weights=teacher_weights, allow_import=allow_import)
@@ -182,12 +182,13 @@ def heal_checkpoint(
             "fidelity": {"data": where, "converted": measure(student) if main else None,
                          "calibrated": None, "healed": None},  # fmt: skip
         }
-    first_write = {"force": force or resume}
+    overwrite = force or resume
 
     def write(model: nn.Module, training: dict[str, Any] | None) -> None:
+        nonlocal overwrite
         save(output, model, ckpt.plan, source=ckpt.source, report=ckpt.report, healing=record, training=training,
-             force=first_write["force"])  # fmt: skip
-        first_write["force"] = True  # from now on the file is this run's own
+             force=overwrite)  # fmt: skip
+        overwrite = True  # from now on the file is this run's own
 
     def calibrated(model: nn.Module) -> None:
         if main:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import octswap
 from octswap.data import Data
 from octswap.distillation import HealInterrupted, HealOptions, distillation_loss, heal
 from tests.nets import bars, trained_tiny
+from tests.processes import interrupt_when
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,26 +140,16 @@ def test_ddp_two_gloo_processes_match_one_process(files):
 
 def test_ctrl_c_saves_and_resume_finishes(files):
     out = files / "ctrlc.pt"
-    args = octswap_cmd("heal", files / "oct.pt", "--data", files / "bars.pt", "--epochs", "6", "--batch-size", "4",
-                       "--allow-import", "-o", out, "--format", "json")  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert out.exists(), proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr
+    heal_args = ["heal", files / "oct.pt", "--data", files / "bars.pt", "--epochs", "6", "--batch-size", "4",
+                 "--allow-import", "-o", out, "--format", "json"]  # fmt: skip
+    code, stderr = interrupt_when(heal_args, out)
+    assert code == 130, stderr
     assert "progress saved to" in stderr and "--resume" in stderr and "Traceback" not in stderr
     saved = octswap.read_checkpoint(out)
     assert saved.training is not None and saved.healing["complete"] is False
     done_epochs = saved.training["epoch"]
     assert 1 <= done_epochs < 6
-    resumed = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True)
+    resumed = subprocess.run(octswap_cmd(*heal_args, "--resume"), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads(resumed.stdout)["healing"]
     assert record["complete"] is True and record["epochs_done"] == 6 and len(record["history"]) == 6
@@ -168,5 +157,5 @@ def test_ctrl_c_saves_and_resume_finishes(files):
     assert final.training is None and final.healing["fidelity"]["healed"]["samples"] == 96
     model = octswap.load(out, allow_import=True)
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
-    again = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run(octswap_cmd(*heal_args, "--resume"), cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "already holds a finished healing run" in again.stderr

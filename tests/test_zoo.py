@@ -163,10 +163,7 @@ def test_smoke_manifest_end_to_end(tmp_path):
 
 
 def test_ctrl_c_writes_the_results_so_far(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.processes import interrupt_when
 
     marker = tmp_path / "started"
     manifest = tmp_path / "m.yaml"
@@ -177,23 +174,8 @@ def test_ctrl_c_writes_the_results_so_far(tmp_path):
         f"  - {{name: 'tests.nets:slow_build', kwargs: {{marker: '{marker}'}}}}\n"
     )
     out = tmp_path / "out"
-    code = "from octswap.cli import main; main()"
-    # A shell without job control starts background jobs with SIGINT ignored, and Python
-    # keeps an ignored SIGINT ignored: give the child the default so Ctrl-C can reach it.
-    proc = subprocess.Popen([sys.executable, "-c", code, "zoo", str(manifest), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr
+    code, stderr = interrupt_when(["zoo", manifest, "--out", out], marker)
+    assert code == 130, stderr
     data = json.loads((out / "results.json").read_text())
     assert data["interrupted"] is True
     assert [(r["model"], r["status"]) for r in data["results"]] == [("tests.nets:tiny_resnet", "ok")]
