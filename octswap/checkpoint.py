@@ -39,10 +39,11 @@ import torch
 from torch import nn
 
 from octswap import __version__
-from octswap.errors import CheckpointError, InputError, OctswapError, OutputExistsError
+from octswap.errors import CheckpointError, InputError, OctswapError, OutputExistsError, path_argument
 from octswap.inference import InferenceOptions, inference_options, optimize_for_inference, unwrap_compiled
 from octswap.models import ModelSource, apply_state_dict
 from octswap.plan import Plan
+from octswap.serialization import load_tensors
 from octswap.rewrite import apply_plan
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "atomic_write", "load", "read", "save"]
@@ -193,15 +194,13 @@ def read(path: str | Path) -> Checkpoint:
 
     Raises:
         CheckpointError: missing, corrupt, foreign or too new.
+        TypeError: ``path`` is not a path (``None``...).
     """
-    path = Path(path)
+    path = path_argument(path, function="read_checkpoint", expected="an octswap checkpoint")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+    data = load_tensors(path, what="checkpoint", error=CheckpointError,
+                        instead="octswap checkpoints are written by `octswap convert` or octswap.save()")  # fmt: skip
     if not isinstance(data, Mapping) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an octswap checkpoint (no '{FORMAT}' marker)")
     version = data.get("format_version")
@@ -253,7 +252,7 @@ def load(
     Example:
         >>> model = octswap.load("resnet50-oct0.25.pt")  # doctest: +SKIP
     """
-    ckpt = read(path)
+    ckpt = read(path_argument(path, function="load", expected="an octswap checkpoint"))
     if model is None:
         if ckpt.source.kind == "import" and not allow_import:
             raise CheckpointError(

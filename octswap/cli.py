@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from octswap import __version__
-from octswap.errors import InputError, OctswapError
+from octswap.errors import InputError, OctswapError, one_line
 from octswap.shapes import parse_input_shape as parse_input_size
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def _errors(debug: bool) -> Iterator[None]:
         # A failure inside torch or a user's model during conversion: exit 1, one line.
         if debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        message = one_line(error)
         err.print(f"octswap: error: conversion failed: {type(error).__name__}: {message} (--debug for details)",
                   markup=False, highlight=False)  # fmt: skip
         raise typer.Exit(1) from None

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from octswap.errors import InputError
+from octswap.errors import InputError, path_argument
+from octswap.serialization import load_tensors
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -269,8 +270,9 @@ def open_data(
     Raises:
         InputError: the path is missing, holds no images, holds an unreadable file, or
             its channel count does not fit the model.
+        TypeError: ``path`` is not a path (``None``...).
     """
-    path = Path(path)
+    path = path_argument(path, function="open_data", expected="a data folder or .pt file")
     channels = input_shape[0]
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a positive number of samples, got {limit}")
@@ -329,10 +331,8 @@ def _open_folder(path: Path, channels: int, transform: Callable[[Any], torch.Ten
 def _open_tensors(path: Path, channels: int) -> Data:
     if path.suffix not in (".pt", ".pth"):
         raise InputError(f"--data: {path} is neither a folder of images nor a .pt file")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - torch raises many types for bad files
-        raise InputError(f"cannot read data file {path}: not a tensor file written by torch.save") from None
+    content = load_tensors(path, what="data file", error=InputError,
+                           instead="save torch.save({'inputs': Tensor[N, C, H, W], 'labels': Tensor[N]}, PATH)")  # fmt: skip
     if not isinstance(content, dict) or not isinstance(content.get("inputs"), torch.Tensor):
         raise InputError(f"{path}: expected a dict with 'inputs' (Tensor[N, C, H, W]) and optional 'labels'")
     inputs, labels = content["inputs"], content.get("labels")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 __all__ = [
     "CheckpointError",
     "ConversionError",
@@ -11,6 +15,8 @@ __all__ = [
     "OutputExistsError",
     "PolicyError",
     "WeightsError",
+    "one_line",
+    "path_argument",
 ]
 
 
@@ -48,3 +54,28 @@ class OutputExistsError(InputError):
 
 class ConversionError(OctswapError):
     """The conversion or its verification failed (exit 1)."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(error: BaseException | str) -> str:
+    """The first line of an error's message without terminal escape codes (the type's name
+    when the message is empty), for one-line diagnostics."""
+    text = _ANSI.sub("", str(error)).strip()
+    if text:
+        return text.splitlines()[0].strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
+def path_argument(value: object, *, function: str, expected: str) -> Path:
+    """``value`` as a :class:`~pathlib.Path`, for public functions that read a file.
+
+    Raises:
+        TypeError: ``value`` is not a ``str`` or ``os.PathLike`` (``None`` included),
+            naming the function and what it expects.
+    """
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return Path(value)
+    got = "an empty string" if value == "" else "None" if value is None else f"{type(value).__name__} {value!r}"
+    raise TypeError(f"{function}() takes the path of {expected}, got {got}")

@@ -26,7 +26,8 @@ import torch
 import torchvision
 from torch import nn
 
-from octswap.errors import ModelLoadError, WeightsError
+from octswap.errors import ModelLoadError, WeightsError, path_argument
+from octswap.serialization import load_tensors
 
 __all__ = ["ModelSource", "convertible_models", "load_model", "load_state_dict_file"]
 
@@ -205,13 +206,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     Accepts a bare state dict or one wrapped under ``state_dict``/``model``, and
     strips a ``module.`` prefix left by ``DataParallel``.
     """
-    path = Path(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"weights file not found: {path}") from None
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise WeightsError(f"cannot read weights file {path}: {str(err).splitlines()[0]}") from None
+    path = path_argument(path, function="load_state_dict_file", expected="a weights file written by torch.save")
+    data = load_tensors(path, what="weights file", error=WeightsError,
+                        instead="save the weights with torch.save(model.state_dict(), PATH) and pass that file")  # fmt: skip
     if isinstance(data, Mapping):
         for key in ("state_dict", "model"):
             inner = data.get(key)
@@ -275,7 +272,12 @@ def load_model(
     Raises:
         ModelLoadError: unknown name, failed import or builder.
         WeightsError: weights missing, not cached, unreadable or not fitting.
+        TypeError: ``spec`` is not a non-empty string or ``weights`` not a path.
     """
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"load_model() takes a model name or package.module:factory string, got {spec!r}")
+    if weights is not None:
+        weights = str(path_argument(weights, function="load_model", expected="a weights file or torchvision weights name"))
     kwargs = dict(kwargs or {})
     is_import = ":" in spec
     kind = "import" if is_import else "torchvision"

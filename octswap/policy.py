@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from octswap.errors import PolicyError
+from octswap.errors import PolicyError, path_argument
 
 __all__ = ["Conditions", "Policy", "Resolution", "Rule", "load_policy"]
 
@@ -432,8 +432,10 @@ def load_policy(path: str | Path) -> Policy:
 
     Raises:
         PolicyError: the file is missing, unreadable or invalid.
+        TypeError: ``path`` is not a path, e.g. ``None``: without a policy file, pass
+            ``alpha=`` or a :class:`Policy` to :func:`octswap.convert` instead.
     """
-    path = Path(path)
+    path = path_argument(path, function="load_policy", expected="a YAML policy file (for no file, use Policy(alpha=...))")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

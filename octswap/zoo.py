@@ -52,7 +52,7 @@ from xml.sax.saxutils import escape, quoteattr
 import yaml
 
 from octswap import __version__
-from octswap.errors import InputError
+from octswap.errors import InputError, one_line
 
 __all__ = [
     "Manifest",
@@ -281,7 +281,7 @@ def _worker(task: ZooTask, save_dir: str | None, conn: Any) -> None:
     try:
         record = _run_task(task, save_dir)
     except BaseException as err:  # noqa: BLE001 - every failure becomes a record
-        line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        line = one_line(err)
         record = {"status": "failed", "error": f"{type(err).__name__}: {line}",
                   "traceback": traceback.format_exc(limit=8)}  # fmt: skip
     conn.send(record)

@@ -126,7 +126,8 @@ def _policy(tmp_path, name, text):
         (["convert", TINY, "--model-arg", "oops"], 2, "--model-arg: expected KEY=VALUE"),
         (["convert", TINY, "-s", "16", "-o", "no/such/dir/m.pt"], 2, "cannot write to no/such/dir"),
         (["convert", TINY, "-s", "16", "--policy", "{unmatched}", "--strict"], 2, "matches no conv"),
-        (["report", "{corrupt}"], 2, "is not a readable checkpoint"),
+        (["report", "{corrupt}"], 2, "cannot read checkpoint"),
+        (["convert", TINY, "--weights", "{whole_model}"], 2, "holds a whole pickled model (tests.nets.Block, tests.nets.TinyResNet"),
         (["report", "{foreign}"], 2, "is not an octswap checkpoint"),
         (["report", "missing.pt"], 2, "checkpoint not found: missing.pt"),
         (["frobnicate"], 2, "No such command"),
@@ -139,12 +140,14 @@ def test_bad_input_one_line_exit_code_nothing_written(runner, workdir, args, cod
         "wrong_weights": workdir / "w.pt",
         "corrupt": workdir / "corrupt.pt",
         "foreign": workdir / "foreign.pt",
+        "whole_model": workdir / "whole.pt",
     }
     state = TinyResNet().state_dict()
     del state["stem.bias"]
     torch.save(state, fixtures["wrong_weights"])
     fixtures["corrupt"].write_bytes(b"\x00garbage")
     torch.save({"weights": torch.zeros(1)}, fixtures["foreign"])
+    torch.save(TinyResNet(), fixtures["whole_model"])
     before = files(workdir)
     args = [a.format(**{k: str(v) for k, v in fixtures.items()}) for a in args]
     result = run(runner, *args)

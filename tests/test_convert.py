@@ -103,3 +103,45 @@ def test_zoo_converts_and_saves_flops(name, mode, tmp_path):
         # pytest keeps every test's tmp_path for the session; the 160 checkpoints of this
         # sweep would take about 50 GB of disk.
         path.unlink()
+
+
+# Odd, even, non-square and small sizes (issue 11): a converted model must run wherever its
+# original runs, with the original's output shape. Converted at the usual probe size.
+SIZES = ((8, 8), (17, 23), (32, 32), (33, 47), (40, 40), (47, 47), (64, 96), (97, 131), (100, 100), (161, 161))
+# The default suite's sample: one model per kind of per-branch pooling and merge (floor
+# 2x2 max/avg, 3x3/2 floor and ceil, 3x3/1/1, SE, channel shuffle, grouped convs), with the
+# alpha at which each first failed.
+SIZE_SAMPLE = {
+    ("densenet121", 0.25), ("vgg11_bn", 0.5), ("googlenet", 0.5), ("inception_v3", 0.25), ("squeezenet1_1", 0.5),
+    ("alexnet", 0.25), ("resnet18", 0.5), ("mobilenet_v3_small", 0.25), ("shufflenet_v2_x0_5", 0.5),
+    ("regnet_x_400mf", 0.25), ("efficientnet_b0", 0.5),
+}  # fmt: skip
+
+
+def _size_cases() -> list:
+    return [
+        pytest.param(name, alpha, id=f"{name}-{alpha}", marks=() if (name, alpha) in SIZE_SAMPLE else pytest.mark.slow)
+        for name in torchvision.models.list_models(module=torchvision.models)
+        for alpha in (0.25, 0.5)
+    ]
+
+
+@pytest.mark.parametrize("name,alpha", _size_cases())
+def test_zoo_runs_at_every_size_the_original_runs_at(name, alpha):
+    size = 299 if name == "inception_v3" else 224
+    model, _ = octswap.load_model(name)
+    converted, _ = octswap.convert(model, alpha=alpha, input_shape=(3, size, size))
+    converted.eval()
+    ran = []
+    for hw in SIZES:
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            try:
+                want = model(x)
+            except Exception:  # noqa: BLE001 - the original does not run at this size: nothing to match
+                continue
+            got = converted(x)
+        assert got.shape == want.shape, hw
+        assert torch.isfinite(got).all(), hw
+        ran.append(hw)
+    assert ran or name.startswith(("vit_", "swin", "maxvit")), "the original ran at none of the sizes"

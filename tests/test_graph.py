@@ -310,3 +310,112 @@ def test_split_reference_pooling():
     x = torch.randn(1, 6, 5, 5)
     h, low = split_frequencies(x, 2)
     torch.testing.assert_close(low, ref_pool(x[:, 4:]))
+
+
+# --------------------------------------------------------- every input size (issue 11)
+class Pooled(nn.Module):
+    """VGG/DenseNet-like: pairs go through floor-mode pooling between octave convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(2)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+        self.d = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn(self.a(x))))
+        x = F.avg_pool2d(self.b(x), 2)
+        x = F.max_pool2d(self.c(x), kernel_size=3, stride=2)
+        return self.head(self.d(x).mean((2, 3)))
+
+
+def test_pooled_pairs_run_at_every_size_the_original_runs_at():
+    """Converted at 40 x 40 (where each pool keeps low = ceil(high / 2) by itself), the model
+    runs wherever the original does: a 10-wide map pools to 5, its 5-wide low map to 3."""
+    net = _randomize_bn(Pooled())
+    converted, plan = convert(net, ANY, (3, 40, 40))
+    assert all(d.action == "octave" for d in plan.layers)
+    assert not [b for b in plan.boundaries if b["kind"] == "merge" and "pool" in b["before"]]
+    ran = 0
+    for h in range(1, 48, 3):
+        for w in (h, h + 5, 2 * h + 1):
+            x = torch.randn(1, 3, h, w)
+            with torch.no_grad():
+                try:
+                    want = net(x)
+                except RuntimeError:
+                    continue
+                assert converted(x).shape == want.shape, (h, w)
+                ran += 1
+    assert ran > 30
+
+
+def test_pooled_pairs_unchanged_where_the_invariant_already_held():
+    """At sizes where per-branch pooling already kept the invariant, the pooled low branch is
+    the op's own: the converted model equals one with plain per-branch pooling."""
+    net = _randomize_bn(Pooled())
+    converted, _ = convert(net, ANY, (3, 40, 40))
+    a, b, c, d = (OctaveConv2d.from_conv(getattr(net, n), alpha_in=0.0 if n == "a" else 0.5,
+                                         alpha_out=0.0 if n == "d" else 0.5) for n in "abcd")  # fmt: skip
+    bn = OctaveBatchNorm2d.from_bn(net.bn, low=8)
+    x = torch.randn(2, 3, 40, 56)  # sizes where each pool keeps the invariant by itself
+    with torch.no_grad():
+        h, low = (F.max_pool2d(F.relu(t), 2) for t in bn(a(x)))
+        h, low = (F.avg_pool2d(t, 2) for t in b((h, low)))
+        h, low = (F.max_pool2d(t, kernel_size=3, stride=2) for t in c((h, low)))
+        want = net.head(d((h, low)).mean((2, 3)))
+        torch.testing.assert_close(converted(x), want)
+
+
+class SpatialGate(nn.Module):
+    """A spatial attention map (N x 1 x H x W) scales an octave pair."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 1)
+        self.gate = nn.Conv2d(4, 1, 1)
+        self.b = nn.Conv2d(8, 6, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x) * torch.sigmoid(self.gate(x)))
+
+
+def test_spatial_gate_meets_a_pair():
+    """On input constant over 2x2 cells, 1x1 octave convs compute exactly what the originals do
+    (pooling and nearest upsampling lose nothing there), so the gated model must too; at odd
+    sizes it runs and keeps the original's shape."""
+    net = SpatialGate().eval()
+    converted, plan = convert(net, ANY, (4, 8, 8))
+    assert by_name(plan)["a"].action == "octave" and by_name(plan)["b"].in_low == 4
+    smooth = torch.randn(2, 4, 5, 3).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(smooth), net(smooth))
+        for size in ((7, 7), (9, 4), (1, 1)):
+            x = torch.randn(1, 4, *size)
+            assert converted(x).shape == net(x).shape
+
+
+class SharedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.out = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.out(self.block(self.block(self.stem(x))))
+
+
+def test_shared_block_is_kept_and_says_why():
+    converted, plan = convert(_randomize_bn(SharedBlock()), ANY, (3, 8, 8))
+    kept = by_name(plan)["block.0"]
+    assert kept.action == "keep"
+    assert kept.reason.startswith("called 2 times in one forward pass (shared weights)")
+    assert "global alpha" not in kept.reason
+    x = torch.randn(1, 3, 9, 7)
+    with torch.no_grad():
+        assert converted(x).shape == (1, 16, 9, 7)

@@ -3,7 +3,8 @@
 The model is traced with ``torch.fx``. One forward pass over the graph gives every
 tensor a *state*: plain, or a pair with a channel :class:`Layout`. Convs the plan
 converts produce pairs; BatchNorm is split per branch; activations, dropout and
-pooling run per branch; residual ``add``/``mul`` and channel ``cat`` combine pairs;
+pooling run per branch (the low branch's pooling lands on ``ceil(high / 2)`` at every
+input size: :mod:`octswap.pooling`); residual ``add``/``mul`` and channel ``cat`` combine pairs;
 global average pooling pools each branch and concatenates (the official SE block).
 Where a pair meets anything else (flatten, attention, channel shuffle, a kept conv,
 the output) a merge is inserted: upsample the low branch, concatenate, restore the
@@ -34,6 +35,7 @@ from octswap.errors import ConversionError
 from octswap.eval_mode import eval_mode
 from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, downsample, upsample
 from octswap.plan import LayerDecision, Plan, example_input
+from octswap.pooling import FUNCTION_OPS, MODULE_OPS, pool_low, pool_parameters
 from octswap.rewrite import register_rewriter
 from octswap.rewrite.layer import replace_module
 
@@ -212,7 +214,7 @@ class _Pass:
         for node in gm.graph.nodes:
             if node.op == "call_module":
                 calls[node.target] = calls.get(node.target, 0) + 1
-        self.shared = {name for name, n in calls.items() if n > 1}
+        self.shared = {name: n for name, n in calls.items() if n > 1}  # module -> calls per forward
         self.granularity = _group_granularity(gm, self.modules)
 
     # -- helpers used by the handlers
@@ -330,8 +332,6 @@ _UNARY_METHODS = ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "cont
 _BINARY_FUNCTIONS = (operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul,
                      operator.sub, torch.sub, operator.truediv, torch.div)  # fmt: skip
 _BINARY_METHODS = ("add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_")
-_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d)
-_POOL_FUNCTIONS = (F.max_pool2d, F.avg_pool2d, torch.max_pool2d)
 
 
 def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -352,8 +352,12 @@ def _conv(p: _Pass, node: fx.Node) -> Any:
     target = p.targets.get(name)
     x = p.value(node.args[0])
     if target is None or not target.accepts_pair or name in p.shared:
-        p.outcomes[name] = Outcome(reason=target.reason if target else "not planned")
-        return p.copy_plain(node, f"{name} stays plain ({target.reason if target else 'shared module'})")
+        if name in p.shared:
+            reason = f"called {p.shared[name]} times in one forward pass (shared weights)"
+        else:
+            reason = target.reason if target else "not planned"
+        p.outcomes[name] = Outcome(reason=reason)
+        return p.copy_plain(node, f"{name} stays plain ({reason})")
     outcome = Outcome(reason=target.reason)
     source = x
     if isinstance(x, Pair):
@@ -411,23 +415,35 @@ def _stochastic_depth(p: _Pass, node: fx.Node) -> Any:
 
 
 def _pool(p: _Pass, node: fx.Node) -> Any:
+    """Max/average pooling: per branch, the low branch through :func:`~octswap.pooling.pool_low`
+    so that it stays ``ceil(high/2)`` at every input size (the high branch runs the op as is)."""
     x = p.value(node.args[0])
     out = _shape(node)
     if not isinstance(x, Pair) or out is None or len(out) != 4:
         return p.copy_plain(node)
-    # Per-branch pooling keeps the pair invariant only if the low map lands on
-    # ceil(high / 2); check on a one-channel dummy at the low input size.
+    rest = node.args[1:]
+    if any(isinstance(a, fx.Node) for a in rest) or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+        return p.copy_plain(node)
+    fn = p.modules[node.target] if node.op == "call_module" else node.target
+    op, params = pool_parameters(fn, rest, node.kwargs)
+    if params.get("return_indices"):
+        return p.copy_plain(node)
+    # Whether pooling runs per branch is decided at the probe size, as before the low
+    # branch learnt to fit (plans and checkpoints stay as they were): per branch where the
+    # op itself keeps the low map on ceil(high / 2) there, merged where it does not.
     in_shape = _shape(node.args[0])
     assert in_shape is not None
     dummy = torch.zeros(1, 1, (in_shape[2] + 1) // 2, (in_shape[3] + 1) // 2)
-    fn = p.modules[node.target] if node.op == "call_module" else node.target
-    rest = list(node.args[1:])
-    if any(isinstance(a, fx.Node) for a in rest) or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
-        return p.copy_plain(node)
-    low_out = fn(dummy, *rest, **node.kwargs)
-    if isinstance(low_out, tuple) or tuple(low_out.shape[-2:]) != ((out[2] + 1) // 2, (out[3] + 1) // 2):
+    try:
+        low_out = fn(dummy, *rest, **node.kwargs)
+    except RuntimeError:  # e.g. a kernel larger than the low map
+        low_out = None
+    if low_out is None or tuple(low_out.shape[-2:]) != ((out[2] + 1) // 2, (out[3] + 1) // 2):
         return p.copy_plain(node, f"{_op_name(node, p.modules)} would break the half-size low map")
-    return p.per_branch(node, x, node.args[1:])
+    kwargs = {k: p.plain(v, node) for k, v in node.kwargs.items()}
+    high = p.graph.create_node(node.op, node.target, (x.high, *rest), kwargs, name=f"{node.name}_h")
+    low = p.graph.call_function(pool_low, (x.low, high, op), params)
+    return replace(x, high=high, low=low)
 
 
 def _global_pool(p: _Pass, node: fx.Node) -> Any:
@@ -477,20 +493,26 @@ def _binary(p: _Pass, node: fx.Node) -> Any:
         full = _shape(node)
         if not isinstance(other_node, fx.Node):  # a Python number
             other_high = other_low = other_node
-        elif shape is not None and full is not None and len(shape) == 4 and shape[1] == pair.layout.channels:
+        elif shape is None or full is None:
+            pass
+        elif len(shape) <= 1 or (len(shape) == 4 and shape[1] == 1 and shape[2:] == (1, 1)):
+            other_high = other_low = p.plain(other_node, node)  # broadcasts to both branches
+        elif len(shape) == 4 and shape[1] in (1, pair.layout.channels):
+            # One channel broadcasts to both branches; otherwise each branch takes its own.
+            high_index, low_index = ((0,), (0,)) if shape[1] == 1 else (pair.layout.high, pair.layout.low)
             if shape[2:] == (1, 1):  # per-channel scale (SE gate): slice channels per branch
                 plain = p.plain(other_node, node)
-                other_high = p.graph.call_function(take_channels, (plain, pair.layout.high))
-                other_low = p.graph.call_function(take_channels, (plain, pair.layout.low))
-            elif shape[2:] == full[2:]:  # a full-size plain tensor meets a pair: split it
+                other_high = p.graph.call_function(take_channels, (plain, high_index))
+                other_low = p.graph.call_function(take_channels, (plain, low_index))
+            elif shape[2:] == full[2:]:
+                # A full-size plain tensor (a residual, a spatial attention map) meets a
+                # pair: split it, its low part pooled to the low branch's size.
                 plain = p.plain(other_node, node)
-                split = p.graph.call_function(split_ordered, (plain, pair.layout.high, pair.layout.low))
+                split = p.graph.call_function(split_ordered, (plain, high_index, low_index))
                 other_high = p.graph.call_function(operator.getitem, (split, 0))
                 other_low = p.graph.call_function(operator.getitem, (split, 1))
                 p.boundaries.append({"kind": "split", "after": other_node.name, "before": node.name,
                                      "reason": "a plain tensor meets an octave branch"})  # fmt: skip
-        elif shape is not None and (len(shape) <= 1 or (len(shape) == 4 and shape[1] == 1)):
-            other_high = other_low = p.plain(other_node, node)  # broadcasts to both branches
         if other_high is None:
             return p.copy_plain(node)
     swap = not isinstance(a, Pair)
@@ -532,14 +554,14 @@ _MODULE_HANDLERS: dict[type[nn.Module], Handler] = {
     nn.Conv2d: _conv,
     nn.BatchNorm2d: _batchnorm,
     nn.AdaptiveAvgPool2d: _global_pool,
-    **{cls: _pool for cls in _POOL_MODULES},
+    **{cls: _pool for cls in MODULE_OPS},
     **{cls: _unary for cls in _UNARY_MODULES},
 }
 _FUNCTION_HANDLERS: dict[Any, Handler] = {
     F.adaptive_avg_pool2d: _global_pool,
     torch.cat: _cat,
     torch.concat: _cat,
-    **{fn: _pool for fn in _POOL_FUNCTIONS},
+    **{fn: _pool for fn in FUNCTION_OPS},
     **{fn: _unary for fn in _UNARY_FUNCTIONS},
     **{fn: _binary for fn in _BINARY_FUNCTIONS},
 }
