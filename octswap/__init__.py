@@ -50,7 +50,7 @@ _EXPORTS = {
     "OctaveConv2d": "octswap.octave",
     "OctaveConvBlock": "octswap.octave",
     "Plan": "octswap.plan",
-    "make_plan": "octswap.plan",
+    "make_plan": "octswap.conversion",
     "Policy": "octswap.policy",
     "Rule": "octswap.policy",
     "load_policy": "octswap.policy",

@@ -65,7 +65,7 @@ class OutputFormat(str, Enum):
 AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", help="Global low-frequency ratio in [0, 1); overrides the policy's.")]
 PolicyOpt = Annotated[Optional[Path], typer.Option("--policy", "-p", help="YAML policy file (see configs/).")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="State-dict file, or a torchvision weights name already in the local cache.")]
-InputSizeOpt = Annotated[str, typer.Option("--input-size", "-s", help="Probe input: N, HxW or CxHxW.")]
+InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", "-s", help="Probe input: N, HxW or CxHxW [default: a timm model's own input size, else 224].")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 ModelArgOpt = Annotated[Optional[list[str]], typer.Option("--model-arg", "-m", help="Builder argument KEY=VALUE (repeatable), e.g. num_classes=10.")]
 ModeOpt = Annotated[Mode, typer.Option("--mode", help="graph: pairs flow between layers (the paper's networks); layer: self-contained blocks, for models fx cannot trace.")]
@@ -148,6 +148,15 @@ def _errors(debug: bool) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ parsing
+def _input_shape(input_size: str | None, model: Any) -> tuple[int, int, int]:
+    """``--input-size`` parsed, or the model's own default (timm's ``pretrained_cfg``, else 224)."""
+    if input_size is not None:
+        return parse_input_size(input_size)
+    from octswap.models import default_input_shape
+
+    return default_input_shape(model)
+
+
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for item in items or []:
@@ -401,7 +410,7 @@ def convert(
     alpha: AlphaOpt = None,
     policy: PolicyOpt = None,
     weights: WeightsOpt = None,
-    input_size: InputSizeOpt = "224",
+    input_size: InputSizeOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Checkpoint path [default: <model>-oct<alpha>.pt].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     fmt: FormatOpt = OutputFormat.table,
@@ -427,7 +436,6 @@ def convert(
     from octswap.reporting import percent
 
     with _errors(debug):
-        shape = parse_input_size(input_size)
         kwargs = parse_model_args(model_arg)
         pol = _policy(policy, alpha)
         target = output if output is not None else _default_output(model, pol.alpha)
@@ -437,6 +445,7 @@ def convert(
             raise InputError("--calibrate-bn needs --data (the samples to re-estimate on)")
         prep = _preprocessing(mean, std, resize, crop)
         original, source = octswap.load_model(model, weights=weights, kwargs=kwargs)
+        shape = _input_shape(input_size, original)
         samples = _open(data, shape, model, weights, prep, limit) if data is not None else None
         converted, plan = octswap.convert(original, pol, input_shape=shape, mode=mode.value, strict=strict)
         if samples is not None and calibrate_bn:
@@ -471,7 +480,7 @@ def report(
     alpha: AlphaOpt = None,
     policy: PolicyOpt = None,
     weights: WeightsOpt = None,
-    input_size: InputSizeOpt = "224",
+    input_size: InputSizeOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
     mode: ModeOpt = Mode.graph,
@@ -518,8 +527,8 @@ def report(
         else:
             if teacher_weights is not None:
                 raise InputError("--teacher-weights applies to a checkpoint; give a model's weights with --weights")
-            shape = parse_input_size(input_size)
             original, source = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
+            shape = _input_shape(input_size, original)
             converted, the_plan = octswap.convert(
                 original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict
             )
@@ -554,7 +563,7 @@ def plan(
     model: Annotated[str, typer.Argument(help="torchvision name (resnet50) or package.module:factory.")],
     alpha: AlphaOpt = None,
     policy: PolicyOpt = None,
-    input_size: InputSizeOpt = "224",
+    input_size: InputSizeOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
     mode: ModeOpt = Mode.graph,
@@ -565,8 +574,8 @@ def plan(
     import octswap
 
     with _errors(debug):
-        shape = parse_input_size(input_size)
         original, _ = octswap.load_model(model, kwargs=parse_model_args(model_arg))
+        shape = _input_shape(input_size, original)
         the_plan = octswap.make_plan(original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict)
         _print_plan(the_plan, fmt, model)
 
@@ -578,7 +587,7 @@ def zoo(
     models: Annotated[Optional[str], typer.Option("--models", help="Without a manifest: names or globs, comma-separated.")] = None,
     alpha: Annotated[str, typer.Option("--alpha", "-a", help="With --models: alphas, comma-separated.")] = "0.25",
     policy: PolicyOpt = None,
-    input_size: InputSizeOpt = "224",
+    input_size: InputSizeOpt = None,
     mode: ModeOpt = Mode.graph,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 1,
     save: Annotated[bool, typer.Option("--save", help="Also write each converted checkpoint into --out.")] = False,
@@ -602,7 +611,7 @@ def zoo(
             spec = zoo_lib.load_manifest(manifest)
         else:
             spec = zoo_lib.manifest_from_cli(models or "", alpha, policy=str(policy) if policy else None,
-                                             input_size=input_size, mode=mode.value)  # fmt: skip
+                                             input_size=input_size or "224", mode=mode.value)  # fmt: skip
         old = zoo_lib.read_results(baseline) if baseline is not None else None
         done: dict[str, dict[str, Any]] = {}
         if resume and (out_dir / "results.json").is_file():
@@ -662,7 +671,7 @@ def bench(
     target: Annotated[str, typer.Argument(help="A model name / import path, or a checkpoint file.")],
     alpha: AlphaOpt = None,
     policy: PolicyOpt = None,
-    input_size: InputSizeOpt = "224",
+    input_size: InputSizeOpt = None,
     mode: ModeOpt = Mode.graph,
     model_arg: ModelArgOpt = None,
     batch: BatchOpt = "1,8",
@@ -690,8 +699,8 @@ def bench(
             shape, recorded = ckpt.plan.input_shape, ckpt.inference
             compile_ = compile_ or bool(recorded and recorded.compile)
         else:
-            shape = parse_input_size(input_size)
             original, _ = octswap.load_model(target, kwargs=parse_model_args(model_arg))
+            shape = _input_shape(input_size, original)
             converted, _ = octswap.convert(original, _policy(policy, alpha), input_shape=shape, mode=mode.value)
         x = example_input(shape)
         flops_ratio = count_cost(converted, x).flops / count_cost(original, x).flops
@@ -871,25 +880,29 @@ _TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "vi
 
 @app.command()
 def models(
-    pattern: Annotated[Optional[str], typer.Argument(help="Glob filter, e.g. 'resnet*'.")] = None,
+    pattern: Annotated[Optional[str], typer.Argument(help="Glob filter, e.g. 'resnet*'; 'timm:*net*' lists timm's models.")] = None,
     fmt: FormatOpt = OutputFormat.table,
     debug: DebugOpt = False,
 ) -> None:
-    """List the torchvision models octswap can load by name."""
+    """List the models octswap can load by name: torchvision's, or timm's with a 'timm:' pattern."""
     import fnmatch
 
     from torchvision.models import get_model_builder
 
     from octswap.models import convertible_models
+    from octswap.timm_models import PREFIX, list_timm_models
 
     with _errors(debug):
         rows = []
-        for name in convertible_models():
-            if pattern and not fnmatch.fnmatch(name, pattern):
-                continue
-            module = get_model_builder(name).__module__
-            task = next((label for key, label in _TASKS.items() if f".{key}" in module), "classification")
-            rows.append({"name": name, "task": task})
+        if pattern is not None and pattern.startswith(PREFIX):
+            rows = [{"name": name, "task": "timm"} for name in list_timm_models(pattern.removeprefix(PREFIX))]
+        else:
+            for name in convertible_models():
+                if pattern and not fnmatch.fnmatch(name, pattern):
+                    continue
+                module = get_model_builder(name).__module__
+                task = next((label for key, label in _TASKS.items() if f".{key}" in module), "classification")
+                rows.append({"name": name, "task": task})
         if fmt is OutputFormat.json:
             out.print_json(json.dumps(rows))
         elif fmt is OutputFormat.csv:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -11,13 +12,47 @@ from torch import nn
 
 from octswap.errors import ConversionError
 from octswap.eval_mode import eval_mode
-from octswap.plan import Plan, example_input, make_plan, output_signature
+from octswap.plan import Plan, example_input, output_signature, policy_plan
 from octswap.policy import Policy
-from octswap.rewrite import apply_plan
+from octswap.rewrite import apply_plan, rewriter
 
-__all__ = ["convert", "verify"]
+__all__ = ["convert", "make_plan", "verify"]
 
 logger = logging.getLogger(__name__)
+
+
+def make_plan(
+    model: nn.Module,
+    policy: Policy | None = None,
+    *,
+    input_shape: tuple[int, int, int] = (3, 224, 224),
+    mode: str = "layer",
+    strict: bool = False,
+) -> Plan:
+    """Probe ``model`` and decide, conv by conv, what the policy converts in ``mode``.
+
+    Args:
+        model: Any module containing ``nn.Conv2d`` layers; not modified.
+        policy: Defaults to ``Policy()`` (alpha 0.25 with the automatic guards).
+        input_shape: ``(C, H, W)`` of one input sample for the shape probe.
+        mode: ``"graph"`` (pairs flow between layers) or ``"layer"`` (self-contained blocks).
+        strict: Make a rule that matches no conv an error instead of a warning.
+
+    Example:
+        >>> plan = make_plan(torchvision.models.resnet18(), Policy(alpha=0.5))  # doctest: +SKIP
+        >>> plan.layers[0].reason                                                # doctest: +SKIP
+        'stem: 3 input channels < min_channels 16'
+
+    Raises:
+        InputError: unknown mode, or the model does not run at ``input_shape``.
+        PolicyError: with ``strict``, a rule matches no conv.
+    """
+    refine = rewriter(mode).refine
+    plan = policy_plan(model, policy if policy is not None else Policy(), input_shape=input_shape, mode=mode, strict=strict)
+    if refine is None:
+        return plan
+    layers, boundaries = refine(model, plan.layers, input_shape)
+    return replace(plan, layers=layers, boundaries=boundaries)
 
 
 def convert(

@@ -28,6 +28,9 @@ from torch import nn
 
 from octswap.errors import ModelLoadError, WeightsError, path_argument
 from octswap.serialization import load_tensors
+from octswap.timm_models import PREFIX as TIMM_PREFIX
+from octswap.timm_models import build_timm_model, is_timm_name, load_timm_weights
+from octswap.timm_models import default_input_shape as timm_input_shape
 
 __all__ = ["ModelSource", "convertible_models", "load_model", "load_state_dict_file"]
 
@@ -39,10 +42,11 @@ class ModelSource:
     """How to rebuild a model's architecture.
 
     Attributes:
-        kind: ``"torchvision"`` (a registered torchvision builder), ``"import"``
-            (``package.module:factory`` or ``path/to/file.py:factory``) or
-            ``"user"`` (an in-memory model octswap cannot rebuild by itself).
-        name: The torchvision name or the import path.
+        kind: ``"torchvision"`` (a registered torchvision builder), ``"timm"``
+            (``timm.create_model``), ``"import"`` (``package.module:factory`` or
+            ``path/to/file.py:factory``) or ``"user"`` (an in-memory model octswap
+            cannot rebuild by itself).
+        name: The torchvision name, ``timm:NAME`` or the import path.
         kwargs: Builder keyword arguments.
         weights: What the weights came from (a torchvision weights name or a file path), if any.
     """
@@ -70,6 +74,8 @@ class ModelSource:
             return _build_torchvision(self.name, None, dict(self.kwargs))
         if self.kind == "import":
             return _build_import(self.name, dict(self.kwargs))
+        if self.kind == "timm":
+            return build_timm_model(self.name.removeprefix(TIMM_PREFIX), dict(self.kwargs))
         raise ModelLoadError(f"a {self.kind!r} model source cannot be rebuilt; pass the original model")
 
     def load(self, *, weights: str | None = None) -> nn.Module:
@@ -85,10 +91,16 @@ class ModelSource:
                 f"the original {self.name} was converted from random weights (none recorded); "
                 "give its trained weights file"
             )
-        if self.kind not in ("torchvision", "import"):
+        if self.kind not in ("torchvision", "import", "timm"):
             raise ModelLoadError(f"a {self.kind!r} model source cannot be rebuilt; pass the original model")
         model, _ = load_model(self.name, weights=chosen, kwargs=self.kwargs)
         return model
+
+
+def default_input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """The probe input ``(C, H, W)`` a model is meant for: a timm model's
+    ``pretrained_cfg["input_size"]``, otherwise ``(3, 224, 224)``."""
+    return timm_input_shape(model) or (3, 224, 224)
 
 
 def convertible_models() -> list[str]:
@@ -171,6 +183,16 @@ def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path} returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _load_timm(spec: str, weights: str | None, kwargs: dict[str, Any]) -> tuple[nn.Module, ModelSource]:
+    """``timm:NAME``: built by timm with random weights; a local checkpoint through timm's loader."""
+    model = build_timm_model(spec.removeprefix(TIMM_PREFIX), kwargs)
+    recorded = None
+    if weights is not None:
+        apply_state_dict(model, load_timm_weights(model, weights), what=f"weights file {weights}")
+        recorded = str(Path(weights).resolve())
+    return model.eval(), ModelSource(kind="timm", name=spec, kwargs=kwargs, weights=recorded)
 
 
 def _torchvision_weights(name: str, spec: str) -> Any:
@@ -258,10 +280,12 @@ def load_model(
     """Build a model by torchvision name or import path, optionally with weights.
 
     Args:
-        spec: A torchvision model name (``resnet50``) or ``package.module:factory``
+        spec: A torchvision model name (``resnet50``), a timm model (``timm:resnet50d``,
+            needs the ``timm`` extra; never pretrained), or ``package.module:factory``
             / ``path/to/file.py:factory`` for a user's own model.
-        weights: A state-dict file, or a torchvision weights name that is already
-            in the local cache. ``None`` keeps the random initialisation.
+        weights: A state-dict file (for timm models any checkpoint timm's loader reads),
+            or a torchvision weights name that is already in the local cache. ``None``
+            keeps the random initialisation.
         kwargs: Builder keyword arguments (``num_classes=10``...).
 
     Example:
@@ -279,6 +303,8 @@ def load_model(
     if weights is not None:
         weights = str(path_argument(weights, function="load_model", expected="a weights file or torchvision weights name"))
     kwargs = dict(kwargs or {})
+    if is_timm_name(spec):
+        return _load_timm(spec, weights, kwargs)
     is_import = ":" in spec
     kind = "import" if is_import else "torchvision"
     weight_file = weights is not None and (Path(weights).exists() or Path(weights).suffix in {".pt", ".pth", ".bin", ".ckpt"})

@@ -18,6 +18,7 @@ mixes groups. This differs from the official MXNet code, which keeps the same
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Union
@@ -31,6 +32,7 @@ from octswap.kernels import fused_kernels, fused_kernels_available  # re-exporte
 
 __all__ = [
     "OctaveBatchNorm2d",
+    "OctaveChannelwise",
     "OctaveConv2d",
     "OctaveConvBlock",
     "OctaveInput",
@@ -548,6 +550,53 @@ class OctaveBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features} ({self.num_features - self.low}h+{self.low}l)"
+
+
+class OctaveChannelwise(nn.Module):
+    """A module that acts channel by channel (a norm with its activation, a frozen BatchNorm...)
+    applied to each branch of a pair: two copies of it, their per-channel parameters and
+    buffers sliced to the branch's channels.
+
+    Example:
+        >>> norm_act = nn.Sequential(nn.BatchNorm2d(8), nn.PReLU(8)).eval()
+        >>> split = OctaveChannelwise.from_module(norm_act, channels=8, high=range(6), low=range(6, 8))
+        >>> h, l = split((torch.randn(1, 6, 4, 4), torch.randn(1, 2, 2, 2)))
+    """
+
+    def __init__(self, high: nn.Module, low: nn.Module) -> None:
+        super().__init__()
+        self.high = high
+        self.low = low
+
+    @classmethod
+    def from_module(cls, module: nn.Module, *, channels: int, high: Sequence[int], low: Sequence[int]) -> OctaveChannelwise:
+        """Copies of ``module`` for channels ``high`` and ``low`` (indices into its ``channels``).
+
+        Every parameter and buffer whose first dimension is ``channels`` is sliced; a
+        ``num_features`` attribute equal to ``channels`` follows.
+        """
+        return cls(_channel_slice(module, channels, list(high)), _channel_slice(module, channels, list(low)))
+
+    def forward(self, x: OctaveInput) -> OctaveInput:
+        if isinstance(x, Tensor):
+            raise TypeError("OctaveChannelwise expects a (high, low) pair")
+        return self.high(x[0]), self.low(x[1])
+
+
+def _channel_slice(module: nn.Module, channels: int, index: list[int]) -> nn.Module:
+    part = copy.deepcopy(module)
+    rows = torch.tensor(index, dtype=torch.long)
+    with torch.no_grad():
+        for sub in part.modules():
+            for name, param in list(sub.named_parameters(recurse=False)):
+                if param.ndim >= 1 and param.shape[0] == channels:
+                    setattr(sub, name, nn.Parameter(param[rows.to(param.device)].clone(), requires_grad=param.requires_grad))
+            for name, buffer in list(sub.named_buffers(recurse=False)):
+                if buffer.ndim >= 1 and buffer.shape[0] == channels:
+                    sub._buffers[name] = buffer[rows.to(buffer.device)].clone()
+            if getattr(sub, "num_features", None) == channels:
+                sub.num_features = len(index)
+    return part
 
 
 class OctaveConvBlock(nn.Module):

@@ -22,7 +22,7 @@ from octswap.eval_mode import eval_mode
 from octswap.octave import check_geometry, low_channels
 from octswap.policy import Policy
 
-__all__ = ["ConvSite", "LayerDecision", "Plan", "make_plan", "probe", "output_signature"]
+__all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "policy_plan", "probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,44 +271,20 @@ def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
     return LayerDecision(site.name, "octave", res.alpha_in, res.alpha_out, in_low, out_low, res.source, site, True)
 
 
-def make_plan(
-    model: nn.Module,
-    policy: Policy | None = None,
-    *,
-    input_shape: tuple[int, int, int] = (3, 224, 224),
-    mode: str = "layer",
-    strict: bool = False,
+def policy_plan(
+    model: nn.Module, policy: Policy, *, input_shape: tuple[int, int, int], mode: str, strict: bool = False
 ) -> Plan:
-    """Probe ``model`` and decide, conv by conv, what the policy converts.
+    """Probe ``model`` and decide, conv by conv, what the policy asks for.
 
-    Args:
-        model: Any module containing ``nn.Conv2d`` layers; not modified.
-        policy: Defaults to ``Policy()`` (alpha 0.25 with the automatic guards).
-        input_shape: ``(C, H, W)`` of one input sample for the shape probe.
-        mode: ``"graph"`` (pairs flow between layers) or ``"layer"`` (self-contained blocks).
-        strict: Make a rule that matches no conv an error instead of a warning.
-
-    Example:
-        >>> plan = make_plan(torchvision.models.resnet18(), Policy(alpha=0.5))  # doctest: +SKIP
-        >>> plan.layers[0].reason                                                # doctest: +SKIP
-        'stem: 3 input channels < min_channels 16'
+    Each conv is judged on its own (the layer-mode plan); a rewriter may refine the
+    decisions for its mode (:func:`octswap.conversion.make_plan` does).
 
     Raises:
         InputError: the model does not run at ``input_shape``.
         PolicyError: with ``strict``, a rule matches no conv.
     """
-    from octswap.rewrite import REWRITERS
-
-    if mode not in REWRITERS:
-        raise InputError(f"unknown conversion mode {mode!r} (known: {', '.join(sorted(REWRITERS))})")
-    policy = policy if policy is not None else Policy()
     sites, output = probe(model, input_shape)
     layers = tuple(_decide(site, policy) for site in sites)
-    boundaries: tuple[dict[str, str], ...] = ()
-    if mode == "graph":
-        from octswap.rewrite.graph import plan_graph
-
-        layers, boundaries = plan_graph(model, layers, input_shape)
     warnings = []
     for index, rule in enumerate(policy.rules):
         if not any(rule.selects(site) for site in sites):
@@ -319,7 +295,4 @@ def make_plan(
             warnings.append(message)
     if not sites:
         warnings.append("the model has no nn.Conv2d layers")
-    return Plan(
-        mode=mode, input_shape=input_shape, policy=policy, layers=layers, warnings=tuple(warnings),
-        boundaries=boundaries, output=output,
-    )  # fmt: skip
+    return Plan(mode=mode, input_shape=input_shape, policy=policy, layers=layers, warnings=tuple(warnings), output=output)

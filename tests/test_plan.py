@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from octswap.errors import InputError, PolicyError
-from octswap.plan import Plan, make_plan
+from octswap.conversion import make_plan
+from octswap.plan import Plan
 from octswap.policy import Policy, Rule
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from octswap.errors import ConversionError
 from octswap.octave import OctaveConvBlock
 from octswap.plan import Plan
-from octswap.rewrite import register_rewriter
+from octswap.rewrite.registry import register_rewriter
 
 __all__ = ["convert_layers", "replace_module"]
 

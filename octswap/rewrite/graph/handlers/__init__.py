@@ -1,0 +1,7 @@
+"""Graph-mode handlers, one op family per module; importing this package registers them."""
+
+from __future__ import annotations
+
+from octswap.rewrite.graph.handlers import activation, arithmetic, concat, conv, norm, pooling
+
+__all__ = ["activation", "arithmetic", "concat", "conv", "norm", "pooling"]

@@ -1,0 +1,57 @@
+"""Per-channel normalisation split per branch: BatchNorm, and modules that act channel by
+channel like it (timm's BatchNormAct2d and its frozen/sync variants, torchvision's
+FrozenBatchNorm2d), recognised by what they are, not one class at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import fx, nn
+
+from octswap.octave import OctaveBatchNorm2d, OctaveChannelwise
+from octswap.rewrite.graph.passes import GraphPass, Pair, register, register_kind
+
+__all__ = ["batchnorm", "channelwise", "is_channelwise"]
+
+#: Per-channel activations and dropout a norm module may carry (timm's ``act``/``drop``).
+_ELEMENTWISE = (
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.PReLU, nn.Dropout, nn.Dropout2d,
+)  # fmt: skip
+
+
+@register(modules=(nn.BatchNorm2d,), passthrough=True)
+def batchnorm(p: GraphPass, node: fx.Node) -> Any:
+    x = p.value(node.args[0])
+    if not isinstance(x, Pair) or node.target in p.shared:
+        return p.copy_plain(node)
+    if p.root is not None:
+        bn = p.modules[node.target]
+        order = None if x.layout.is_standard else x.layout.order
+        p.set_module(node.target, OctaveBatchNorm2d.from_bn(bn, low=len(x.layout.low), order=order))
+    call = p.graph.call_module(node.target, ((x.high, x.low),))
+    return p.pair_from_tuple(call, x.layout, x.origins)
+
+
+def is_channelwise(module: nn.Module) -> bool:
+    """A BatchNorm-like module (per-channel statistics and affine) whose submodules, if any,
+    are element-wise (an activation, dropout): it acts on each channel on its own."""
+    batchnorm_like = isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+        type(module).__name__.startswith("FrozenBatchNorm")
+        and all(hasattr(module, name) for name in ("weight", "bias", "running_mean", "running_var"))
+    )
+    return batchnorm_like and all(isinstance(child, _ELEMENTWISE) or type(child).__module__.startswith("timm.layers.activations")
+                                  for child in module.children())  # fmt: skip
+
+
+@register_kind(is_channelwise, passthrough=True)
+def channelwise(p: GraphPass, node: fx.Node) -> Any:
+    x = p.value(node.args[0])
+    if not isinstance(x, Pair) or node.target in p.shared or len(node.args) != 1 or node.kwargs:
+        return p.copy_plain(node)
+    if p.root is not None:
+        module = p.modules[node.target]
+        split = OctaveChannelwise.from_module(module, channels=x.layout.channels, high=x.layout.high, low=x.layout.low)
+        p.set_module(node.target, split.train(module.training))
+    call = p.graph.call_module(node.target, ((x.high, x.low),))
+    return p.pair_from_tuple(call, x.layout, x.origins)

@@ -1,0 +1,269 @@
+"""The graph-mode pass: one forward walk over the traced graph, building the rewritten one.
+
+Every node of the traced original is handled by a *handler* looked up by module type,
+function or method name (like fvcore's op-handle table). The handlers, one op family
+per module, live in :mod:`octswap.rewrite.graph.handlers` and register here with
+:func:`register`; an op without a handler takes plain tensors (pairs are merged first).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import fx, nn
+
+from octswap.rewrite.graph.layout import Layout, inverse
+from octswap.rewrite.graph.runtime import merge_ordered
+from octswap.rewrite.layer import replace_module
+
+__all__ = [
+    "FUNCTION_HANDLERS", "METHOD_HANDLERS", "MODULE_HANDLERS", "ORIGIN", "GraphPass", "Handler", "Outcome", "Pair",
+    "MODULE_KINDS", "Target", "default", "describe", "handler_for", "op_name", "register", "register_kind", "shape_of",
+]  # fmt: skip
+
+#: ``node.meta`` key of the rewritten graph: which node of the traced original a node
+#: carries, as ``(original node name, role, restore)`` tuples; role ``plain``, ``high``
+#: or ``low``; ``restore`` (high only) reorders a merged pair to the original channels.
+#: Fidelity measurements use it to compare stage outputs (:mod:`octswap.fidelity`).
+ORIGIN = "octswap_origin"
+
+
+# ------------------------------------------------------------------ values
+@dataclass(frozen=True)
+class Pair:
+    """A two-frequency value in the new graph."""
+
+    high: fx.Node
+    low: fx.Node
+    layout: Layout
+    origins: frozenset[str]  # the convs whose octave outputs flow into it
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the plan wants from one conv."""
+
+    out_low: int
+    accepts_pair: bool
+    reason: str
+
+
+@dataclass
+class Outcome:
+    in_low: int = 0
+    out_low: int = 0
+    reason: str = ""
+    in_order: tuple[int, ...] | None = None
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+class GraphPass:
+    """One forward pass over the traced graph, building the rewritten graph."""
+
+    def __init__(self, gm: fx.GraphModule, targets: dict[str, Target], *, root: nn.Module | None) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.targets = targets
+        self.root = root  # where octave modules go; None while planning
+        self.graph = fx.Graph()
+        self.env: dict[fx.Node, Any] = {}
+        self.merged: dict[int, fx.Node] = {}
+        self.outcomes: dict[str, Outcome] = {}
+        self.boundaries: list[dict[str, str]] = []
+        self.useful: set[str] = set()
+        calls: dict[str, int] = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        self.shared = {name: n for name, n in calls.items() if n > 1}  # module -> calls per forward
+        self.granularity = group_granularity(gm, self.modules)
+
+    # -- helpers used by the handlers
+    def value(self, arg: Any) -> Any:
+        return fx.node.map_arg(arg, lambda n: self.env[n]) if isinstance(arg, fx.Node) else arg
+
+    def plain(self, arg: Any, consumer: fx.Node, why: str = "") -> Any:
+        """The plain version of an argument (nested args too), merging pairs."""
+
+        def one(node: fx.Node) -> fx.Node:
+            value = self.env[node]
+            if not isinstance(value, Pair):
+                return value
+            key = id(value)
+            if key not in self.merged:
+                restore = None if value.layout.is_standard else inverse(value.layout.order)
+                self.merged[key] = self.graph.call_function(merge_ordered, (value.high, value.low, restore))
+                self.boundaries.append({"kind": "merge", "after": node.name, "before": consumer.name,
+                                        "reason": why or describe(consumer, self.modules)})  # fmt: skip
+            return self.merged[key]
+
+        return fx.node.map_arg(arg, one)
+
+    def copy_plain(self, node: fx.Node, why: str = "") -> fx.Node:
+        return self.graph.node_copy(node, lambda n: self.plain(n, node, why))
+
+    def per_branch(self, node: fx.Node, pair: Pair, rest: tuple[Any, ...] = ()) -> Pair:
+        """Apply ``node``'s op to each branch (its first argument replaced by the branch)."""
+        kwargs = {k: self.plain(v, node) for k, v in node.kwargs.items()}
+        rest = tuple(self.plain(a, node) for a in rest)
+        high = self.graph.create_node(node.op, node.target, (pair.high, *rest), kwargs, name=f"{node.name}_h")
+        low = self.graph.create_node(node.op, node.target, (pair.low, *rest), kwargs, name=f"{node.name}_l")
+        return replace(pair, high=high, low=low)
+
+    def pair_from_tuple(self, node: fx.Node, layout: Layout, origins: frozenset[str]) -> Pair:
+        high = self.graph.call_function(operator.getitem, (node, 0))
+        low = self.graph.call_function(operator.getitem, (node, 1))
+        return Pair(high, low, layout, origins)
+
+    def set_module(self, name: str, module: nn.Module) -> None:
+        if self.root is not None:
+            replace_module(self.root, name, module)
+
+    # -- driver
+    def run(self) -> fx.Graph:
+        for node in self.gm.graph.nodes:
+            if node.op in ("placeholder", "get_attr"):
+                self.env[node] = self.graph.node_copy(node)
+            elif node.op == "output":
+                self.graph.output(self.plain(node.args[0], node, "model output"))
+            else:
+                self.env[node] = handler_for(node, self.modules)(self, node)
+            tag(node.name, self.env.get(node))
+        return self.graph
+
+
+def tag(name: str, value: Any) -> None:
+    """Record in the new graph which original node a value stands for (see :data:`ORIGIN`)."""
+    if isinstance(value, Pair):
+        restore = None if value.layout.is_standard else inverse(value.layout.order)
+        value.high.meta.setdefault(ORIGIN, []).append((name, "high", restore))
+        value.low.meta.setdefault(ORIGIN, []).append((name, "low", None))
+    elif isinstance(value, fx.Node):
+        value.meta.setdefault(ORIGIN, []).append((name, "plain", None))
+
+
+def op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{type(modules[node.target]).__name__} {node.target}"
+    if node.op == "call_method":
+        return f".{node.target}()"
+    return str(getattr(node.target, "__name__", node.target))
+
+
+def describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    return f"{op_name(node, modules)} takes a plain tensor"
+
+
+def group_granularity(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> dict[str, int]:
+    """For convs feeding a grouped conv (through BN/activations): the group size their low
+    channel count must be a multiple of, so the pair reaches the grouped conv aligned."""
+    result: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        conv = modules.get(node.target) if node.op == "call_module" else None
+        if type(conv) is not nn.Conv2d or conv.groups == 1 or conv.groups == conv.in_channels:
+            continue
+        size = conv.in_channels // conv.groups
+        prev = node.args[0]
+        while isinstance(prev, fx.Node) and is_passthrough(prev, modules):
+            prev = prev.args[0]
+        if isinstance(prev, fx.Node) and prev.op == "call_module" and type(modules.get(prev.target)) is nn.Conv2d:
+            result[prev.target] = math.lcm(result.get(prev.target, 1), size)
+    return result
+
+
+# ---------------------------------------------------------------- registry
+Handler = Callable[["GraphPass", fx.Node], Any]
+MODULE_HANDLERS: dict[type[nn.Module], Handler] = {}
+FUNCTION_HANDLERS: dict[Any, Handler] = {}
+METHOD_HANDLERS: dict[str, Handler] = {}
+#: Ops that keep a conv's channels as they are (BatchNorm, activations): a grouped conv
+#: behind them still needs its producer's split on a group boundary.
+_PASSTHROUGH_MODULES: set[type[nn.Module]] = set()
+_PASSTHROUGH_FUNCTIONS: set[Any] = set()
+_PASSTHROUGH_METHODS: set[str] = set()
+
+
+def register(
+    *,
+    modules: Iterable[type[nn.Module]] = (),
+    functions: Iterable[Any] = (),
+    methods: Iterable[str] = (),
+    passthrough: bool = False,
+) -> Callable[[Handler], Handler]:
+    """Register a handler for module types, functions and method names (decorator).
+
+    ``passthrough``: the ops act channel by channel and keep the channel count.
+    """
+
+    def wrap(handler: Handler) -> Handler:
+        for cls in modules:
+            MODULE_HANDLERS[cls] = handler
+            if passthrough:
+                _PASSTHROUGH_MODULES.add(cls)
+        for fn in functions:
+            FUNCTION_HANDLERS[fn] = handler
+            if passthrough:
+                _PASSTHROUGH_FUNCTIONS.add(fn)
+        for name in methods:
+            METHOD_HANDLERS[name] = handler
+            if passthrough:
+                _PASSTHROUGH_METHODS.add(name)
+        return handler
+
+    return wrap
+
+
+#: Handlers for modules recognised by what they do rather than by type (a predicate on
+#: the module), tried in order when no type matches: ``(predicate, handler, passthrough)``.
+MODULE_KINDS: list[tuple[Callable[[nn.Module], bool], Handler, bool]] = []
+
+
+def register_kind(predicate: Callable[[nn.Module], bool], *, passthrough: bool = False) -> Callable[[Handler], Handler]:
+    """Register a handler for every module ``predicate`` accepts (decorator)."""
+
+    def wrap(handler: Handler) -> Handler:
+        MODULE_KINDS.append((predicate, handler, passthrough))
+        return handler
+
+    return wrap
+
+
+def _module_handler(module: nn.Module | None) -> tuple[Handler, bool]:
+    if type(module) in MODULE_HANDLERS:
+        return MODULE_HANDLERS[type(module)], type(module) in _PASSTHROUGH_MODULES
+    for predicate, handler, passthrough in MODULE_KINDS:
+        if module is not None and predicate(module):
+            return handler, passthrough
+    return default, False
+
+
+def is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return _module_handler(modules.get(node.target))[1]
+    if node.op == "call_function":
+        return node.target in _PASSTHROUGH_FUNCTIONS
+    return node.op == "call_method" and node.target in _PASSTHROUGH_METHODS
+
+
+def default(p: GraphPass, node: fx.Node) -> Any:
+    """Anything without a handler takes plain tensors: merge pairs before it."""
+    return p.copy_plain(node)
+
+
+def handler_for(node: fx.Node, modules: dict[str, nn.Module]) -> Handler:
+    """The registered handler for ``node`` (module type, function or method name); ``default`` otherwise."""
+    if node.op == "call_module":
+        return _module_handler(modules[node.target])[0]
+    if node.op == "call_function":
+        return FUNCTION_HANDLERS.get(node.target, default)
+    if node.op == "call_method":
+        return METHOD_HANDLERS.get(node.target, default)
+    return default

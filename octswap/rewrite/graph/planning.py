@@ -1,0 +1,100 @@
+"""Graph-mode planning and rewriting: run the pass to decide, then to build the new graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from octswap.errors import ConversionError
+from octswap.plan import LayerDecision, Plan, example_input
+from octswap.rewrite.graph import handlers  # noqa: F401 - registers the handlers
+from octswap.rewrite.graph.passes import GraphPass, Target
+from octswap.rewrite.graph.tracing import trace
+from octswap.rewrite.registry import register_rewriter
+
+__all__ = ["plan_graph", "rewrite_graph"]
+
+
+def _targets(decisions: Sequence[LayerDecision]) -> dict[str, Target]:
+    return {
+        d.name: Target(out_low=d.out_low if d.action == "octave" else 0, accepts_pair=d.accepts_pair, reason=d.reason)
+        for d in decisions
+    }
+
+
+def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule:
+    gm = trace(model)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example_input(input_shape))
+    return gm
+
+
+def plan_graph(
+    model: nn.Module, decisions: Sequence[LayerDecision], input_shape: tuple[int, int, int]
+) -> tuple[tuple[LayerDecision, ...], tuple[dict[str, str], ...]]:
+    """Turn policy decisions into graph-mode decisions: first/last/octave per conv, boundaries.
+
+    A conv whose octave output would only be merged again (no octave conv consumes it)
+    stays plain; the pass repeats until no such conv is left.
+    """
+    gm = _traced_with_shapes(model, input_shape)
+    targets = _targets(decisions)
+    islands: dict[str, str] = {}
+    for _ in range(len(decisions) + 1):
+        p = GraphPass(gm, targets, root=None)
+        p.run()
+        lonely = [name for name, o in p.outcomes.items() if o.out_low > 0 and name not in p.useful]
+        if not lonely:
+            break
+        for name in lonely:
+            islands[name] = "no octave conv consumes its output"
+            t = targets[name]
+            targets[name] = Target(0, t.accepts_pair, t.reason)
+    final = []
+    for d in decisions:
+        outcome = p.outcomes.get(d.name)
+        if outcome is None:
+            why = d.reason if d.action == "keep" else "not reached by the traced graph"
+            final.append(replace(d, action="keep", alpha_in=0.0, alpha_out=0.0, in_low=0, out_low=0, reason=why))
+            continue
+        in_low, out_low = outcome.in_low, outcome.out_low
+        why = f"{islands[d.name]}; {outcome.reason}" if d.name in islands else outcome.reason
+        if in_low == 0 and out_low == 0:
+            final.append(replace(d, action="keep", alpha_in=0.0, alpha_out=0.0, in_low=0, out_low=0, reason=why))
+            continue
+        role = "first: plain input; " if in_low == 0 else "last: " if out_low == 0 else ""
+        final.append(replace(
+            d, action="octave", in_low=in_low, out_low=out_low, reason=role + why,
+            alpha_in=round(in_low / d.site.in_channels, 6), alpha_out=round(out_low / d.site.out_channels, 6),
+        ))  # fmt: skip
+    return tuple(final), tuple(p.boundaries)
+
+
+@register_rewriter("graph", refine=plan_graph)
+def rewrite_graph(model: nn.Module, plan: Plan) -> fx.GraphModule:
+    """Rebuild ``model`` as an ``fx.GraphModule`` in which pairs flow between layers."""
+    gm = _traced_with_shapes(model, plan.input_shape)
+    targets = {
+        d.name: Target(out_low=d.out_low, accepts_pair=d.action == "octave", reason=d.reason) for d in plan.layers
+    }
+    # Octave modules replace convs and BatchNorms inside the traced module (which holds
+    # the model's own submodules and fx's tensor constants); the new GraphModule then
+    # takes its submodules from it by qualified name.
+    root = gm
+    p = GraphPass(gm, targets, root=root)
+    graph = p.run()
+    for d in plan.layers:
+        outcome = p.outcomes.get(d.name)
+        got = (outcome.in_low, outcome.out_low) if outcome else (0, 0)
+        want = (d.in_low, d.out_low) if d.action == "octave" else (0, 0)
+        if got != want:
+            raise ConversionError(f"{d.name}: the plan expects {want[0]}/{want[1]} low channels, the graph gives {got[0]}/{got[1]}")
+    graph.lint()
+    new = fx.GraphModule(root, graph, class_name=f"Octave{type(model).__name__}")
+    new.recompile()
+    new.training = model.training  # submodules keep their own flags (frozen BatchNorm stays frozen)
+    return new
