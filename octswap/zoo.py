@@ -140,7 +140,8 @@ def _classification_models() -> list[str]:
 
 
 def expand_models(pattern: str, exclude: Sequence[str] = ()) -> list[str]:
-    """torchvision names matching a glob (classification models; any registered name when exact).
+    """torchvision names matching a glob (classification models; any registered name when exact),
+    or timm's (``timm:resnet*``, through timm's own listing); ``exclude`` globs apply to both.
 
     Example:
         >>> expand_models("resnet1*")
@@ -148,6 +149,14 @@ def expand_models(pattern: str, exclude: Sequence[str] = ()) -> list[str]:
     """
     from torchvision import models
 
+    from octswap.timm_models import PREFIX, list_timm_models
+
+    if pattern.startswith(PREFIX) and any(ch in pattern for ch in "*?["):
+        names = [n for n in list_timm_models(pattern.removeprefix(PREFIX))
+                 if not any(fnmatch.fnmatch(n, x) or fnmatch.fnmatch(n, PREFIX + x) for x in exclude)]  # fmt: skip
+        if not names:
+            raise InputError(f"no timm model matches {pattern!r}")
+        return names
     if ":" in pattern:
         return [pattern]
     if not any(ch in pattern for ch in "*?["):

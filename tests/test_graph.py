@@ -3,13 +3,11 @@ octave modules (which test_octave checks against the independent reference)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import octswap
-from octswap.errors import ConversionError
 from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, merge_frequencies, split_frequencies
 from octswap.policy import Policy, Rule
 from tests.reference import ref_pool
@@ -265,11 +263,24 @@ class Conflict(nn.Module):
         return self.c(self.a(x) + self.b(x))
 
 
-def test_unification_conflict_names_the_layers():
+def test_add_of_different_splits_resplits_the_second_operand():
+    """Operands with different channel splits meet at an add: the second is merged and split
+    again like the first, and the plan records the boundary with the convs on each side."""
+    net = Conflict().eval()
     policy = Policy(alpha=0.5, min_channels=0, min_feature_size=0, rules=(Rule(name="b", alpha=0.25),))
-    with pytest.raises(ConversionError, match=r"different channel splits: 8 low of 16 from a vs 4 low of 16 from b"):
-        convert(Conflict().eval(), policy, (8, 8, 8))
-    converted, plan = convert(Conflict().eval(), ANY, (8, 8, 8))  # same alpha: fine
+    converted, plan = convert(net, policy, (8, 8, 8))
+    split = [b for b in plan.boundaries if b["kind"] == "split"]
+    assert len(split) == 1 and split[0]["reason"].startswith(
+        "operands have different channel splits: 8 low of 16 from a vs 4 low of 16 from b")
+    a = OctaveConv2d.from_conv(net.a, alpha_in=0.0, alpha_out=0.5)
+    b = OctaveConv2d.from_conv(net.b, alpha_in=0.0, alpha_out=0.25)
+    c = OctaveConv2d.from_conv(net.c, alpha_in=0.5, alpha_out=0.0)
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        b_again = split_frequencies(merge_frequencies(*b(x)), 8)
+        want = c(tuple(u + v for u, v in zip(a(x), b_again)))
+        torch.testing.assert_close(converted(x), want)
+    converted, plan = convert(Conflict().eval(), ANY, (8, 8, 8))  # same alpha: no boundary
     assert plan.boundaries == ()
 
 

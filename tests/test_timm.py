@@ -91,3 +91,12 @@ def test_cli_lists_and_converts_timm_models(tmp_path):
     ckpt = octswap.read_checkpoint(out)
     assert ckpt.source.kind == "timm" and ckpt.plan.input_shape == (3, 224, 224)  # pretrained_cfg's size
     assert ckpt.plan.octave_layers
+
+
+def test_zoo_manifests_expand_timm_globs():
+    from octswap.zoo import expand_models
+
+    names = expand_models("timm:resnet1*", exclude=["*d", "timm:*clip*"])
+    assert "timm:resnet18" in names and "timm:resnet101" in names
+    assert not [n for n in names if n.endswith("d") or "clip" in n]
+    assert expand_models("timm:efficientnet_b0") == ["timm:efficientnet_b0"]

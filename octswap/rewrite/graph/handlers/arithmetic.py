@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import fx
 
-from octswap.errors import ConversionError
 from octswap.rewrite.graph.passes import GraphPass, Pair, register, shape_of
 from octswap.rewrite.graph.runtime import split_ordered, take_channels
 
@@ -34,12 +33,16 @@ def binary(p: GraphPass, node: fx.Node) -> Any:
         return p.copy_plain(node)
     if isinstance(a, Pair) and isinstance(b, Pair):
         if a.layout != b.layout:
-            raise ConversionError(
-                f"{node.name}: operands have different channel splits: "
-                f"{len(a.layout.low)} low of {a.layout.channels} from {', '.join(sorted(a.origins))} vs "
-                f"{len(b.layout.low)} low of {b.layout.channels} from {', '.join(sorted(b.origins))}; "
-                "give these convs the same alpha in the policy"
-            )
+            # Different splits (a policy giving the two sides different alphas, or
+            # Inception-ResNet's concatenated branches): the second operand is merged and
+            # split again the way the first is, recorded as a boundary.
+            why = (f"operands have different channel splits: {len(a.layout.low)} low of {a.layout.channels} from "
+                   f"{', '.join(sorted(a.origins))} vs {len(b.layout.low)} low of {b.layout.channels} from "
+                   f"{', '.join(sorted(b.origins))}; give these convs the same alpha to keep both")  # fmt: skip
+            split = p.graph.call_function(split_ordered, (p.plain(b_node, node, why), a.layout.high, a.layout.low))
+            p.boundaries.append({"kind": "split", "after": b_node.name, "before": node.name, "reason": why})
+            b = Pair(p.graph.call_function(operator.getitem, (split, 0)),
+                     p.graph.call_function(operator.getitem, (split, 1)), a.layout, b.origins)  # fmt: skip
         pair, other_high, other_low = a, b.high, b.low
         origins = a.origins | b.origins
     else:
