@@ -197,8 +197,6 @@ def read(path: str | Path) -> Checkpoint:
         TypeError: ``path`` is not a path (``None``...).
     """
     path = path_argument(path, function="read_checkpoint", expected="an octswap checkpoint")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     data = load_tensors(path, what="checkpoint", error=CheckpointError,
                         instead="octswap checkpoints are written by `octswap convert` or octswap.save()")  # fmt: skip
     if not isinstance(data, Mapping) or data.get("format") != FORMAT:

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from octswap import __version__
-from octswap.errors import InputError, OctswapError, one_line
+from octswap.errors import InputError, OctswapError, one_line, printable
 from octswap.shapes import parse_input_shape as parse_input_size
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _errors(debug: bool) -> Iterator[None]:
     except OctswapError as error:
         if debug:
             raise
-        err.print(f"octswap: error: {error}", markup=False, highlight=False)
+        err.print(f"octswap: error: {printable(str(error))}", markup=False, highlight=False)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         err.print("octswap: interrupted; nothing was written", highlight=False)
@@ -142,7 +142,7 @@ def _errors(debug: bool) -> Iterator[None]:
         if debug:
             raise
         message = one_line(error)
-        err.print(f"octswap: error: conversion failed: {type(error).__name__}: {message} (--debug for details)",
+        err.print(f"octswap: error: conversion failed: {type(error).__name__}: {printable(message)} (--debug for details)",
                   markup=False, highlight=False)  # fmt: skip
         raise typer.Exit(1) from None
 

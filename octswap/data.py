@@ -273,6 +273,11 @@ def open_data(
         TypeError: ``path`` is not a path (``None``...).
     """
     path = path_argument(path, function="open_data", expected="a data folder or .pt file")
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):  # fmt: skip
+        raise TypeError(f"open_data() takes input_shape=(C, H, W) of positive ints, got {input_shape!r}")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+        raise TypeError(f"open_data() takes limit as an int or None, got {limit!r}")
     channels = input_shape[0]
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a positive number of samples, got {limit}")

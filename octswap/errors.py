@@ -16,6 +16,7 @@ __all__ = [
     "PolicyError",
     "WeightsError",
     "one_line",
+    "printable",
     "path_argument",
 ]
 
@@ -57,6 +58,12 @@ class ConversionError(OctswapError):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes in a file name or a pickled
+    class name, say) shown escaped, ``\\x1b``, instead of acting on the terminal."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
 
 
 def one_line(error: BaseException | str) -> str:

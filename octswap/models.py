@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from octswap.errors import ModelLoadError, WeightsError, path_argument
+from octswap.errors import ModelLoadError, WeightsError, one_line, path_argument
 from octswap.serialization import load_tensors
 from octswap.timm_models import PREFIX as TIMM_PREFIX
 from octswap.timm_models import build_timm_model, is_timm_name, load_timm_weights
@@ -179,7 +179,10 @@ def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelLoadError(f"{path} is not callable")
-    model = obj(**kwargs)
+    try:
+        model = obj(**kwargs)
+    except TypeError as err:  # e.g. an unknown --model-arg
+        raise ModelLoadError(f"cannot build {path} with {kwargs}: {one_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path} returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -302,6 +305,8 @@ def load_model(
         raise TypeError(f"load_model() takes a model name or package.module:factory string, got {spec!r}")
     if weights is not None:
         weights = str(path_argument(weights, function="load_model", expected="a weights file or torchvision weights name"))
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"load_model() takes kwargs as a mapping of builder arguments, got {kwargs!r}")
     kwargs = dict(kwargs or {})
     if is_timm_name(spec):
         return _load_timm(spec, weights, kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -48,6 +48,8 @@ class ConvSite:
     output_size: tuple[int, int] | None = None
     calls: int = 0
     is_stem: bool = False
+    #: Another module holding this conv's weight or bias (tied parameters), if any.
+    tied: str | None = None
 
     @property
     def kind(self) -> str:
@@ -218,9 +220,16 @@ def probe(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[Con
         for handle in handles:
             handle.remove()
 
+    owners: dict[int, list[tuple[str, nn.Module]]] = {}
+    for owner, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), []).append((owner, module))
     sites = []
     for name, conv in convs:
         site = _site(name, conv)
+        others = [o for p in conv.parameters(recurse=False) for o, m in owners[id(p)] if m is not conv]
+        if others:
+            site = replace(site, tied=others[0])
         info = seen.get(name)
         if info is not None:
             is_stem = bool(order) and order[0] == name and conv.in_channels == input_shape[0]
@@ -238,6 +247,8 @@ def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
         return keep(f"custom Conv2d subclass {site.module_type} (its forward would be lost)")
     if site.calls == 0:
         return keep("not run by the probe (unused in eval mode)")
+    if site.tied is not None:
+        return keep(f"parameters shared with {site.tied} (tied weights): converting one would untie them")
     res = policy.resolve(site)
     if res.skip:
         return keep(f"policy: skip ({res.source})")

@@ -11,14 +11,18 @@ classes it would import (read from the pickle without importing them, by
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from octswap.errors import OctswapError, one_line
+from octswap.errors import OctswapError, one_line, printable
 
 __all__ = ["load_tensors"]
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 def _pickled_classes(path: Path) -> list[str]:
@@ -54,18 +58,24 @@ def load_tensors(path: str | Path, *, what: str, error: type[OctswapError], inst
         raise error(f"{what} not found: {path}")
     if path.is_dir():
         raise error(f"{what} {path} is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise error(f"{what} {path} is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy pickles; the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        classes = _pickled_classes(path)
-        if not classes:
-            raise error(f"cannot read {what} {path}: {one_line(err)}") from None
-        shown = ", ".join(classes[:2]) + (f" and {len(classes) - 2} more classes" if len(classes) > 2 else "")
+        # The zip format (torch.save's default) lists its classes; for the legacy format
+        # the weights-only unpickler names the first one it refused.
+        classes = _pickled_classes(path) or _UNSUPPORTED_GLOBAL.findall(str(err))[:1]
+        if not classes:  # not a pickle of objects at all
+            raise error(f"cannot read {what} {path}: not a torch.save file") from None
+        shown = ", ".join(printable(c) for c in classes[:2]) + (f" and {len(classes) - 2} more classes" if len(classes) > 2 else "")
         kind = "a whole pickled model" if any(c.startswith("torch.nn.modules.") for c in classes) else "pickled Python objects"
         raise error(
             f"{path} holds {kind} ({shown}), not plain tensors; octswap does not load pickled code: {instead}"
         ) from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise error(
-            f"cannot read {what} {path}: not a complete torch.save file ({type(err).__name__}: {one_line(err)})"
-        ) from None
+        detail = one_line(err)
+        cause = type(err).__name__ if detail == type(err).__name__ else f"{type(err).__name__}: {detail}"
+        raise error(f"cannot read {what} {path}: not a complete torch.save file ({cause})") from None

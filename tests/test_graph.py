@@ -3,6 +3,7 @@ octave modules (which test_octave checks against the independent reference)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -430,3 +431,41 @@ def test_shared_block_is_kept_and_says_why():
     x = torch.randn(1, 3, 9, 7)
     with torch.no_grad():
         assert converted(x).shape == (1, 16, 9, 7)
+
+
+class Tied(nn.Module):
+    """b shares a's weight; t's weight is also used by a functional conv (graph mode sees that)."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.functional = functional
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.a = nn.Conv2d(32, 32, 3, padding=1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.t = nn.Conv2d(32, 32, 3, padding=1)
+        self.out = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        x = self.b(F.relu(self.a(self.stem(x))))
+        x = F.relu(self.t(x))
+        if self.functional:
+            x = F.conv2d(x, self.t.weight, self.t.bias, padding=1)
+        return self.out(x)
+
+
+@pytest.mark.parametrize("mode", ["graph", "layer"])
+def test_tied_parameters_are_kept_and_stay_tied(mode):
+    net = Tied(functional=mode == "graph").eval()
+    converted, plan = octswap.convert(net, ANY, input_shape=(3, 8, 8), mode=mode)
+    d = by_name(plan)
+    assert d["a"].action == d["b"].action == "keep"
+    assert d["a"].reason.startswith("parameters shared with b (tied weights)")
+    assert d["b"].reason.startswith("parameters shared with a (tied weights)")
+    assert converted.a.weight is converted.b.weight
+    assert sum(p.numel() for p in converted.parameters()) == sum(p.numel() for p in net.parameters())
+    if mode == "graph":
+        assert d["t"].action == "keep" and d["t"].reason.startswith("its parameters are also used directly")
+        x = torch.randn(1, 3, 9, 7)
+        with torch.no_grad():
+            assert converted(x).shape == net(x).shape

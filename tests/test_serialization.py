@@ -78,3 +78,36 @@ def test_one_line_strips_terminal_escapes():
     err = RuntimeError("Weights only load failed. \x1b[1mdo this only if you trust it\x1b[0m.\n\t(1) more")
     assert one_line(err) == "Weights only load failed. do this only if you trust it."
     assert one_line(ValueError()) == "ValueError"
+
+
+def test_escape_codes_in_names_and_paths_never_reach_the_terminal(tmp_path):
+    from typer.testing import CliRunner
+
+    from octswap.cli import app
+
+    path = tmp_path / "esc\x1b[31mname.pt"
+    result = CliRunner().invoke(app, ["convert", "tests.nets:tiny_resnet", "--weights", str(path)])
+    assert result.exit_code == 2 and "\x1b" not in result.stderr and "esc\\x1b[31mname.pt" in result.stderr
+
+
+def test_empty_legacy_and_folder_files_get_their_own_line(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match="is empty"):
+        load_state_dict_file(empty)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(TinyResNet(), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsError, match=r"holds pickled Python objects \(tests.nets.TinyResNet\).*model.state_dict\(\)"):
+        load_state_dict_file(legacy)
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        octswap.read_checkpoint(tmp_path)
+
+
+def test_open_data_checks_its_arguments(tmp_path):
+    path = tmp_path / "d.pt"
+    torch.save({"inputs": torch.randn(4, 3, 8, 8)}, path)
+    for shape in (None, "3x8x8", (3, 0, 8), (3, 8), (3, 8.0, 8)):
+        with pytest.raises(TypeError, match=r"input_shape=\(C, H, W\) of positive ints"):
+            octswap.open_data(path, input_shape=shape)
+    with pytest.raises(TypeError, match="limit as an int"):
+        octswap.open_data(path, input_shape=(3, 8, 8), limit="a")

@@ -84,6 +84,12 @@ class GraphPass:
             if node.op == "call_module":
                 calls[node.target] = calls.get(node.target, 0) + 1
         self.shared = {name: n for name, n in calls.items() if n > 1}  # module -> calls per forward
+        # Modules whose parameters the forward also reads directly (F.conv2d(x, self.t.weight)).
+        self.read_directly = {
+            node.target.rpartition(".")[0]: node.name
+            for node in gm.graph.nodes
+            if node.op == "get_attr" and node.target.rpartition(".")[2] in ("weight", "bias")
+        }
         self.granularity = group_granularity(gm, self.modules)
 
     # -- helpers used by the handlers

@@ -19,9 +19,11 @@ def conv(p: GraphPass, node: fx.Node) -> Any:
     conv = p.modules[name]
     target = p.targets.get(name)
     x = p.value(node.args[0])
-    if target is None or not target.accepts_pair or name in p.shared:
+    if target is None or not target.accepts_pair or name in p.shared or name in p.read_directly:
         if name in p.shared:
             reason = f"called {p.shared[name]} times in one forward pass (shared weights)"
+        elif name in p.read_directly:
+            reason = f"its parameters are also used directly by the forward ({p.read_directly[name]})"
         else:
             reason = target.reason if target else "not planned"
         p.outcomes[name] = Outcome(reason=reason)
