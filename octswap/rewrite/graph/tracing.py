@@ -54,9 +54,9 @@ def trace(model: nn.Module) -> fx.GraphModule:
     """
     leaves, functions = _timm_conventions()
     tracer = Tracer(leaf_types=leaves, autowrap_functions=functions)
-    root = copy.copy(model)
     try:
         with eval_mode(model):
+            root = copy.copy(model)  # inside eval_mode: the copy's own `training` flag is False
             graph = tracer.trace(root)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
         raise ConversionError(
