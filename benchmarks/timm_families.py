@@ -2,10 +2,11 @@
 
 For each of timm's model modules, the candidate with the fewest parameters is chosen,
 counted on the ``meta`` device (no memory, no weights), among its models that build
-without arguments; a family whose chosen model has no ``nn.Conv2d`` is left out.
+without arguments. A family is left out when its chosen model has fewer than
+``--min-convs`` ``nn.Conv2d`` (default 3: more than a transformer's patch embedding).
 The manifest then runs with ``octswap zoo configs/zoo-timm.yaml`` (issue 12).
 
-Usage: .venv/bin/python benchmarks/timm_families.py [--out configs/zoo-timm.yaml] [--candidates 12]
+Usage: .venv/bin/python benchmarks/timm_families.py [--out configs/zoo-timm.yaml] [--candidates 12] [--min-convs 3]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("configs/zoo-timm.yaml"))
     parser.add_argument("--candidates", type=int, default=12, help="models tried per family (shortest names first)")
+    parser.add_argument("--min-convs", type=int, default=3, help="fewer Conv2d than this: not a convolutional family")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -49,8 +51,9 @@ def main() -> None:
     entries = []
     for family in timm.list_modules():
         found = smallest(timm, family, args.candidates)
-        if found is None or found[2] == 0:
-            print(f"{family}: {'no buildable model' if found is None else found[0] + ' has no Conv2d'}; left out")
+        if found is None or found[2] < args.min_convs:
+            why = "no buildable model" if found is None else f"{found[0]} has {found[2]} Conv2d"
+            print(f"{family}: {why}; left out")
             continue
         print(f"{family}: timm:{found[0]} ({found[1] / 1e6:.1f} M parameters, {found[2]} convs)")
         entries.append(f"timm:{found[0]}")

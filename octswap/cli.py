@@ -611,7 +611,7 @@ def zoo(
             spec = zoo_lib.load_manifest(manifest)
         else:
             spec = zoo_lib.manifest_from_cli(models or "", alpha, policy=str(policy) if policy else None,
-                                             input_size=input_size or "224", mode=mode.value)  # fmt: skip
+                                             input_size=input_size, mode=mode.value)  # fmt: skip
         old = zoo_lib.read_results(baseline) if baseline is not None else None
         done: dict[str, dict[str, Any]] = {}
         if resume and (out_dir / "results.json").is_file():

@@ -83,7 +83,7 @@ class ZooTask:
     alpha: float
     mode: str = "graph"
     policy: str | None = None
-    input_size: str = "224"
+    input_size: str | None = None  # None: the model's own (timm's pretrained_cfg), else 224
     weights: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # compared, not hashed
     part: str | None = None
@@ -228,13 +228,14 @@ def manifest_from_dict(data: Any, *, base: Path = Path("."), source: str = "<dic
         for name in names:
             for alpha in alphas:
                 tasks.append(ZooTask(
-                    model=name, alpha=alpha, mode=mode, policy=policy, input_size=str(merged.get("input_size", 224)),
-                    weights=merged.get("weights"), kwargs=dict(kwargs), part=part,
+                    model=name, alpha=alpha, mode=mode, policy=policy, weights=merged.get("weights"),
+                    input_size=None if merged.get("input_size") is None else str(merged["input_size"]),
+                    kwargs=dict(kwargs), part=part,
                 ))  # fmt: skip
     return Manifest(tasks=tuple(dict.fromkeys(tasks)), source=source)  # duplicates run once
 
 
-def manifest_from_cli(models: str, alphas: str, *, policy: str | None = None, input_size: str = "224",
+def manifest_from_cli(models: str, alphas: str, *, policy: str | None = None, input_size: str | None = None,
                       mode: str = "graph") -> Manifest:  # fmt: skip
     """The manifest for ``octswap zoo --models 'resnet*,mobilenet_v2' --alpha 0.25,0.5``."""
     try:
@@ -253,6 +254,7 @@ def manifest_from_cli(models: str, alphas: str, *, policy: str | None = None, in
 def _run_task(task: ZooTask, save_dir: str | None) -> dict[str, Any]:
     """Convert, verify and report one task (inside a worker process)."""
     import octswap
+    from octswap.models import default_input_shape
     from octswap.shapes import parse_input_shape
 
     start = time.perf_counter()
@@ -262,7 +264,7 @@ def _run_task(task: ZooTask, save_dir: str | None) -> dict[str, Any]:
     if task.part:
         target = model.get_submodule(task.part)
     policy = octswap.load_policy(task.policy) if task.policy else octswap.Policy()
-    shape = parse_input_shape(task.input_size)
+    shape = parse_input_shape(task.input_size) if task.input_size is not None else default_input_shape(model)
     converted, plan = octswap.convert(target, policy, alpha=task.alpha, input_shape=shape, mode=task.mode)
     report = octswap.report(target, converted, plan, model_name=task.key, memory=False)
     summary = report.summary()

@@ -100,3 +100,12 @@ def test_zoo_manifests_expand_timm_globs():
     assert "timm:resnet18" in names and "timm:resnet101" in names
     assert not [n for n in names if n.endswith("d") or "clip" in n]
     assert expand_models("timm:efficientnet_b0") == ["timm:efficientnet_b0"]
+
+
+def test_zoo_tasks_probe_timm_models_at_their_own_size():
+    from octswap.zoo import _run_task, manifest_from_dict
+
+    task = manifest_from_dict({"models": ["timm:resnet10t"], "defaults": {"alphas": [0.5]}}).tasks[0]
+    assert task.input_size is None  # the model's own pretrained_cfg size
+    record = _run_task(task, None)
+    assert record["status"] == "ok" and record["convs_converted"] > 0
