@@ -890,11 +890,11 @@ def models(
     from torchvision.models import get_model_builder
 
     from octswap.models import convertible_models
-    from octswap.timm_models import PREFIX, list_timm_models
+    from octswap.timm_models import PREFIX, is_timm_name, list_timm_models
 
     with _errors(debug):
         rows = []
-        if pattern is not None and pattern.startswith(PREFIX):
+        if pattern is not None and is_timm_name(pattern):
             rows = [{"name": name, "task": "timm"} for name in list_timm_models(pattern.removeprefix(PREFIX))]
         else:
             for name in convertible_models():

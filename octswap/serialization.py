@@ -20,7 +20,7 @@ import torch
 
 from octswap.errors import OctswapError, one_line, printable
 
-__all__ = ["load_tensors"]
+__all__ = ["load_tensors", "require_file"]
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
@@ -33,6 +33,16 @@ def _pickled_classes(path: Path) -> list[str]:
         return []
     # The user's own classes first (the model's), torch's building blocks after.
     return sorted(found, key=lambda name: (name.startswith("torch."), name))
+
+
+def require_file(path: Path, *, what: str, error: type[OctswapError]) -> None:
+    """Raise ``error`` unless ``path`` is a non-empty file (missing, a folder, empty: each its own line)."""
+    if not path.exists():
+        raise error(f"{what} not found: {path}")
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise error(f"{what} {path} is empty")
 
 
 def load_tensors(path: str | Path, *, what: str, error: type[OctswapError], instead: str) -> Any:
@@ -54,12 +64,7 @@ def load_tensors(path: str | Path, *, what: str, error: type[OctswapError], inst
         ...                      instead="save model.state_dict()")
     """
     path = Path(path)
-    if not path.exists():
-        raise error(f"{what} not found: {path}")
-    if path.is_dir():
-        raise error(f"{what} {path} is a folder, not a file")
-    if path.stat().st_size == 0:
-        raise error(f"{what} {path} is empty")
+    require_file(path, what=what, error=error)
     try:
         with warnings.catch_warnings():  # torch warns about legacy pickles; the error says it all
             warnings.simplefilter("ignore")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from octswap.errors import ModelLoadError, WeightsError, one_line
-from octswap.serialization import load_tensors
+from octswap.serialization import load_tensors, require_file
 
 __all__ = ["PREFIX", "build_timm_model", "default_input_shape", "is_timm_name", "list_timm_models", "load_timm_weights", "require_timm"]
 
@@ -77,8 +77,7 @@ def load_timm_weights(model: nn.Module, path: str | Path) -> dict[str, torch.Ten
     """
     timm = require_timm()
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}" if not path.exists() else f"weights file {path} is a folder, not a file")
+    require_file(path, what="weights file", error=WeightsError)
     try:
         return timm.models.load_state_dict(str(path), use_ema=True)
     except Exception as err:  # noqa: BLE001 - torch, safetensors and timm raise many types for bad files

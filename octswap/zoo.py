@@ -149,9 +149,9 @@ def expand_models(pattern: str, exclude: Sequence[str] = ()) -> list[str]:
     """
     from torchvision import models
 
-    from octswap.timm_models import PREFIX, list_timm_models
+    from octswap.timm_models import PREFIX, is_timm_name, list_timm_models
 
-    if pattern.startswith(PREFIX) and any(ch in pattern for ch in "*?["):
+    if is_timm_name(pattern) and any(ch in pattern for ch in "*?["):
         names = [n for n in list_timm_models(pattern.removeprefix(PREFIX))
                  if not any(fnmatch.fnmatch(n, x) or fnmatch.fnmatch(n, PREFIX + x) for x in exclude)]  # fmt: skip
         if not names:
