@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run test test-slow zoo-test bench bench-fidelity bench-training venv clean
+.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training venv clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ test-slow: $(STAMP)
 # tested input size (~1 h on 2 cores).
 zoo-test: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_convert.py -k zoo
+
+# One timm model per family (configs/zoo-timm.yaml, ~11 min on 2 cores): the README's table.
+# Resumes where a previous run stopped.
+zoo-timm: $(STAMP)
+	$(BIN)/octswap zoo configs/zoo-timm.yaml --out zoo-timm --jobs 2 --resume > /dev/null; status=$$?; \
+	$(BIN)/python benchmarks/timm_families.py table zoo-timm/results.json && exit $$status
 
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_convert.py

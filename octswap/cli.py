@@ -50,6 +50,7 @@ logger = logging.getLogger("octswap")
 
 
 class Mode(str, Enum):
+    auto = "auto"
     graph = "graph"
     layer = "layer"
 
@@ -68,7 +69,7 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="Stat
 InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", "-s", help="Probe input: N, HxW or CxHxW [default: a timm model's own input size, else 224].")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 ModelArgOpt = Annotated[Optional[list[str]], typer.Option("--model-arg", "-m", help="Builder argument KEY=VALUE (repeatable), e.g. num_classes=10.")]
-ModeOpt = Annotated[Mode, typer.Option("--mode", help="graph: pairs flow between layers (the paper's networks); layer: self-contained blocks, for models fx cannot trace.")]
+ModeOpt = Annotated[Mode, typer.Option("--mode", help="graph: pairs flow between layers (the paper's networks); layer: self-contained blocks, for models fx cannot trace; auto: graph, else layer (one warning says why).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="A policy rule that matches no conv is an error.")]
 LayersOpt = Annotated[bool, typer.Option("--layers/--no-layers", help="Include one row per conv.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -415,7 +416,7 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
-    mode: ModeOpt = Mode.graph,
+    mode: ModeOpt = Mode.auto,
     strict: StrictOpt = False,
     layers: LayersOpt = True,
     optimize: Annotated[bool, typer.Option("--optimize-for-inference", help="Save with BatchNorm folded into the convs, channels-last and packed weights (recorded; load rebuilds it).")] = False,
@@ -483,7 +484,7 @@ def report(
     input_size: InputSizeOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
-    mode: ModeOpt = Mode.graph,
+    mode: ModeOpt = Mode.auto,
     strict: StrictOpt = False,
     layers: LayersOpt = True,
     allow_import: AllowImportOpt = False,
@@ -566,7 +567,7 @@ def plan(
     input_size: InputSizeOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     model_arg: ModelArgOpt = None,
-    mode: ModeOpt = Mode.graph,
+    mode: ModeOpt = Mode.auto,
     strict: StrictOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -582,22 +583,30 @@ def plan(
 
 @app.command()
 def zoo(
-    manifest: Annotated[Optional[Path], typer.Argument(help="Zoo manifest (YAML); or use --models.")] = None,
+    manifest: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[MANIFEST | merge DIR...]",
+        help="Zoo manifest (YAML), or use --models; `merge DIR...` joins the outputs of --shard runs into --out.",
+    )] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for results.json/.csv, summary.md, junit.xml.")] = Path("zoo-results"),
     models: Annotated[Optional[str], typer.Option("--models", help="Without a manifest: names or globs, comma-separated.")] = None,
     alpha: Annotated[str, typer.Option("--alpha", "-a", help="With --models: alphas, comma-separated.")] = "0.25",
     policy: PolicyOpt = None,
     input_size: InputSizeOpt = None,
-    mode: ModeOpt = Mode.graph,
+    mode: ModeOpt = Mode.auto,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 1,
     save: Annotated[bool, typer.Option("--save", help="Also write each converted checkpoint into --out.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip tasks already done with this manifest entry and version.")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds before a task's worker is killed.")] = None,
     max_flops_ratio: Annotated[Optional[float], typer.Option("--max-flops-ratio", help="Fail when a converted model keeps more than this share of FLOPs.")] = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A previous results.json: fail on regressions.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run shard K/N only: every N-th task from the K-th (for CI matrices; join with `zoo merge`).")] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Convert a whole model zoo (each model in its own process) and write CI-friendly results."""
+    """Convert a whole model zoo (each model in its own process) and write CI-friendly results.
+
+    `octswap zoo merge DIR... --out DIR` joins the outputs of `--shard K/N` runs of one
+    manifest into one results.json/csv, summary.md and junit.xml.
+    """
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -605,23 +614,38 @@ def zoo(
     from octswap import zoo as zoo_lib
 
     with _errors(debug):
+        if manifest and manifest[0] == "merge":
+            given = [name for name, value in (("--models", models), ("--shard", shard), ("--resume", resume),
+                                              ("--save", save), ("--timeout", timeout)) if value]  # fmt: skip
+            if given:
+                raise InputError(f"zoo merge joins finished runs: {', '.join(given)} do not apply")
+            _zoo_merge(manifest[1:], out_dir, max_flops_ratio=max_flops_ratio, baseline=baseline)
+            return
+        if manifest is not None and len(manifest) > 1:
+            raise InputError(f"give one manifest file, got {len(manifest)} arguments (to join shards: octswap zoo merge DIR...)")
         if (manifest is None) == (models is None):
             raise InputError("give a manifest file or --models, not both")
         if manifest is not None:
-            spec = zoo_lib.load_manifest(manifest)
+            spec = zoo_lib.load_manifest(Path(manifest[0]))
         else:
             spec = zoo_lib.manifest_from_cli(models or "", alpha, policy=str(policy) if policy else None,
                                              input_size=input_size, mode=mode.value)  # fmt: skip
+        selected = spec.tasks
+        if shard is not None:
+            index, count = zoo_lib.parse_shard(shard)
+            shard = f"{index}/{count}"
+            selected = spec.shard(index, count)
+            err.print(f"shard {shard}: {len(selected)} of {len(spec.tasks)} tasks", highlight=False)
         old = zoo_lib.read_results(baseline) if baseline is not None else None
         done: dict[str, dict[str, Any]] = {}
         if resume and (out_dir / "results.json").is_file():
             for row in zoo_lib.read_results(out_dir / "results.json"):
                 if row.get("status") == "ok" and row.get("octswap_version") == __version__:
                     done[row["entry_hash"]] = row
-        tasks = [t for t in spec.tasks if t.entry_hash not in done]
-        kept = [done[t.entry_hash] for t in spec.tasks if t.entry_hash in done]
+        tasks = [t for t in selected if t.entry_hash not in done]
+        kept = [done[t.entry_hash] for t in selected if t.entry_hash in done]
         if kept:
-            err.print(f"resuming: {len(kept)} of {len(spec.tasks)} tasks already done", highlight=False)
+            err.print(f"resuming: {len(kept)} of {len(selected)} tasks already done", highlight=False)
         save_dir = out_dir / "checkpoints" if save else None
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
@@ -650,20 +674,43 @@ def zoo(
                 records = getattr(interrupt, "records", [])
                 interrupted = True
         by_hash = {r["entry_hash"]: r for r in [*kept, *records]}
-        rows = [by_hash[t.entry_hash] for t in spec.tasks if t.entry_hash in by_hash]
+        rows = [by_hash[t.entry_hash] for t in selected if t.entry_hash in by_hash]
         wall = time.perf_counter() - start
-        paths = zoo_lib.write_results(rows, out_dir, source=spec.source, wall_time_s=round(wall, 1), interrupted=interrupted)
-        out.print(zoo_lib.summary_markdown(rows, wall_time_s=wall, interrupted=interrupted), markup=False,
-                  highlight=False, end="")  # fmt: skip
-        err.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False, markup=False)
-        if interrupted:
-            err.print("octswap: interrupted; results so far were written", highlight=False)
-            raise typer.Exit(130)
-        problems = zoo_lib.check_gates(rows, max_flops_ratio=max_flops_ratio, baseline=old)
-        for problem in problems:
-            err.print(f"octswap: gate: {problem}", highlight=False, markup=False)
-        if problems:
-            raise typer.Exit(1)
+        paths = zoo_lib.write_results(rows, out_dir, source=spec.source, wall_time_s=round(wall, 1), interrupted=interrupted,
+                                      manifest_hash=spec.manifest_hash, task_hashes=spec.task_hashes, shard=shard)  # fmt: skip
+        _zoo_outcome(rows, paths, wall, interrupted=interrupted, max_flops_ratio=max_flops_ratio, baseline=old)
+
+
+def _zoo_merge(folders: list[str], out_dir: Path, *, max_flops_ratio: float | None, baseline: Path | None) -> None:
+    from octswap import zoo as zoo_lib
+
+    resolved = {Path(f).resolve() for f in folders}
+    if out_dir.resolve() in resolved:
+        raise InputError(f"--out {out_dir} is one of the folders to merge; write the merged run elsewhere")
+    old = zoo_lib.read_results(baseline) if baseline is not None else None
+    merged = zoo_lib.merge_results(folders)
+    paths = zoo_lib.write_results(merged.rows, out_dir, source=merged.source, wall_time_s=merged.wall_time_s,
+                                  manifest_hash=merged.manifest_hash, task_hashes=merged.task_hashes)  # fmt: skip
+    err.print(f"merged {len(folders)} folders: {len(merged.rows)} tasks", highlight=False)
+    _zoo_outcome(list(merged.rows), paths, merged.wall_time_s, interrupted=False, max_flops_ratio=max_flops_ratio, baseline=old)
+
+
+def _zoo_outcome(rows: list[dict[str, Any]], paths: dict[str, Path], wall: float | None, *, interrupted: bool,
+                 max_flops_ratio: float | None, baseline: list[dict[str, Any]] | None) -> None:  # fmt: skip
+    """Print the summary and the files written; exit 130 when interrupted, 1 when a gate fails."""
+    from octswap import zoo as zoo_lib
+
+    out.print(zoo_lib.summary_markdown(rows, wall_time_s=wall, interrupted=interrupted), markup=False,
+              highlight=False, end="")  # fmt: skip
+    err.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False, markup=False)
+    if interrupted:
+        err.print("octswap: interrupted; results so far were written", highlight=False)
+        raise typer.Exit(130)
+    problems = zoo_lib.check_gates(rows, max_flops_ratio=max_flops_ratio, baseline=baseline)
+    for problem in problems:
+        err.print(f"octswap: gate: {problem}", highlight=False, markup=False)
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -672,7 +719,7 @@ def bench(
     alpha: AlphaOpt = None,
     policy: PolicyOpt = None,
     input_size: InputSizeOpt = None,
-    mode: ModeOpt = Mode.graph,
+    mode: ModeOpt = Mode.auto,
     model_arg: ModelArgOpt = None,
     batch: BatchOpt = "1,8",
     threads: ThreadsOpt = None,

@@ -10,15 +10,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from octswap.errors import ConversionError
+from octswap.errors import ConversionError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
 from octswap.plan import Plan, example_input, output_signature, policy_plan
 from octswap.policy import Policy
 from octswap.rewrite import apply_plan, rewriter
 
-__all__ = ["convert", "make_plan", "verify"]
+__all__ = ["AUTO", "MODES", "convert", "make_plan", "verify"]
 
 logger = logging.getLogger(__name__)
+
+#: Graph mode where ``torch.fx`` can rewrite the model, else layer mode (with one warning).
+AUTO = "auto"
+#: The modes :func:`convert` and :func:`make_plan` take.
+MODES = (AUTO, "graph", "layer")
+
+
+def _fallback_warning(err: ConversionError) -> str:
+    why = f"it does not trace with torch.fx: {err.detail}" if isinstance(err, UntraceableError) else one_line(err)
+    return f"graph mode cannot convert this model ({why}); converted in layer mode instead"
+
+
+def _with_warning(plan: Plan, warning: str) -> Plan:
+    logger.warning("%s", warning)
+    return replace(plan, warnings=(*plan.warnings, warning))
 
 
 def make_plan(
@@ -26,7 +41,7 @@ def make_plan(
     policy: Policy | None = None,
     *,
     input_shape: tuple[int, int, int] = (3, 224, 224),
-    mode: str = "layer",
+    mode: str = AUTO,
     strict: bool = False,
 ) -> Plan:
     """Probe ``model`` and decide, conv by conv, what the policy converts in ``mode``.
@@ -35,7 +50,10 @@ def make_plan(
         model: Any module containing ``nn.Conv2d`` layers; not modified.
         policy: Defaults to ``Policy()`` (alpha 0.25 with the automatic guards).
         input_shape: ``(C, H, W)`` of one input sample for the shape probe.
-        mode: ``"graph"`` (pairs flow between layers) or ``"layer"`` (self-contained blocks).
+        mode: ``"graph"`` (pairs flow between layers), ``"layer"`` (self-contained blocks)
+            or ``"auto"`` (default): graph mode, else layer mode where graph mode cannot
+            plan the model (it does not trace); the plan's ``mode`` is the one used and
+            its ``warnings`` say why it fell back.
         strict: Make a rule that matches no conv an error instead of a warning.
 
     Example:
@@ -46,7 +64,14 @@ def make_plan(
     Raises:
         InputError: unknown mode, or the model does not run at ``input_shape``.
         PolicyError: with ``strict``, a rule matches no conv.
+        ConversionError: graph mode cannot plan the model (it does not trace).
     """
+    if mode == AUTO:
+        try:
+            return make_plan(model, policy, input_shape=input_shape, mode="graph", strict=strict)
+        except ConversionError as err:
+            plan = make_plan(model, policy, input_shape=input_shape, mode="layer", strict=strict)
+            return _with_warning(plan, _fallback_warning(err))
     refine = rewriter(mode).refine
     plan = policy_plan(model, policy if policy is not None else Policy(), input_shape=input_shape, mode=mode, strict=strict)
     if refine is None:
@@ -61,7 +86,7 @@ def convert(
     *,
     alpha: float | None = None,
     input_shape: tuple[int, int, int] = (3, 224, 224),
-    mode: str = "graph",
+    mode: str = AUTO,
     strict: bool = False,
     inplace: bool = False,
     check: bool = True,
@@ -73,9 +98,12 @@ def convert(
         policy: Which convs, at which alpha; ``Policy()`` by default.
         alpha: Overrides the policy's global alpha (rules keep their own).
         input_shape: ``(C, H, W)`` of one sample, for the shape probe and check.
-        mode: ``"graph"`` (default): pairs flow between layers through an ``fx.GraphModule``,
-            as in the paper's networks; ``"layer"``: each conv becomes a self-contained
-            tensor-in/tensor-out block, for models ``torch.fx`` cannot trace.
+        mode: ``"graph"``: pairs flow between layers through an ``fx.GraphModule``, as
+            in the paper's networks; ``"layer"``: each conv becomes a self-contained
+            tensor-in/tensor-out block, for models ``torch.fx`` cannot trace; ``"auto"``
+            (default): graph mode, and layer mode where graph mode fails to plan, rewrite
+            or pass the check (not retried with ``inplace``). The returned plan's ``mode``
+            is the one used; its ``warnings`` say why it fell back.
         strict: A policy rule that matches no conv is an error.
         inplace: Modify ``model`` itself instead of a deep copy.
         check: Run the converted model once and compare its output shapes.
@@ -97,13 +125,32 @@ def convert(
     policy = policy if policy is not None else Policy()
     if alpha is not None:
         policy = policy.with_alpha(alpha)
+    if mode == AUTO:
+        try:
+            plan = make_plan(model, policy, input_shape=input_shape, mode="graph", strict=strict)
+            return _apply(model, plan, inplace=inplace, check=check), plan
+        except ConversionError as err:
+            if inplace and getattr(err, "stage", None) == "apply":
+                raise  # the model itself may be half rewritten: no second attempt on it
+            converted, plan = convert(model, policy, input_shape=input_shape, mode="layer", strict=strict,
+                                      inplace=inplace, check=check)  # fmt: skip
+            return converted, _with_warning(plan, _fallback_warning(err))
     plan = make_plan(model, policy, input_shape=input_shape, mode=mode, strict=strict)
+    return _apply(model, plan, inplace=inplace, check=check), plan
+
+
+def _apply(model: nn.Module, plan: Plan, *, inplace: bool, check: bool) -> nn.Module:
+    """Apply ``plan`` to ``model`` (or a deep copy) and verify it; errors carry ``stage = "apply"``."""
     target = model if inplace else copy.deepcopy(model)
-    target = apply_plan(target, plan)
-    logger.info("converted %d of %d convs (%s mode)", len(plan.octave_layers), len(plan.layers), mode)
-    if check:
-        verify(target, plan)
-    return target, plan
+    try:
+        target = apply_plan(target, plan)
+        if check:
+            verify(target, plan)
+    except ConversionError as err:
+        err.stage = "apply"  # type: ignore[attr-defined]
+        raise
+    logger.info("converted %d of %d convs (%s mode)", len(plan.octave_layers), len(plan.layers), plan.mode)
+    return target
 
 
 def _finite(value: Any) -> bool:

@@ -14,6 +14,7 @@ __all__ = [
     "OctswapError",
     "OutputExistsError",
     "PolicyError",
+    "UntraceableError",
     "WeightsError",
     "one_line",
     "printable",
@@ -55,6 +56,18 @@ class OutputExistsError(InputError):
 
 class ConversionError(OctswapError):
     """The conversion or its verification failed (exit 1)."""
+
+
+class UntraceableError(ConversionError):
+    """``torch.fx`` cannot trace the model, so graph mode cannot rewrite it (exit 1).
+
+    ``detail`` is fx's own first line, e.g. ``TraceError: symbolically traced variables
+    cannot be used as inputs to control flow``.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the model does not trace with torch.fx ({detail}); use --mode layer or --mode auto")
+        self.detail = detail
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Union
 
 import torch
@@ -93,8 +93,6 @@ def check_geometry(
     strides = _pair_of(stride, "stride")
     if strides not in ((1, 1), (2, 2)):
         raise ValueError(f"stride {strides} is not supported (octave convs need stride 1 or 2)")
-    if padding == "same" and strides != (1, 1):
-        raise ValueError("padding='same' with stride 2 is not supported (as in nn.Conv2d)")
     kernel, dil = _pair_of(kernel_size, "kernel_size"), _pair_of(dilation, "dilation")
     need = []
     for k, d in zip(kernel, dil):
@@ -103,6 +101,8 @@ def check_geometry(
             raise ValueError(f"kernel {kernel} with dilation {dil} has no symmetric 'same' padding")
         need.append(span // 2)
     same = (need[0], need[1])
+    if padding == "same" and strides != (1, 1):
+        raise ValueError("padding='same' with stride 2 is not supported (as in nn.Conv2d)")
     if padding == "same":
         return same
     if padding == "valid":
@@ -113,6 +113,79 @@ def check_geometry(
     if got != same:
         raise ValueError(f"padding {got} does not preserve the map size for kernel {kernel} (needs {same})")
     return same
+
+
+def _standardized(conv: nn.Conv2d, gain: Tensor | None = None) -> Tensor:
+    """Weight standardization as timm's ``StdConv2d``/``ScaledStdConv2d`` compute it in
+    their forward (per output channel over ``in x kh x kw``; Qiao et al. 2019, Brock et
+    al. 2021): the weight their conv actually applies."""
+    weight = conv.weight
+    flat = F.batch_norm(weight.reshape(1, conv.out_channels, -1), None, None, weight=gain,
+                        training=True, momentum=0.0, eps=float(conv.eps))  # type: ignore[arg-type]  # fmt: skip
+    return flat.reshape_as(weight)
+
+
+def _scaled_standardized(conv: nn.Conv2d) -> Tensor:
+    return _standardized(conv, (conv.gain * conv.scale).view(-1))  # type: ignore[operator]
+
+
+#: ``nn.Conv2d`` subclasses whose forward convolves with a function of ``weight``, and that
+#: function: timm's weight-standardized convs (NF-Nets, BiT ResNet-V2, ViT hybrids). An
+#: octave conv made from one starts from the weight the original applies, so the
+#: conversion is exact at alpha 0; the standardization (and ScaledStdConv's ``gain``) is
+#: folded into the octave conv's weights, which healing then trains directly. Named, not
+#: imported: timm is optional.
+REPARAMETRIZED_CONVS: dict[str, Callable[[nn.Conv2d], Tensor]] = {
+    "timm.layers.std_conv.StdConv2d": _standardized,
+    "timm.layers.std_conv.StdConv2dSame": _standardized,
+    "timm.layers.std_conv.ScaledStdConv2d": _scaled_standardized,
+    "timm.layers.std_conv.ScaledStdConv2dSame": _scaled_standardized,
+}
+
+
+def conv_weight(conv: nn.Conv2d) -> Tensor:
+    """The weight ``conv``'s forward applies: ``conv.weight``, or its function for
+    :data:`REPARAMETRIZED_CONVS`."""
+    function = REPARAMETRIZED_CONVS.get(module_type(conv))
+    return conv.weight if function is None else function(conv)
+
+
+#: ``nn.Conv2d`` subclasses whose forward pads its input to TensorFlow's 'same' (output
+#: ``ceil(H / stride)``, the extra pixel at the bottom/right) and then runs the plain conv:
+#: timm's ``Conv2dSame``, which ``create_conv2d(..., padding='same')`` builds for strided
+#: convs and TF-ported models. With an odd (dilated) kernel the padding is symmetric at
+#: stride 1, so an octave conv padded symmetrically computes the same function; at stride
+#: 2 an octave conv pools first and then convolves at stride 1 (as for every strided conv),
+#: landing on the same ``ceil(H / 2)``. Named, not imported: timm is optional.
+#: The weight-standardized 'Same' variants do so only when built with dynamic padding
+#: (their ``same_pad`` flag); otherwise their ``padding`` is static.
+SAME_PADDING_CONVS = frozenset({
+    "timm.layers.conv2d_same.Conv2dSame",
+    "timm.layers.std_conv.StdConv2dSame",
+    "timm.layers.std_conv.ScaledStdConv2dSame",
+})
+
+#: Every conv class octave convs can stand in for: ``nn.Conv2d`` and the subclasses above.
+#: Any other subclass's forward would be lost, so it stays plain.
+CONVERTIBLE_CONVS = frozenset({"torch.nn.modules.conv.Conv2d", *SAME_PADDING_CONVS, *REPARAMETRIZED_CONVS})
+
+
+def module_type(module: nn.Module) -> str:
+    """The qualified class name, e.g. ``torch.nn.modules.conv.Conv2d``."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def conv_padding(conv: nn.Conv2d) -> str | tuple[int, ...]:
+    """The padding an octave conv needs to compute ``conv``'s map sizes.
+
+    ``conv.padding``, except for the dynamic 'same' padding of :data:`SAME_PADDING_CONVS`:
+    the symmetric ``dilation * (kernel - 1) / 2`` where that is whole, else ``"same"``
+    (which :func:`check_geometry` refuses with its reason).
+    """
+    if module_type(conv) not in SAME_PADDING_CONVS or not getattr(conv, "same_pad", True):
+        return conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    spans = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation)]
+    return tuple(span // 2 for span in spans) if not any(span % 2 for span in spans) else "same"
 
 
 def downsample(x: Tensor) -> Tensor:
@@ -312,7 +385,7 @@ class OctaveConv2d(nn.Module):
             raise TypeError(f"expected nn.Conv2d, got {type(conv).__name__}")
         octave = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size,
-            alpha_in=alpha_in, alpha_out=alpha_out, stride=conv.stride, padding=conv.padding,
+            alpha_in=alpha_in, alpha_out=alpha_out, stride=conv.stride, padding=conv_padding(conv),
             dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
             padding_mode=conv.padding_mode, in_low=in_low, out_low=out_low,
             device=conv.weight.device, dtype=conv.weight.dtype,
@@ -323,7 +396,7 @@ class OctaveConv2d(nn.Module):
     @torch.no_grad()
     def load_from_conv(self, conv: nn.Conv2d, *, in_order: Sequence[int] | None = None) -> None:
         """Copy a plain conv's weights into the four paths (exact slices)."""
-        weight, bias = conv.weight, conv.bias
+        weight, bias = conv_weight(conv), conv.bias
         if in_order is not None:
             if self.groups > 1:
                 raise ValueError("a reordered input needs groups=1")

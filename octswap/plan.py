@@ -19,7 +19,7 @@ from torch import nn
 
 from octswap.errors import InputError, PolicyError
 from octswap.eval_mode import eval_mode
-from octswap.octave import check_geometry, low_channels
+from octswap.octave import CONVERTIBLE_CONVS, check_geometry, conv_padding, low_channels, module_type
 from octswap.policy import Policy
 
 __all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "policy_plan", "probe"]
@@ -175,9 +175,9 @@ def example_input(input_shape: tuple[int, int, int], *, batch: int = 1) -> torch
 
 
 def _site(name: str, conv: nn.Conv2d) -> ConvSite:
-    padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+    padding = conv_padding(conv)
     return ConvSite(
-        name=name, module_type=f"{type(conv).__module__}.{type(conv).__qualname__}",
+        name=name, module_type=module_type(conv),
         in_channels=conv.in_channels, out_channels=conv.out_channels,
         kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), padding=padding,  # type: ignore[arg-type]
         dilation=tuple(conv.dilation), groups=conv.groups, bias=conv.bias is not None,  # type: ignore[arg-type]
@@ -243,7 +243,7 @@ def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
     def keep(reason: str, a_in: float = 0.0, a_out: float = 0.0, *, accepts_pair: bool = False) -> LayerDecision:
         return LayerDecision(site.name, "keep", a_in, a_out, 0, 0, reason, site, accepts_pair)
 
-    if site.module_type != "torch.nn.modules.conv.Conv2d":
+    if site.module_type not in CONVERTIBLE_CONVS:
         return keep(f"custom Conv2d subclass {site.module_type} (its forward would be lost)")
     if site.calls == 0:
         return keep("not run by the probe (unused in eval mode)")

@@ -13,7 +13,7 @@ Manifest::
       alphas: [0.25, 0.5]
       policy: configs/default.yaml     # relative to the manifest's folder
       input_size: 224                  # N, HxW or CxHxW
-      mode: graph
+      mode: auto                       # auto (graph, else layer), graph or layer
     models:
       - resnet*                        # a name or glob (torchvision classification models)
       - name: mobilenet_v*
@@ -52,14 +52,18 @@ from xml.sax.saxutils import escape, quoteattr
 import yaml
 
 from octswap import __version__
+from octswap.conversion import AUTO, MODES
 from octswap.errors import InputError, one_line
 
 __all__ = [
     "Manifest",
+    "MergedRun",
     "ZooTask",
     "check_gates",
     "load_manifest",
     "manifest_from_cli",
+    "merge_results",
+    "parse_shard",
     "run_zoo",
     "write_results",
 ]
@@ -69,7 +73,7 @@ logger = logging.getLogger(__name__)
 _ENTRY_KEYS = ("name", "exclude", "alphas", "policy", "input_size", "mode", "weights", "kwargs", "part")
 _DEFAULT_KEYS = ("alphas", "policy", "input_size", "mode", "weights")
 RESULT_FIELDS = (
-    "model", "alpha", "mode", "part", "status", "flops_before", "flops_after", "flops_ratio",
+    "model", "alpha", "mode", "mode_used", "part", "status", "flops_before", "flops_after", "flops_ratio",
     "core_flops_before", "core_flops_after", "params_before", "params_after", "convs_converted",
     "convs_kept", "wall_time_s", "error", "checkpoint", "entry_hash", "octswap_version",
 )  # fmt: skip
@@ -81,7 +85,7 @@ class ZooTask:
 
     model: str
     alpha: float
-    mode: str = "graph"
+    mode: str = "auto"
     policy: str | None = None
     input_size: str | None = None  # None: the model's own (timm's pretrained_cfg), else 224
     weights: str | None = None
@@ -96,8 +100,13 @@ class ZooTask:
     def entry_hash(self) -> str:
         """Changes when anything that decides this task's result changes (policy file included)."""
         data = dataclasses.asdict(self)
+        # Files by name and content, not by absolute path: shards on other machines, in
+        # other checkouts, hash the same task alike.
         if self.policy and Path(self.policy).is_file():
+            data["policy"] = Path(self.policy).name
             data["policy_text"] = Path(self.policy).read_text(encoding="utf-8")
+        if self.weights and Path(self.weights).is_file():
+            data["weights"] = f"{Path(self.weights).name} ({Path(self.weights).stat().st_size} bytes)"
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -106,6 +115,43 @@ class ZooTask:
 class Manifest:
     tasks: tuple[ZooTask, ...]
     source: str = "<cli>"
+
+    @property
+    def task_hashes(self) -> tuple[str, ...]:
+        """Every task's :attr:`ZooTask.entry_hash`, in manifest order."""
+        return tuple(t.entry_hash for t in self.tasks)
+
+    @property
+    def manifest_hash(self) -> str:
+        """Identifies the expanded task list (globs resolved): equal on every shard of one run."""
+        return hashlib.sha256("\n".join(self.task_hashes).encode()).hexdigest()[:16]
+
+    def shard(self, index: int, count: int) -> tuple[ZooTask, ...]:
+        """Shard ``index`` of ``count`` (1-based): every ``count``-th task from the ``index``-th.
+
+        Deterministic: it depends only on the expanded task list, which every machine with
+        the same manifest, model registries and octswap version builds alike. Interleaving
+        spreads a glob's big and small models over the shards.
+
+        Example:
+            >>> Manifest(tuple(ZooTask(f"m{i}", 0.5) for i in range(5))).shard(2, 2)  # doctest: +ELLIPSIS
+            (ZooTask(model='m1', ...), ZooTask(model='m3', ...))
+        """
+        if not 1 <= index <= count:
+            raise InputError(f"shard {index}/{count}: expected 1 <= K <= N")
+        return self.tasks[index - 1 :: count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` as ``(K, N)``, 1-based.
+
+    Raises:
+        InputError: not of the form K/N with 1 <= K <= N.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None or not 1 <= int(match[1]) <= int(match[2]):
+        raise InputError(f"--shard: expected K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 # ------------------------------------------------------------------ manifests
@@ -211,9 +257,9 @@ def manifest_from_dict(data: Any, *, base: Path = Path("."), source: str = "<dic
             policy = str((base / policy) if not Path(policy).is_absolute() else Path(policy))
             if not Path(policy).is_file():
                 raise _fail(where, f"policy file not found: {policy}")
-        mode = merged.get("mode", "graph")
-        if mode not in ("graph", "layer"):
-            raise _fail(where, f"mode must be 'graph' or 'layer', got {mode!r}")
+        mode = merged.get("mode", AUTO)
+        if mode not in MODES:
+            raise _fail(where, f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         kwargs = merged.get("kwargs") or {}
         if not isinstance(kwargs, Mapping):
             raise _fail(where, "kwargs must be a mapping")
@@ -236,7 +282,7 @@ def manifest_from_dict(data: Any, *, base: Path = Path("."), source: str = "<dic
 
 
 def manifest_from_cli(models: str, alphas: str, *, policy: str | None = None, input_size: str | None = None,
-                      mode: str = "graph") -> Manifest:  # fmt: skip
+                      mode: str = AUTO) -> Manifest:  # fmt: skip
     """The manifest for ``octswap zoo --models 'resnet*,mobilenet_v2' --alpha 0.25,0.5``."""
     try:
         alpha_values = [float(a) for a in alphas.split(",") if a.strip()]
@@ -275,6 +321,7 @@ def _run_task(task: ZooTask, save_dir: str | None) -> dict[str, Any]:
         core_flops_before=summary["core_flops_before"], core_flops_after=summary["core_flops_after"],
         params_before=summary["params_before"], params_after=summary["params_after"],
         convs_converted=summary["convs_converted"], convs_kept=summary["convs_kept"],
+        mode_used=plan.mode,
     )  # fmt: skip
     if save_dir is not None and not task.part:
         path = Path(save_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task.model)}-oct{task.alpha:g}-{task.mode}.pt"
@@ -399,8 +446,15 @@ def _death(exitcode: int | None) -> str:
 
 # ------------------------------------------------------------------- outputs
 def write_results(records: Sequence[Mapping[str, Any]], out: str | Path, *, source: str = "",
-                  wall_time_s: float | None = None, interrupted: bool = False) -> dict[str, Path]:  # fmt: skip
-    """Write results.json, results.csv, summary.md and junit.xml (each atomically)."""
+                  wall_time_s: float | None = None, interrupted: bool = False,
+                  manifest_hash: str | None = None, task_hashes: Sequence[str] | None = None,
+                  shard: str | None = None) -> dict[str, Path]:  # fmt: skip
+    """Write results.json, results.csv, summary.md and junit.xml (each atomically).
+
+    results.json also records ``manifest_hash`` and ``task_hashes`` (every task of the
+    manifest, in order, not only this ``shard``'s: see :class:`Manifest`), which
+    :func:`merge_results` checks and orders by.
+    """
     from octswap.checkpoint import atomic_write
 
     out = Path(out)
@@ -409,10 +463,13 @@ def write_results(records: Sequence[Mapping[str, Any]], out: str | Path, *, sour
     payload = {
         "octswap_version": __version__,
         "manifest": source,
+        "manifest_hash": manifest_hash,
+        "shard": shard,
         "wall_time_s": wall_time_s,
         "interrupted": interrupted,
         "counts": _counts(rows),
         "results": rows,
+        "task_hashes": list(task_hashes) if task_hashes is not None else None,
     }
     files = {
         "results.json": json.dumps(payload, indent=2) + "\n",
@@ -462,7 +519,8 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], *, wall_time_s: float | 
         convs = f"{r['convs_converted']}/{r['convs_kept']}" if r.get("convs_converted") is not None else ""
         wall = f"{r['wall_time_s']:.1f}" if r.get("wall_time_s") is not None else ""
         error = (r.get("error") or "").replace("|", "/")
-        lines.append(f"| {name} | {r['alpha']:g} | {r['mode']} | {r['status']} | {flops[0]} | {flops[1]} | {ratio} | "
+        mode = r["mode"] if r.get("mode_used") in (None, r["mode"]) else f"{r['mode']} ({r['mode_used']})"
+        lines.append(f"| {name} | {r['alpha']:g} | {mode} | {r['status']} | {flops[0]} | {flops[1]} | {ratio} | "
                      f"{params} | {convs} | {wall} | {error} |")  # fmt: skip
     lines.append("")
     lines.append("FLOPs are multiply-adds (fvcore's convention), batch size 1.")
@@ -523,11 +581,88 @@ def check_gates(rows: Sequence[Mapping[str, Any]], *, max_flops_ratio: float | N
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """The records of a results.json (for --baseline and --resume)."""
+    return list(_read_run(path)["results"])
+
+
+def _read_run(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return list(data["results"])
+        if not isinstance(data, dict) or not isinstance(data["results"], list):
+            raise TypeError("no list of results")
+        return data
     except FileNotFoundError:
         raise InputError(f"results file not found: {path}") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise InputError(f"{path} is not an octswap zoo results.json: {err}") from None
+
+
+#: Fields that may differ between two runs of one task with the same outcome.
+_RUN_FIELDS = frozenset({"wall_time_s", "checkpoint"})
+
+
+@dataclass(frozen=True)
+class MergedRun:
+    """Shard outputs joined by :func:`merge_results`, in manifest order."""
+
+    rows: tuple[dict[str, Any], ...]
+    source: str
+    manifest_hash: str
+    task_hashes: tuple[str, ...]
+    #: The slowest shard's wall time: the run's wall time when shards ran in parallel.
+    wall_time_s: float | None
+
+
+def merge_results(folders: Sequence[str | Path]) -> MergedRun:
+    """Join the results.json of several ``octswap zoo --shard K/N`` runs into one run.
+
+    Every folder must hold a results.json of the same expanded manifest (``manifest_hash``)
+    written by this octswap version. A task in two folders must have the same outcome
+    (every field but wall time and checkpoint path). Every task of the manifest must
+    have a record: a missing shard or an interrupted one is an error, not a smaller table.
+
+    Example:
+        >>> merged = merge_results(["shard-1", "shard-2"])  # doctest: +SKIP
+        >>> write_results(merged.rows, "zoo-results", source=merged.source)  # doctest: +SKIP
+
+    Raises:
+        InputError: no folders, a folder without results.json, different manifests or
+            versions, conflicting outcomes for a task, or tasks without a record.
+    """
+    if not folders:
+        raise InputError("zoo merge: give the shard folders to join")
+    runs = []
+    for folder in folders:
+        path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
+        run = _read_run(path)
+        if not run.get("manifest_hash") or not isinstance(run.get("task_hashes"), list):
+            raise InputError(f"{path} does not record its manifest (written by an older octswap?); run it again")
+        if run.get("octswap_version") != __version__:
+            raise InputError(f"{path} was written by octswap {run.get('octswap_version')}, this is {__version__}")
+        runs.append((path, run))
+    first_path, first = runs[0]
+    for path, run in runs[1:]:
+        if run["manifest_hash"] != first["manifest_hash"]:
+            raise InputError(f"{path} ran a different manifest ({run.get('manifest')}, {run['manifest_hash']}) "
+                             f"than {first_path} ({first.get('manifest')}, {first['manifest_hash']})")  # fmt: skip
+    records: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path, run in runs:
+        for row in run["results"]:
+            seen = records.get(row.get("entry_hash"))
+            if seen is None:
+                records[row.get("entry_hash")] = (path, row)
+                continue
+            differ = sorted(k for k in set(row) | set(seen[1]) if k not in _RUN_FIELDS and row.get(k) != seen[1].get(k))
+            if differ:
+                key = f"{row.get('model')}@{row.get('alpha')}"
+                raise InputError(f"{key} has different outcomes in {seen[0]} and {path} ({', '.join(differ)})")
+    order = tuple(first["task_hashes"])
+    missing = [h for h in order if h not in records]
+    if missing:
+        shards = sorted({str(run.get("shard")) for _, run in runs})
+        raise InputError(f"{len(missing)} of {len(order)} tasks have no record in these folders "
+                         f"(shards given: {', '.join(shards)}; a shard missing or interrupted?)")  # fmt: skip
+    walls = [run["wall_time_s"] for _, run in runs if isinstance(run.get("wall_time_s"), (int, float))]
+    return MergedRun(rows=tuple(records[h][1] for h in order), source=str(first.get("manifest") or ""),
+                     manifest_hash=first["manifest_hash"], task_hashes=order,
+                     wall_time_s=max(walls) if walls else None)  # fmt: skip

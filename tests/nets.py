@@ -41,6 +41,20 @@ def tiny_resnet(num_classes: int = 10) -> TinyResNet:
     return TinyResNet(num_classes)
 
 
+class Gated(TinyResNet):
+    """TinyResNet whose forward branches on the data: ``torch.fx`` cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(torch.relu(self.stem(x))))
+        if x.mean() > 1e6:  # data-dependent control flow
+            x = x * 0
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def gated(num_classes: int = 10) -> Gated:
+    return Gated(num_classes)
+
+
 def dies_on_build() -> nn.Module:
     """A factory whose process is killed while building (a crash or OOM kill, in tests)."""
     import os

@@ -469,3 +469,40 @@ def test_tied_parameters_are_kept_and_stay_tied(mode):
         x = torch.randn(1, 3, 9, 7)
         with torch.no_grad():
             assert converted(x).shape == net(x).shape
+
+
+class InPlace(nn.Module):
+    """A pair mutated in place (``mul_``) and read again afterwards."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.inplace = inplace
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.inplace:
+            y.mul_(2.0)  # per branch
+        else:
+            y = y * 2.0
+        z = self.b(y)
+        if self.inplace:
+            y.clamp_(-0.5, 0.5)  # no per-branch handler: it runs behind a merge
+        else:
+            y = y.clamp(-0.5, 0.5)
+        return z + y
+
+
+def test_in_place_ops_on_pairs_keep_their_effect():
+    """Graph mode makes in-place ops out-of-place and points later readers at the result:
+    the in-place net converts to exactly what its out-of-place twin converts to."""
+    mutating, twin = InPlace(True).eval(), InPlace(False).eval()
+    twin.load_state_dict(mutating.state_dict())
+    policy = Policy(alpha=0.5, min_channels=0, min_feature_size=0)
+    got, plan = convert(mutating, policy, (8, 8, 8))
+    want, _ = convert(twin, policy, (8, 8, 8))
+    assert {d.name for d in plan.octave_layers} == {"a", "b"}
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), want(x))
+        torch.testing.assert_close(convert(mutating, Policy(alpha=0.0), (8, 8, 8))[0](x), mutating(x.clone()))

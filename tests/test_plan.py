@@ -7,9 +7,14 @@ import torch
 from torch import nn
 
 from octswap.errors import InputError, PolicyError
-from octswap.conversion import make_plan
+from octswap.conversion import make_plan as _make_plan
 from octswap.plan import Plan
 from octswap.policy import Policy, Rule
+
+
+def make_plan(model, policy=None, **options):
+    """The policy's own decisions, conv by conv (layer mode: no graph refinement)."""
+    return _make_plan(model, policy, **{"mode": "layer", **options})
 
 
 def decisions(plan: Plan) -> dict[str, tuple[str, str]]:

@@ -12,7 +12,17 @@ from typer.testing import CliRunner
 
 from octswap.cli import app
 from octswap.errors import InputError
-from octswap.zoo import RESULT_FIELDS, check_gates, expand_models, load_manifest, manifest_from_dict
+from octswap.zoo import (
+    RESULT_FIELDS,
+    Manifest,
+    ZooTask,
+    check_gates,
+    expand_models,
+    load_manifest,
+    manifest_from_dict,
+    merge_results,
+    parse_shard,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -24,7 +34,8 @@ def run(*args):
 def check_outputs(out: Path, expected: int) -> dict:
     """Every output file exists and has the documented shape; returns results.json."""
     data = json.loads((out / "results.json").read_text())
-    assert set(data) == {"octswap_version", "manifest", "wall_time_s", "interrupted", "counts", "results"}
+    assert set(data) == {"octswap_version", "manifest", "manifest_hash", "shard", "wall_time_s", "interrupted",
+                         "counts", "results", "task_hashes"}
     assert len(data["results"]) == expected
     for row in data["results"]:
         assert set(row) == set(RESULT_FIELDS)
@@ -65,7 +76,7 @@ def test_expand_models_globs_and_excludes():
         ({"models": [{"name": "resnet18", "polcy": "x.yaml"}]}, "unknown key 'polcy' (did you mean 'policy'?)"),
         ({"models": [{"name": "resnet18", "policy": "missing.yaml"}]}, "policy file not found"),
         ({"models": ["nosuchnet*"]}, "no torchvision classification model matches"),
-        ({"models": [{"name": "resnet18", "mode": "fast"}]}, "mode must be 'graph' or 'layer'"),
+        ({"models": [{"name": "resnet18", "mode": "fast"}]}, "mode must be one of 'auto', 'graph', 'layer', got 'fast'"),
         ({"defaults": {"alpha": 0.5}, "models": ["resnet18"]}, "unknown key 'alpha' (did you mean 'alphas'?)"),
     ],
 )
@@ -179,3 +190,105 @@ def test_ctrl_c_writes_the_results_so_far(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["interrupted"] is True
     assert [(r["model"], r["status"]) for r in data["results"]] == [("tests.nets:tiny_resnet", "ok")]
+
+
+# -------------------------------------------------------------------- shards
+def test_shards_partition_the_tasks_deterministically():
+    tasks = tuple(ZooTask(f"m{i}", 0.25 * (i % 2)) for i in range(7))
+    manifest = Manifest(tasks)
+    shards = [manifest.shard(k, 3) for k in (1, 2, 3)]
+    assert sorted(t.model for s in shards for t in s) == sorted(t.model for t in tasks)  # each task exactly once
+    assert [len(s) for s in shards] == [3, 2, 2]
+    assert Manifest(tuple(tasks)).shard(2, 3) == shards[1]  # same list, same shard
+    assert Manifest(tuple(tasks)).manifest_hash == manifest.manifest_hash
+    assert Manifest(tasks[:-1]).manifest_hash != manifest.manifest_hash
+    assert parse_shard("2/4") == (2, 4) and parse_shard(" 1 / 1 ") == (1, 1)
+    for bad in ("0/2", "3/2", "1", "a/b", "1/0", "-1/2"):
+        with pytest.raises(InputError, match="K/N"):
+            parse_shard(bad)
+
+
+def test_entry_hash_does_not_depend_on_where_the_checkout_is(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "p.yaml").write_text("alpha: 0.5\n")
+    here, there = (ZooTask("resnet18", 0.5, policy=str(tmp_path / f / "p.yaml")) for f in ("a", "b"))
+    assert here.entry_hash == there.entry_hash
+    (tmp_path / "b" / "p.yaml").write_text("alpha: 0.25\n")
+    assert here.entry_hash != there.entry_hash
+
+
+def _stable(rows):
+    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "checkpoint")} for r in rows]
+
+
+def test_shards_merged_equal_one_run(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "defaults: {input_size: 3x16x16}\n"
+        "models:\n"
+        "  - {name: 'tests.nets:tiny_resnet', alphas: [0.125, 0.25, 0.5]}\n"
+        "  - {name: 'tests.nets:broken'}\n"
+        "  - {name: 'tests.nets:gated', alphas: [0.5]}\n"
+    )
+    whole = run("zoo", manifest, "--out", tmp_path / "whole", "--jobs", "2")
+    assert whole.exit_code == 1  # broken fails
+    one = run("zoo", manifest, "--out", tmp_path / "s1", "--shard", "1/2", "--jobs", "2")
+    two = run("zoo", manifest, "--out", tmp_path / "s2", "--shard", "2/2")
+    assert "shard 1/2: 3 of 5 tasks" in one.stderr and "shard 2/2: 2 of 5 tasks" in two.stderr
+    assert check_outputs(tmp_path / "s1", 3)["shard"] == "1/2"
+    merged = run("zoo", "merge", tmp_path / "s2", tmp_path / "s1", "--out", tmp_path / "merged")
+    assert merged.exit_code == 1, merged.output  # the failed task still fails the merged run
+    assert "gate: tests.nets:broken@0.25: failed" in merged.stderr
+    expected, got = check_outputs(tmp_path / "whole", 5), check_outputs(tmp_path / "merged", 5)
+    assert _stable(got["results"]) == _stable(expected["results"])  # same records, manifest order
+    assert got["counts"] == expected["counts"] and got["manifest_hash"] == expected["manifest_hash"]
+    by_model = {r["model"]: r for r in got["results"]}
+    assert by_model["tests.nets:gated"]["mode"] == "auto" and by_model["tests.nets:gated"]["mode_used"] == "layer"
+    assert by_model["tests.nets:tiny_resnet"]["mode_used"] == "graph"
+    assert "auto (layer)" in (tmp_path / "merged" / "summary.md").read_text()
+
+    # A missing shard is an error, not a smaller table; so are conflicts and other manifests.
+    missing = run("zoo", "merge", tmp_path / "s1", "--out", tmp_path / "m2")
+    assert missing.exit_code == 2 and "2 of 5 tasks have no record" in missing.stderr
+    assert not (tmp_path / "m2").exists()
+    forged = json.loads((tmp_path / "s2" / "results.json").read_text())
+    forged["results"][0]["convs_converted"] += 1
+    (tmp_path / "forged").mkdir()
+    (tmp_path / "forged" / "results.json").write_text(json.dumps(forged))
+    conflict = run("zoo", "merge", tmp_path / "s1", tmp_path / "s2", tmp_path / "forged", "--out", tmp_path / "m3")
+    assert conflict.exit_code == 2 and "has different outcomes" in conflict.stderr and "convs_converted" in conflict.stderr
+    other = tmp_path / "other.yaml"
+    other.write_text("defaults: {input_size: 3x16x16}\nmodels: ['tests.nets:tiny_resnet']\n")
+    assert run("zoo", other, "--out", tmp_path / "o", "--shard", "1/1").exit_code == 0
+    mixed = run("zoo", "merge", tmp_path / "s1", tmp_path / "o", "--out", tmp_path / "m4")
+    assert mixed.exit_code == 2 and "ran a different manifest" in mixed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["zoo", "merge", "--out", "x"], "give the shard folders"),
+        (["zoo", "merge", "nowhere", "--out", "x"], "results file not found"),
+        (["zoo", "merge", "a", "--shard", "1/2"], "--shard do not apply"),
+        (["zoo", "a.yaml", "b.yaml"], "give one manifest file"),
+        (["zoo", "--models", "tests.nets:tiny_resnet", "--shard", "3/2"], "expected K/N"),
+    ],
+)
+def test_shard_and_merge_usage_errors(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run(*args)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert "Traceback" not in result.output
+
+
+def test_merge_refuses_its_own_input_as_output(tmp_path):
+    (tmp_path / "s").mkdir()
+    result = run("zoo", "merge", tmp_path / "s", "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "is one of the folders to merge" in result.stderr
+
+
+def test_merge_results_of_an_older_run_says_so(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"octswap_version": "0.1.0", "results": []}))
+    with pytest.raises(InputError, match="does not record its manifest"):
+        merge_results([tmp_path])

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from octswap.errors import ConversionError
+from octswap.errors import ConversionError, UntraceableError, one_line
+from octswap.eval_mode import eval_mode
 from octswap.plan import LayerDecision, Plan, example_input
 from octswap.rewrite.graph import handlers  # noqa: F401 - registers the handlers
 from octswap.rewrite.graph.passes import GraphPass, Target
@@ -26,11 +28,48 @@ def _targets(decisions: Sequence[LayerDecision]) -> dict[str, Target]:
     }
 
 
-def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule:
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a model output (nested tuples, lists, dicts), in order."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, int, int], *, compare: bool = False) -> fx.GraphModule:
+    """The traced graph with shapes propagated; with ``compare``, checked to compute what the
+    model computes at the probe input (a trace can freeze Python that depends on values)."""
     gm = trace(model)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example_input(input_shape))
+    x = example_input(input_shape)
+    try:
+        # The graph shares the model's submodules: eval mode for both (BatchNorm running
+        # statistics are neither used nor updated).
+        with eval_mode(model), eval_mode(gm), torch.no_grad():
+            traced = ShapeProp(gm).propagate(x)
+    except Exception as err:  # noqa: BLE001 - the trace froze shape-dependent Python the probe contradicts
+        raise UntraceableError(f"the traced graph fails at the probe input: {type(err).__name__}: {one_line(err)}") from err
+    if compare:
+        with eval_mode(model), torch.no_grad():
+            eager = model(x)
+        for got, want in zip(_tensors(traced), _tensors(eager)):
+            if isinstance(want, torch.Tensor) and want.is_floating_point():
+                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+                    raise UntraceableError("the traced graph computes something else than the model at the probe input")
     return gm
+
+
+def _unreached(name: str, gm: fx.GraphModule) -> str:
+    """Why the traced graph never calls conv ``name``: most often it sits inside a leaf module."""
+    modules = dict(gm.named_modules())
+    leaves = [str(n.target) for n in gm.graph.nodes if n.op == "call_module" and name.startswith(f"{n.target}.")]
+    if not leaves:
+        return "not reached by the traced graph"
+    leaf = max(leaves, key=len)
+    return f"inside {leaf} ({type(modules[leaf]).__name__}), a module torch.fx does not trace into (timm's leaf modules)"
 
 
 def plan_graph(
@@ -41,7 +80,7 @@ def plan_graph(
     A conv whose octave output would only be merged again (no octave conv consumes it)
     stays plain; the pass repeats until no such conv is left.
     """
-    gm = _traced_with_shapes(model, input_shape)
+    gm = _traced_with_shapes(model, input_shape, compare=True)
     targets = _targets(decisions)
     islands: dict[str, str] = {}
     for _ in range(len(decisions) + 1):
@@ -58,7 +97,7 @@ def plan_graph(
     for d in decisions:
         outcome = p.outcomes.get(d.name)
         if outcome is None:
-            why = d.reason if d.action == "keep" else "not reached by the traced graph"
+            why = d.reason if d.action == "keep" else _unreached(d.name, gm)
             final.append(replace(d, action="keep", alpha_in=0.0, alpha_out=0.0, in_low=0, out_low=0, reason=why))
             continue
         in_low, out_low = outcome.in_low, outcome.out_low

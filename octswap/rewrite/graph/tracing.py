@@ -3,7 +3,13 @@
 timm keeps a registry of modules fx must not trace into (leaf modules) and functions it
 must record as single calls (autowrapped), for layers whose Python depends on shapes;
 its feature extraction traces with them (``timm.layers._fx``). octswap traces the same
-way, so timm models that timm itself can trace convert here too.
+way, so timm models that timm itself can trace convert here too -- except that a leaf
+module holding convs is traced into when it traces on its own (timm lists whole blocks,
+such as NF-Net's ``NormFreeBlock``, whose convs would otherwise be out of reach).
+
+In-place ops are made out-of-place after tracing (:func:`functionalize_inplace`): graph
+mode rewrites values into (high, low) pairs, and a mutation of a tensor that later
+nodes read would otherwise be applied to a copy and lost.
 """
 
 from __future__ import annotations
@@ -13,24 +19,92 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import fx, nn
 
-from octswap.errors import ConversionError, one_line
+from octswap.errors import UntraceableError, one_line
 from octswap.eval_mode import eval_mode
 
-__all__ = ["Tracer", "trace"]
+__all__ = ["Tracer", "functionalize_inplace", "trace"]
 
 
 class Tracer(fx.Tracer):
-    """``fx.Tracer`` that also treats ``leaf_types`` as leaves (not traced into)."""
+    """``fx.Tracer`` that also treats ``leaf_types`` and every ``nn.Conv2d`` subclass as
+    leaves (not traced into): a conv stays one node whatever its forward does (timm's
+    ``Conv2dSame`` pads first, weight-standardized convs rescale their weight). Module
+    instances in ``trace_into`` (by ``id``) are traced into although their type is a leaf."""
 
     def __init__(self, *, leaf_types: frozenset[type[nn.Module]] = frozenset(),
-                 autowrap_functions: tuple[Callable[..., Any], ...] = ()) -> None:  # fmt: skip
+                 autowrap_functions: tuple[Callable[..., Any], ...] = (),
+                 trace_into: frozenset[int] = frozenset()) -> None:  # fmt: skip
         super().__init__(autowrap_functions=autowrap_functions)
         self.leaf_types = leaf_types
+        self.trace_into = trace_into
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return type(m) in self.leaf_types or super().is_leaf_module(m, module_qualified_name)
+        if id(m) in self.trace_into:
+            return False
+        return (type(m) in self.leaf_types or isinstance(m, nn.Conv2d)
+                or super().is_leaf_module(m, module_qualified_name))  # fmt: skip
+
+
+def _traces_alone(module: nn.Module, leaves: frozenset[type[nn.Module]], functions: tuple[Callable[..., Any], ...]) -> bool:
+    try:
+        Tracer(leaf_types=leaves, autowrap_functions=functions).trace(copy.copy(module))
+    except Exception:  # noqa: BLE001 - any failure: it stays a leaf
+        return False
+    return True
+
+
+def _leaves_to_trace_into(root: nn.Module, leaves: frozenset[type[nn.Module]],
+                          functions: tuple[Callable[..., Any], ...]) -> frozenset[int]:  # fmt: skip
+    """Leaf-typed modules of ``root`` that hold a conv and trace on their own (by ``id``)."""
+    found = set()
+    for module in root.modules():
+        if module is root or type(module) not in leaves or isinstance(module, nn.Conv2d):
+            continue
+        if any(isinstance(m, nn.Conv2d) for m in module.modules()) and _traces_alone(module, leaves, functions):
+            found.add(id(module))
+    return frozenset(found)
+
+
+def _out_of_place_method(name: str) -> str | None:
+    """``mul`` for ``mul_``: PyTorch's convention, ``x.f_(...)`` is ``x = x.f(...)``."""
+    if not name.endswith("_") or name.startswith("_") or name.endswith("__"):
+        return None
+    plain = name[:-1]
+    return plain if hasattr(torch.Tensor, name) and callable(getattr(torch.Tensor, plain, None)) else None
+
+
+def functionalize_inplace(gm: fx.GraphModule) -> fx.GraphModule:
+    """Make in-place ops out-of-place and point later readers of the mutated tensor at the result.
+
+    ``y = x.mul_(g)`` becomes ``y = x.mul(g)``, ``F.relu(x, inplace=True)`` becomes
+    ``F.relu(x)``, and every node after it that read ``x`` reads ``y`` -- what eager
+    execution computes. Modules with ``inplace=True`` (``nn.ReLU(inplace=True)``) keep
+    running in place, but later readers of their input read their output too.
+    """
+    graph = gm.graph
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    modules = dict(gm.named_modules())
+    for node in list(graph.nodes):
+        mutates = False
+        if node.op == "call_method" and isinstance(node.target, str):
+            plain = _out_of_place_method(node.target)
+            if plain is not None:
+                node.target, mutates = plain, True
+        elif node.op == "call_function" and node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+            mutates = True
+        elif node.op == "call_module" and getattr(modules.get(str(node.target)), "inplace", False) is True:
+            mutates = True
+        if not mutates or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        mutated, position = node.args[0], order[node]
+        mutated.replace_all_uses_with(node, delete_user_cb=lambda user, at=position: order[user] > at)
+    graph.lint()
+    gm.recompile()
+    return gm
 
 
 def _timm_conventions() -> tuple[frozenset[type[nn.Module]], tuple[Callable[..., Any], ...]]:
@@ -50,16 +124,15 @@ def trace(model: nn.Module) -> fx.GraphModule:
     root it traces, and they must be numbered the same on every trace (checkpoint replay).
 
     Raises:
-        ConversionError: the model does not trace, with fx's first line.
+        UntraceableError: the model does not trace, with fx's first line.
     """
     leaves, functions = _timm_conventions()
-    tracer = Tracer(leaf_types=leaves, autowrap_functions=functions)
     try:
         with eval_mode(model):
             root = copy.copy(model)  # inside eval_mode: the copy's own `training` flag is False
+            into = _leaves_to_trace_into(root, leaves, functions) if leaves else frozenset()
+            tracer = Tracer(leaf_types=leaves, autowrap_functions=functions, trace_into=into)
             graph = tracer.trace(root)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
-        raise ConversionError(
-            f"the model does not trace with torch.fx ({type(err).__name__}: {one_line(err)}); use --mode layer"
-        ) from err
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        raise UntraceableError(f"{type(err).__name__}: {one_line(err)}") from err
+    return functionalize_inplace(fx.GraphModule(tracer.root, graph, type(model).__name__))

@@ -8,11 +8,18 @@ from torch import fx, nn
 
 from octswap.octave import OctaveConv2d
 from octswap.rewrite.graph.layout import Layout
-from octswap.rewrite.graph.passes import GraphPass, Outcome, Pair, register
+from octswap.rewrite.graph.passes import GraphPass, Outcome, Pair, register, register_kind
 
 __all__ = ["conv"]
 
 
+def _is_conv_subclass(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d)
+
+
+# Subclasses too (timm's Conv2dSame, weight-standardized convs): the plan says which of
+# them convert; the others stay plain with their reason.
+@register_kind(_is_conv_subclass)
 @register(modules=(nn.Conv2d,))
 def conv(p: GraphPass, node: fx.Node) -> Any:
     name = node.target

@@ -1,0 +1,73 @@
+"""Conversion modes: graph, layer, and auto (graph where fx can rewrite the model, else layer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import octswap
+from octswap.cli import app
+from octswap.errors import UntraceableError
+from tests.nets import gated, tiny_resnet
+
+SHAPE = (3, 16, 16)
+
+
+def test_auto_uses_graph_mode_where_the_model_traces():
+    converted, plan = octswap.convert(tiny_resnet().eval(), alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "graph" and isinstance(converted, torch.fx.GraphModule)
+    assert not any("layer mode" in w for w in plan.warnings)
+
+
+def test_graph_mode_refuses_an_untraceable_model_with_fx_reason():
+    with pytest.raises(UntraceableError, match="does not trace with torch.fx .*control flow.*--mode auto"):
+        octswap.convert(gated().eval(), alpha=0.5, input_shape=SHAPE, mode="graph")
+
+
+def test_auto_falls_back_to_layer_mode_with_one_warning(caplog):
+    model = gated().eval()
+    with caplog.at_level(logging.WARNING, logger="octswap"):
+        converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "layer" and not isinstance(converted, torch.fx.GraphModule)
+    fallbacks = [r.getMessage() for r in caplog.records if "layer mode" in r.getMessage()]
+    assert len(fallbacks) == 1 and "control flow" in fallbacks[0]
+    assert fallbacks[0] in plan.warnings
+    assert plan.octave_layers, "layer mode converts the same model"
+    layer_plan = octswap.make_plan(model, octswap.Policy(alpha=0.5), input_shape=SHAPE, mode="layer")
+    assert [d.action for d in plan.layers] == [d.action for d in layer_plan.layers]
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert converted(x).shape == model(x).shape
+
+
+def test_auto_plan_records_the_mode_used():
+    plan = octswap.make_plan(gated(), octswap.Policy(alpha=0.5), input_shape=SHAPE)
+    assert plan.mode == "layer" and any("does not trace" in w for w in plan.warnings)
+    assert octswap.make_plan(tiny_resnet(), octswap.Policy(alpha=0.5), input_shape=SHAPE).mode == "graph"
+
+
+def test_cli_default_mode_falls_back_and_says_so(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["plan", "tests.nets:gated", "--input-size", "16", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "layer" and any("layer mode" in w for w in data["warnings"])
+    assert "graph mode cannot convert this model" in result.stderr
+    result = runner.invoke(app, ["plan", "tests.nets:gated", "--input-size", "16", "--mode", "graph"])
+    assert result.exit_code == 1 and "does not trace with torch.fx" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_checkpoint_of_a_fallback_reloads_in_layer_mode(tmp_path):
+    model = gated().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    path = tmp_path / "gated.pt"
+    octswap.save(path, converted, plan, source=octswap.ModelSource(kind="import", name="tests.nets:gated"))
+    loaded = octswap.load(path, allow_import=True)
+    x = torch.randn(1, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), converted(x))
