@@ -506,3 +506,39 @@ def test_in_place_ops_on_pairs_keep_their_effect():
     with torch.no_grad():
         torch.testing.assert_close(got(x), want(x))
         torch.testing.assert_close(convert(mutating, Policy(alpha=0.0), (8, 8, 8))[0](x), mutating(x.clone()))
+
+
+class Eca(nn.Module):
+    """ECA-Net's gate (Wang et al. 2020, as timm writes it): reads ``x.shape``, mixes
+    neighbouring channels with a 1-D conv, expands the gate to the map."""
+
+    def __init__(self, twin: bool = False) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.mix = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.twin = twin
+
+    def forward(self, x):
+        x = self.a(x)
+        if self.twin:  # the same function without shape reads or expand_as
+            gate = self.mix(x.mean((2, 3)).unsqueeze(1)).squeeze(1).sigmoid()[:, :, None, None]
+            return self.b(x * gate)
+        b, c, h, w = x.shape
+        y = self.mix(x.mean((2, 3)).view(b, 1, -1)).view(x.size(0), x.size(1), 1, 1).sigmoid()
+        return self.b(x * y.expand_as(x))
+
+
+def test_shape_reads_and_expanded_gates_do_not_merge_the_pair():
+    """``x.shape`` and ``x.size(1)`` are answered from the high branch and the
+    expanded gate is split per branch: only ECA's pooled statistics cross the branches
+    (in the original channel order, as its 1-D conv needs)."""
+    net, twin = Eca().eval(), Eca(twin=True).eval()
+    twin.load_state_dict(net.state_dict())
+    got, plan = convert(net, ANY, (8, 8, 8))
+    assert {d.name for d in plan.octave_layers} == {"a", "b"}
+    assert [b["kind"] for b in plan.boundaries] == ["pooled-merge"]
+    want, _ = convert(twin, ANY, (8, 8, 8))
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), want(x))
+        torch.testing.assert_close(convert(net, Policy(alpha=0.0), (8, 8, 8))[0](x), net(x))

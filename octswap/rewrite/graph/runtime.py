@@ -11,7 +11,7 @@ import torch
 
 from octswap.octave import downsample, upsample
 
-__all__ = ["merge_ordered", "pooled_merge", "split_ordered", "stochastic_depth_pair", "take_channels"]
+__all__ = ["merge_ordered", "pair_shape", "pooled_merge", "split_ordered", "stochastic_depth_pair", "take_channels"]
 
 
 def merge_ordered(high: torch.Tensor, low: torch.Tensor, restore: Sequence[int] | None) -> torch.Tensor:
@@ -34,6 +34,11 @@ def _take(x: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
     if len(index) and list(index) == list(range(index[0], index[0] + len(index))):
         return x[:, index[0] : index[0] + len(index)]
     return x[:, list(index)]
+
+
+def pair_shape(high: torch.Tensor, channels: int) -> torch.Size:
+    """The shape of the tensor a pair stands for: the high branch's, with all ``channels``."""
+    return torch.Size((high.shape[0], channels, *high.shape[2:]))
 
 
 def pooled_merge(high: torch.Tensor, low: torch.Tensor, restore: Sequence[int] | None) -> torch.Tensor:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from octswap.rewrite.graph.handlers import activation, arithmetic, concat, conv, norm, pooling
+from octswap.rewrite.graph.handlers import activation, arithmetic, concat, conv, norm, pooling, shape
 
-__all__ = ["activation", "arithmetic", "concat", "conv", "norm", "pooling"]
+__all__ = ["activation", "arithmetic", "concat", "conv", "norm", "pooling", "shape"]
