@@ -390,7 +390,8 @@ def _print_plan(plan: Plan, fmt: OutputFormat, model: str) -> None:
             lines += [f"| {b['kind']} | {b['after']} | {b['before']} | {b['reason']} |" for b in plan.boundaries]
         out.print("\n".join(lines), markup=False, highlight=False)
         return
-    table = Table(title=f"octswap plan: {model} ({len(plan.octave_layers)} of {len(plan.layers)} convs converted)",
+    table = Table(title=f"octswap plan: {model} ({len(plan.octave_layers)} of {len(plan.layers)} convs converted, "
+                        f"{plan.mode} mode)",
                   title_justify="left")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right" if column not in ("name", "action", "kind", "reason") else "left")

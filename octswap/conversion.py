@@ -66,18 +66,29 @@ def make_plan(
         PolicyError: with ``strict``, a rule matches no conv.
         ConversionError: graph mode cannot plan the model (it does not trace).
     """
-    if mode == AUTO:
-        try:
-            return make_plan(model, policy, input_shape=input_shape, mode="graph", strict=strict)
-        except ConversionError as err:
-            plan = make_plan(model, policy, input_shape=input_shape, mode="layer", strict=strict)
-            return _with_warning(plan, _fallback_warning(err))
-    refine = rewriter(mode).refine
-    plan = policy_plan(model, policy if policy is not None else Policy(), input_shape=input_shape, mode=mode, strict=strict)
+    wanted = "graph" if mode == AUTO else mode
+    refine = rewriter(wanted).refine  # an unknown mode fails before the probe
+    # The policy's own decisions, probed once (its warnings logged once) for either mode.
+    plan = policy_plan(model, policy if policy is not None else Policy(), input_shape=input_shape, mode=wanted, strict=strict)
     if refine is None:
         return plan
-    layers, boundaries = refine(model, plan.layers, input_shape)
+    try:
+        layers, boundaries = refine(model, plan.layers, input_shape)
+    except ConversionError as err:
+        if mode != AUTO:
+            raise
+        return _with_warning(_layer_plan(model, plan), _fallback_warning(err))
     return replace(plan, layers=layers, boundaries=boundaries)
+
+
+def _layer_plan(model: nn.Module, plan: Plan) -> Plan:
+    """``plan``'s policy decisions refined for layer mode."""
+    refine = rewriter("layer").refine
+    policy_layers = replace(plan, mode="layer")
+    if refine is None:
+        return policy_layers
+    layers, boundaries = refine(model, plan.layers, plan.input_shape)
+    return replace(policy_layers, layers=layers, boundaries=boundaries)
 
 
 def convert(
@@ -126,29 +137,24 @@ def convert(
     if alpha is not None:
         policy = policy.with_alpha(alpha)
     if mode == AUTO:
+        plan = make_plan(model, policy, input_shape=input_shape, mode=AUTO, strict=strict)  # graph, else layer
         try:
-            plan = make_plan(model, policy, input_shape=input_shape, mode="graph", strict=strict)
             return _apply(model, plan, inplace=inplace, check=check), plan
         except ConversionError as err:
-            if inplace and getattr(err, "stage", None) == "apply":
-                raise  # the model itself may be half rewritten: no second attempt on it
-            converted, plan = convert(model, policy, input_shape=input_shape, mode="layer", strict=strict,
-                                      inplace=inplace, check=check)  # fmt: skip
-            return converted, _with_warning(plan, _fallback_warning(err))
+            if plan.mode != "graph" or inplace:
+                raise  # layer mode failed too, or the model itself may be half rewritten
+            layer_plan = make_plan(model, policy, input_shape=input_shape, mode="layer", strict=strict)
+            layer_plan = _with_warning(layer_plan, _fallback_warning(err))
+            return _apply(model, layer_plan, inplace=inplace, check=check), layer_plan
     plan = make_plan(model, policy, input_shape=input_shape, mode=mode, strict=strict)
     return _apply(model, plan, inplace=inplace, check=check), plan
 
 
 def _apply(model: nn.Module, plan: Plan, *, inplace: bool, check: bool) -> nn.Module:
-    """Apply ``plan`` to ``model`` (or a deep copy) and verify it; errors carry ``stage = "apply"``."""
-    target = model if inplace else copy.deepcopy(model)
-    try:
-        target = apply_plan(target, plan)
-        if check:
-            verify(target, plan)
-    except ConversionError as err:
-        err.stage = "apply"  # type: ignore[attr-defined]
-        raise
+    """Apply ``plan`` to ``model`` (or a deep copy) and verify it."""
+    target = apply_plan(model if inplace else copy.deepcopy(model), plan)
+    if check:
+        verify(target, plan)
     logger.info("converted %d of %d convs (%s mode)", len(plan.octave_layers), len(plan.layers), plan.mode)
     return target
 

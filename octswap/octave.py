@@ -175,6 +175,11 @@ def module_type(module: nn.Module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
+def is_convertible_conv(module: nn.Module) -> bool:
+    """Whether an octave conv can stand in for ``module`` (:data:`CONVERTIBLE_CONVS`)."""
+    return isinstance(module, nn.Conv2d) and module_type(module) in CONVERTIBLE_CONVS
+
+
 def conv_padding(conv: nn.Conv2d) -> str | tuple[int, ...]:
     """The padding an octave conv needs to compute ``conv``'s map sizes.
 

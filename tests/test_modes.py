@@ -71,3 +71,19 @@ def test_checkpoint_of_a_fallback_reloads_in_layer_mode(tmp_path):
     x = torch.randn(1, *SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), converted(x))
+
+
+def test_auto_fallback_probes_once_and_warns_once(caplog):
+    policy = octswap.Policy(alpha=0.5, rules=(octswap.Rule(name="nowhere", alpha=0.25),))
+    with caplog.at_level(logging.WARNING, logger="octswap"):
+        plan = octswap.make_plan(gated(), policy, input_shape=SHAPE)
+    messages = [r.getMessage() for r in caplog.records]
+    assert plan.mode == "layer"
+    assert sum("matches no conv" in m for m in messages) == 1 and sum("layer mode" in m for m in messages) == 1
+
+
+def test_unknown_mode_is_an_input_error():
+    from octswap.errors import InputError
+
+    with pytest.raises(InputError, match="unknown conversion mode 'fast'"):
+        octswap.make_plan(tiny_resnet(), input_shape=SHAPE, mode="fast")

@@ -195,8 +195,11 @@ def test_same_padding_convs_convert():
     with torch.no_grad():
         assert converted(x).shape == model(x).shape
     exact, _ = octswap.convert(model, alpha=0.0)
+    layered, plan = octswap.convert(model, alpha=0.5, mode="layer")  # self-contained blocks too
+    assert same & {d.name for d in plan.octave_layers}
     with torch.no_grad():
         torch.testing.assert_close(exact(x), model(x))
+        assert layered(x).shape == model(x).shape
 
 
 def _family_models() -> list[str]:
@@ -242,8 +245,9 @@ def test_weight_standardized_convs_convert_from_the_weight_they_apply():
             torch.testing.assert_close(OctaveConv2d.from_conv(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), StdConv2d(32, 32, 3, padding=1),
                               ScaledStdConv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 8, 1)).eval()  # fmt: skip
-    converted, plan = octswap.convert(net, alpha=0.5, input_shape=(3, 16, 16))
-    assert {d.name for d in plan.octave_layers} >= {"1", "2"}
+    for mode in ("graph", "layer"):
+        converted, plan = octswap.convert(net, alpha=0.5, input_shape=(3, 16, 16), mode=mode)
+        assert {d.name for d in plan.octave_layers} >= {"1", "2"}
     exact, _ = octswap.convert(net, alpha=0.0, input_shape=(3, 16, 16))
     x = torch.randn(1, 3, 13, 17)
     with torch.no_grad():

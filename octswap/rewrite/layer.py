@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from octswap.errors import ConversionError
-from octswap.octave import OctaveConvBlock
+from octswap.octave import OctaveConvBlock, is_convertible_conv
 from octswap.plan import Plan
 from octswap.rewrite.registry import register_rewriter
 
@@ -34,8 +34,8 @@ def convert_layers(model: nn.Module, plan: Plan) -> nn.Module:
             conv = model.get_submodule(decision.name)
         except AttributeError:
             raise ConversionError(f"plan names {decision.name!r}, which this model does not have") from None
-        if type(conv) is not nn.Conv2d:
-            raise ConversionError(f"{decision.name} is a {type(conv).__name__}, the plan expects nn.Conv2d")
+        if not is_convertible_conv(conv):
+            raise ConversionError(f"{decision.name} is a {type(conv).__name__}, which octave convs cannot stand in for")
         block = OctaveConvBlock.from_conv(conv, alpha_in=decision.alpha_in, alpha_out=decision.alpha_out)
         if (block.conv.in_low, block.conv.out_low) != (decision.in_low, decision.out_low):
             raise ConversionError(

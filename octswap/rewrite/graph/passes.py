@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from octswap.octave import is_convertible_conv
 from octswap.rewrite.graph.layout import Layout, inverse
 from octswap.rewrite.graph.runtime import merge_ordered
 from octswap.rewrite.layer import replace_module
@@ -174,13 +175,13 @@ def group_granularity(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> dict
     result: dict[str, int] = {}
     for node in gm.graph.nodes:
         conv = modules.get(node.target) if node.op == "call_module" else None
-        if type(conv) is not nn.Conv2d or conv.groups == 1 or conv.groups == conv.in_channels:
+        if conv is None or not is_convertible_conv(conv) or conv.groups == 1 or conv.groups == conv.in_channels:
             continue
         size = conv.in_channels // conv.groups
         prev = node.args[0]
         while isinstance(prev, fx.Node) and is_passthrough(prev, modules):
             prev = prev.args[0]
-        if isinstance(prev, fx.Node) and prev.op == "call_module" and type(modules.get(prev.target)) is nn.Conv2d:
+        if isinstance(prev, fx.Node) and prev.op == "call_module" and is_convertible_conv(modules.get(prev.target)):
             result[prev.target] = math.lcm(result.get(prev.target, 1), size)
     return result
 
