@@ -1,10 +1,11 @@
 """Zoo runs: convert many models at several alphas, for CI, with results machines and people read.
 
-A manifest (YAML) lists models -- torchvision names, globs such as ``resnet*``, or
-``package.module:factory`` -- with alphas, policy, input size, weights and per-model
+A manifest (YAML) lists models -- torchvision names, globs such as ``resnet*``, timm
+names and globs (``timm:resnet*``), or ``package.module:factory`` -- with alphas, policy, input size, weights and per-model
 overrides. Each (model, alpha) runs in its own worker process, so a crash or an
 out-of-memory kill costs one record, not the run. Results are written to a folder:
-``results.json``, ``results.csv``, ``summary.md`` and ``junit.xml``.
+``results.json``, ``results.csv``, ``summary.md`` and ``junit.xml``. A CI matrix runs
+:meth:`Manifest.shard` K of N on each machine and :func:`merge_results` joins them.
 
 Manifest::
 
