@@ -12,7 +12,7 @@ from torch import nn
 
 from octswap.errors import ConversionError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
-from octswap.plan import Plan, example_input, output_signature, policy_plan
+from octswap.plan import Plan, example_input, output_signature, output_tensors, policy_plan
 from octswap.policy import Policy
 from octswap.rewrite import apply_plan, rewriter
 
@@ -160,13 +160,7 @@ def _apply(model: nn.Module, plan: Plan, *, inplace: bool, check: bool) -> nn.Mo
 
 
 def _finite(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return not value.is_floating_point() or bool(torch.isfinite(value).all())
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return all(_finite(v) for v in value)
-    return True
+    return all(not t.is_floating_point() or bool(torch.isfinite(t).all()) for t in output_tensors(value))
 
 
 def verify(converted: nn.Module, plan: Plan) -> None:

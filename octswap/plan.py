@@ -10,7 +10,7 @@ them, serialises to plain data for checkpoints, and is what the rewriters apply.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from octswap.eval_mode import eval_mode
 from octswap.octave import CONVERTIBLE_CONVS, check_geometry, conv_padding, low_channels, module_type
 from octswap.policy import Policy
 
-__all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "policy_plan", "probe"]
+__all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "output_tensors", "policy_plan", "probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,18 @@ def output_signature(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [output_signature(v) for v in value]
     return type(value).__name__
+
+
+def output_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a model output (nested tuples, lists, dicts), in order."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from output_tensors(v)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from output_tensors(v)
 
 
 def example_input(input_shape: tuple[int, int, int], *, batch: int = 1) -> torch.Tensor:

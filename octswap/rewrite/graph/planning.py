@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import torch
 from torch import fx, nn
@@ -12,7 +11,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from octswap.errors import ConversionError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
-from octswap.plan import LayerDecision, Plan, example_input
+from octswap.plan import LayerDecision, Plan, example_input, output_tensors
 from octswap.rewrite.graph import handlers  # noqa: F401 - registers the handlers
 from octswap.rewrite.graph.passes import GraphPass, Target
 from octswap.rewrite.graph.tracing import trace
@@ -26,18 +25,6 @@ def _targets(decisions: Sequence[LayerDecision]) -> dict[str, Target]:
         d.name: Target(out_low=d.out_low if d.action == "octave" else 0, accepts_pair=d.accepts_pair, reason=d.reason)
         for d in decisions
     }
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """The tensors of a model output (nested tuples, lists, dicts), in order."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _tensors(v)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
 
 
 def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, int, int], *, compare: bool = False) -> fx.GraphModule:
@@ -55,7 +42,7 @@ def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, int, int], *, 
     if compare:
         with eval_mode(model), torch.no_grad():
             eager = model(x)
-        for got, want in zip(_tensors(traced), _tensors(eager)):
+        for got, want in zip(output_tensors(traced), output_tensors(eager)):
             if isinstance(want, torch.Tensor) and want.is_floating_point():
                 if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
                     raise UntraceableError("the traced graph computes something else than the model at the probe input")

@@ -1,8 +1,8 @@
 """Reading a pair's metadata (``x.shape``, ``x.size()``, ``x.dim()``) and broadcasting a
 gate to it (``gate.expand_as(x)``) without merging the pair.
 
-Attention blocks (ECA, CBAM, timm's ``BatchNormAct2d`` callers) read ``x.shape`` to
-reshape their pooled statistics and expand their gate to the map before multiplying.
+Attention gates (timm's ECA and CBAM modules, for one) read ``x.shape`` to reshape their
+pooled statistics and expand their gate to the map before multiplying.
 Answered from the high branch, these cost nothing; merging the pair for them would
 upsample and concatenate the whole map only to read four numbers.
 """
