@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -184,7 +185,7 @@ def _default_output(model: str, alpha: float) -> Path:
 def _report_table(report: Report, *, layers: bool) -> Table:
     from octswap.reporting import human, percent
 
-    table = Table(title=f"octswap report: {report.model}", caption=report.convention, title_justify="left")
+    table = Table(title=f"octswap report: {report.model} ({report.mode} mode)", caption=report.convention, title_justify="left")
     for column in ("kind", "name"):
         table.add_column(column)
     for column in ("FLOPs before", "FLOPs after", "change", "params before", "params after"):
@@ -615,11 +616,16 @@ def zoo(
     from octswap import zoo as zoo_lib
 
     with _errors(debug):
+        _check_out_dir(out_dir)
         if manifest and manifest[0] == "merge":
-            given = [name for name, value in (("--models", models), ("--shard", shard), ("--resume", resume),
-                                              ("--save", save), ("--timeout", timeout)) if value]  # fmt: skip
+            given = [name for name, value in (
+                ("--models", models), ("--shard", shard), ("--resume", resume), ("--save", save),
+                ("--timeout", timeout), ("--alpha", alpha != "0.25"), ("--policy", policy),
+                ("--input-size", input_size), ("--mode", mode is not Mode.auto), ("--jobs", jobs != 1),
+            ) if value]  # fmt: skip
             if given:
-                raise InputError(f"zoo merge joins finished runs: {', '.join(given)} do not apply")
+                verb = "does" if len(given) == 1 else "do"
+                raise InputError(f"zoo merge joins finished runs: {', '.join(given)} {verb} not apply")
             _zoo_merge(manifest[1:], out_dir, max_flops_ratio=max_flops_ratio, baseline=baseline)
             return
         if manifest is not None and len(manifest) > 1:
@@ -682,10 +688,20 @@ def zoo(
         _zoo_outcome(rows, paths, wall, interrupted=interrupted, max_flops_ratio=max_flops_ratio, baseline=old)
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """Fail before any work when --out cannot be a folder we write into."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out_dir}: cannot write there ({existing} is not a writable folder)")
+
+
 def _zoo_merge(folders: list[str], out_dir: Path, *, max_flops_ratio: float | None, baseline: Path | None) -> None:
     from octswap import zoo as zoo_lib
 
-    resolved = {Path(f).resolve() for f in folders}
+    # A folder, or its results.json: either way the folder must not be overwritten.
+    resolved = {(Path(f) if not Path(f).is_file() else Path(f).parent).resolve() for f in folders}
     if out_dir.resolve() in resolved:
         raise InputError(f"--out {out_dir} is one of the folders to merge; write the merged run elsewhere")
     old = zoo_lib.read_results(baseline) if baseline is not None else None

@@ -28,7 +28,7 @@ MODES = (AUTO, "graph", "layer")
 
 def _fallback_warning(err: ConversionError) -> str:
     why = f"it does not trace with torch.fx: {err.detail}" if isinstance(err, UntraceableError) else one_line(err)
-    return f"graph mode cannot convert this model ({why}); converted in layer mode instead"
+    return f"graph mode cannot convert this model ({why}); using layer mode instead"
 
 
 def _with_warning(plan: Plan, warning: str) -> Plan:

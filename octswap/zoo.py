@@ -34,6 +34,7 @@ import csv
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import hashlib
 import io
 import json
@@ -102,14 +103,31 @@ class ZooTask:
         """Changes when anything that decides this task's result changes (policy file included)."""
         data = dataclasses.asdict(self)
         # Files by name and content, not by absolute path: shards on other machines, in
-        # other checkouts, hash the same task alike.
-        if self.policy and Path(self.policy).is_file():
-            data["policy"] = Path(self.policy).name
-            data["policy_text"] = Path(self.policy).read_text(encoding="utf-8")
-        if self.weights and Path(self.weights).is_file():
-            data["weights"] = f"{Path(self.weights).name} ({Path(self.weights).stat().st_size} bytes)"
+        # other checkouts, hash the same task alike, and a changed file runs again.
+        files = {"policy": self.policy, "weights": self.weights}
+        module, sep, _ = self.model.rpartition(":")
+        if sep and module.endswith(".py"):  # path/to/file.py:factory
+            files["model_file"] = module
+        for key, path in files.items():
+            if path and Path(path).is_file():
+                data[key] = f"{Path(path).name} {_file_digest(str(Path(path).resolve()))}"
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    """sha256 of a file's bytes (first 16 hex digits), read once per size and mtime."""
+    stat = os.stat(path)
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,7 @@ class Manifest:
     @property
     def manifest_hash(self) -> str:
         """Identifies the expanded task list (globs resolved): equal on every shard of one run."""
-        return hashlib.sha256("\n".join(self.task_hashes).encode()).hexdigest()[:16]
+        return _hash_of(self.task_hashes)
 
     def shard(self, index: int, count: int) -> tuple[ZooTask, ...]:
         """Shard ``index`` of ``count`` (1-based): every ``count``-th task from the ``index``-th.
@@ -585,17 +603,50 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return list(_read_run(path)["results"])
 
 
+_NUMBERS = ("alpha", "flops_before", "flops_after", "flops_ratio", "core_flops_before", "core_flops_after",
+            "params_before", "params_after", "convs_converted", "convs_kept", "wall_time_s")  # fmt: skip
+
+
+def _check_row(row: Any) -> None:
+    """A record as :func:`write_results` writes it: the fields the outputs format, typed."""
+    if not isinstance(row, dict):
+        raise TypeError(f"a record is a {type(row).__name__}, not a mapping")
+    for key in ("model", "entry_hash"):
+        if not isinstance(row.get(key), str):
+            raise TypeError(f"a record's {key!r} is not a string")
+    if row.get("status") not in ("ok", "failed"):
+        raise TypeError(f"a record's status is {row.get('status')!r}")
+    for key in _NUMBERS:
+        value = row.get(key)
+        if (value is None and key != "alpha") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            continue
+        raise TypeError(f"a record's {key!r} is {value!r}, not a number")
+
+
 def _read_run(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not isinstance(data["results"], list):
             raise TypeError("no list of results")
+        for row in data["results"]:
+            _check_row(row)
+        hashes = data.get("task_hashes")
+        if hashes is not None and not (isinstance(hashes, list) and all(isinstance(h, str) for h in hashes)):
+            raise TypeError("task_hashes is not a list of strings")
+        if data.get("wall_time_s") is not None and not isinstance(data["wall_time_s"], (int, float)):
+            raise TypeError("wall_time_s is not a number")
         return data
     except FileNotFoundError:
         raise InputError(f"results file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not a results.json") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise InputError(f"{path} is not an octswap zoo results.json: {err}") from None
+
+
+def _hash_of(task_hashes: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(task_hashes).encode()).hexdigest()[:16]
 
 
 #: Fields that may differ between two runs of one task with the same outcome.
@@ -640,6 +691,12 @@ def merge_results(folders: Sequence[str | Path]) -> MergedRun:
             raise InputError(f"{path} does not record its manifest (written by an older octswap?); run it again")
         if run.get("octswap_version") != __version__:
             raise InputError(f"{path} was written by octswap {run.get('octswap_version')}, this is {__version__}")
+        if _hash_of(run["task_hashes"]) != run["manifest_hash"]:
+            raise InputError(f"{path}: its task list does not match its manifest_hash (edited by hand?)")
+        listed = set(run["task_hashes"])
+        stray = [r["model"] for r in run["results"] if r["entry_hash"] not in listed]
+        if stray:
+            raise InputError(f"{path}: records not in its manifest's task list: {', '.join(stray[:3])}")
         runs.append((path, run))
     first_path, first = runs[0]
     for path, run in runs[1:]:

@@ -3,6 +3,8 @@ octave modules (which test_octave checks against the independent reference)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -542,3 +544,63 @@ def test_shape_reads_and_expanded_gates_do_not_merge_the_pair():
     with torch.no_grad():
         torch.testing.assert_close(got(x), want(x))
         torch.testing.assert_close(convert(net, Policy(alpha=0.0), (8, 8, 8))[0](x), net(x))
+
+
+class Mutates(nn.Module):
+    """conv -> an in-place op on its output -> conv (the review's cases)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.how = how
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.how == "clamp_":
+            torch.clamp_(y, min=0.0)
+        elif self.how == "sigmoid_":
+            torch.sigmoid_(y)
+        elif self.how == "clamp":
+            y = torch.clamp(y, min=0.0)
+        elif self.how == "sigmoid":
+            y = torch.sigmoid(y)
+        elif self.how == "zero_":
+            y.zero_()
+        elif self.how == "fill_":
+            y.fill_(1.0)
+        elif self.how == "view":
+            y[:, :8].mul_(0.5)
+        return self.b(y)
+
+
+@pytest.mark.parametrize("how", ["clamp_", "sigmoid_"])
+def test_in_place_functions_are_made_out_of_place(how):
+    net, twin = Mutates(how).eval(), Mutates(how.rstrip("_")).eval()
+    twin.load_state_dict(net.state_dict())
+    got, plan = convert(net, ANY, (8, 8, 8))
+    want, twin_plan = convert(twin, ANY, (8, 8, 8))
+    assert plan.mode == "graph" and plan.layers == twin_plan.layers
+    assert how != "sigmoid_" or {d.name for d in plan.octave_layers} == {"a", "b"}  # sigmoid runs per branch
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), want(x))
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("zero_", r"in-place .zero_\(\) on an octave pair"),
+    ("fill_", r"in-place .fill_\(\) on an octave pair"),
+    ("view", "in-place mul_ on a view"),
+])  # fmt: skip
+def test_in_place_ops_graph_mode_cannot_keep_fall_back(how, message):
+    """No out-of-place form (zero_, fill_) or a mutated view: graph mode refuses rather than
+    lose the mutation, and auto mode converts in layer mode instead, exactly."""
+    net = Mutates(how).eval()
+    with pytest.raises(octswap.ConversionError, match=message):
+        octswap.convert(net, ANY, input_shape=(8, 8, 8), mode="graph")
+    converted, plan = octswap.convert(net, ANY, input_shape=(8, 8, 8))
+    assert plan.mode == "layer" and any(re.search(message, w) for w in plan.warnings)
+    exact, _ = octswap.convert(net, Policy(alpha=0.0), input_shape=(8, 8, 8))
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(exact(x), net(x.clone()))
+        assert converted(x).shape == net(x.clone()).shape

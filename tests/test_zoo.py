@@ -216,6 +216,11 @@ def test_entry_hash_does_not_depend_on_where_the_checkout_is(tmp_path):
     assert here.entry_hash == there.entry_hash
     (tmp_path / "b" / "p.yaml").write_text("alpha: 0.25\n")
     assert here.entry_hash != there.entry_hash
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"\x00" * 64)
+    before = ZooTask("resnet18", 0.5, weights=str(weights)).entry_hash
+    weights.write_bytes(b"\x01" * 64)  # same size, new content: the task runs again on --resume
+    assert ZooTask("resnet18", 0.5, weights=str(weights)).entry_hash != before
 
 
 def _stable(rows):
@@ -258,6 +263,22 @@ def test_shards_merged_equal_one_run(tmp_path):
     (tmp_path / "forged" / "results.json").write_text(json.dumps(forged))
     conflict = run("zoo", "merge", tmp_path / "s1", tmp_path / "s2", tmp_path / "forged", "--out", tmp_path / "m3")
     assert conflict.exit_code == 2 and "has different outcomes" in conflict.stderr and "convs_converted" in conflict.stderr
+    # Inputs named by their results.json are guarded too; hand-edited task lists and records are refused.
+    into_input = run("zoo", "merge", tmp_path / "s1", tmp_path / "s2" / "results.json", "--out", tmp_path / "s2")
+    assert into_input.exit_code == 2 and "is one of the folders to merge" in into_input.stderr
+    for edit, message in (
+        (lambda d: d.update(task_hashes=d["task_hashes"][:2]), "does not match its manifest_hash"),
+        (lambda d: d["results"].__setitem__(0, "x"), "not an octswap zoo results.json: a record is a str"),
+        (lambda d: d["results"][0].update(alpha="0.5"), "a record's 'alpha' is '0.5', not a number"),
+        (lambda d: d.update(task_hashes=[{}]), "task_hashes is not a list of strings"),
+    ):
+        edited = json.loads((tmp_path / "s1" / "results.json").read_text())
+        edit(edited)
+        (tmp_path / "edited").mkdir(exist_ok=True)
+        (tmp_path / "edited" / "results.json").write_text(json.dumps(edited))
+        refused = run("zoo", "merge", tmp_path / "edited", tmp_path / "s2", "--out", tmp_path / "m5")
+        assert refused.exit_code == 2 and message in refused.stderr, refused.output
+        assert "Traceback" not in refused.output and not (tmp_path / "m5").exists()
     other = tmp_path / "other.yaml"
     other.write_text("defaults: {input_size: 3x16x16}\nmodels: ['tests.nets:tiny_resnet']\n")
     assert run("zoo", other, "--out", tmp_path / "o", "--shard", "1/1").exit_code == 0
@@ -270,13 +291,17 @@ def test_shards_merged_equal_one_run(tmp_path):
     [
         (["zoo", "merge", "--out", "x"], "give the shard folders"),
         (["zoo", "merge", "nowhere", "--out", "x"], "results file not found"),
-        (["zoo", "merge", "a", "--shard", "1/2"], "--shard do not apply"),
+        (["zoo", "merge", "a", "--shard", "1/2"], "--shard does not apply"),
+        (["zoo", "merge", "a", "--alpha", "0.5", "--jobs", "2"], "--alpha, --jobs do not apply"),
+        (["zoo", "merge", "a", "--out", "afile"], "--out afile is a file, not a folder"),
+        (["zoo", "--models", "tests.nets:tiny_resnet", "--out", "afile/sub"], "cannot write there"),
         (["zoo", "a.yaml", "b.yaml"], "give one manifest file"),
         (["zoo", "--models", "tests.nets:tiny_resnet", "--shard", "3/2"], "expected K/N"),
     ],
 )
 def test_shard_and_merge_usage_errors(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
     result = run(*args)
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert "Traceback" not in result.output

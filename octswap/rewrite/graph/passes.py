@@ -16,9 +16,11 @@ from typing import Any
 
 from torch import fx, nn
 
+from octswap.errors import ConversionError
 from octswap.octave import is_convertible_conv
 from octswap.rewrite.graph.layout import Layout, inverse
 from octswap.rewrite.graph.runtime import merge_ordered
+from octswap.rewrite.graph.tracing import mutated_by
 from octswap.rewrite.layer import replace_module
 
 __all__ = [
@@ -142,6 +144,10 @@ class GraphPass:
             elif node.op == "output":
                 self.graph.output(self.plain(node.args[0], node, "model output"))
             else:
+                mutated = mutated_by(node)
+                if isinstance(mutated, fx.Node) and isinstance(self.env.get(mutated), Pair):
+                    raise ConversionError(f"graph mode cannot keep the effect of in-place {op_name(node, self.modules)} "
+                                          f"on an octave pair ({mutated.name}): it would mutate a merged copy")  # fmt: skip
                 self.env[node] = handler_for(node, self.modules)(self, node)
             tag(node.name, self.env.get(node))
         return self.graph

@@ -45,7 +45,7 @@ def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, int, int], *, 
         for got, want in zip(output_tensors(traced), output_tensors(eager)):
             if isinstance(want, torch.Tensor) and want.is_floating_point():
                 if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
-                    raise UntraceableError("the traced graph computes something else than the model at the probe input")
+                    raise ConversionError("the torch.fx trace computes something else than the model at the probe input")
     return gm
 
 

@@ -15,6 +15,7 @@ nodes read would otherwise be applied to a copy and lost.
 from __future__ import annotations
 
 import copy
+import operator
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,10 +23,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from octswap.errors import UntraceableError, one_line
+from octswap.errors import ConversionError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
 
-__all__ = ["Tracer", "functionalize_inplace", "trace"]
+__all__ = ["Tracer", "functionalize_inplace", "is_inplace_name", "mutated_by", "trace"]
 
 
 class Tracer(fx.Tracer):
@@ -70,30 +71,75 @@ def _leaves_to_trace_into(root: nn.Module, leaves: frozenset[type[nn.Module]],
 
 def _out_of_place_method(name: str) -> str | None:
     """``mul`` for ``mul_``: PyTorch's convention, ``x.f_(...)`` is ``x = x.f(...)``."""
-    if not name.endswith("_") or name.startswith("_") or name.endswith("__"):
+    if not is_inplace_name(name):
         return None
     plain = name[:-1]
     return plain if hasattr(torch.Tensor, name) and callable(getattr(torch.Tensor, plain, None)) else None
 
 
+def _out_of_place_function(function: Any) -> Any:
+    """``torch.clamp`` for ``torch.clamp_`` (also ``torch.nn.functional``'s ``relu_``...), else None."""
+    name = getattr(function, "__name__", "")
+    if not is_inplace_name(name):
+        return None
+    for namespace in (torch, torch.nn.functional):
+        if getattr(namespace, name, None) is function and callable(getattr(namespace, name[:-1], None)):
+            return getattr(namespace, name[:-1])
+    return None
+
+
+def is_inplace_name(name: str) -> bool:
+    """PyTorch's naming of in-place ops: ``mul_``, ``clamp_``, not ``__add__``/``_private``."""
+    return name.endswith("_") and not name.startswith("_")
+
+
+#: Ops whose result shares memory with their first argument: an in-place op on their
+#: result mutates that argument, which an out-of-place rewrite cannot reproduce.
+_VIEW_METHODS = frozenset({"view", "view_as", "narrow", "select", "transpose", "permute", "expand", "expand_as",
+                           "unsqueeze", "squeeze", "t", "unflatten", "diagonal", "as_strided", "unfold",
+                           "chunk", "split", "unbind", "swapdims", "swapaxes", "movedim", "detach"})  # fmt: skip
+_VIEW_FUNCTIONS = frozenset({operator.getitem, torch.narrow, torch.select, torch.transpose, torch.permute,
+                             torch.unsqueeze, torch.squeeze, torch.t, torch.chunk, torch.split, torch.unbind,
+                             torch.diagonal, torch.movedim, torch.swapdims, torch.detach})  # fmt: skip
+
+
+def _is_view(node: Any) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    return (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+        node.op == "call_function" and node.target in _VIEW_FUNCTIONS)  # fmt: skip
+
+
 def functionalize_inplace(gm: fx.GraphModule) -> fx.GraphModule:
     """Make in-place ops out-of-place and point later readers of the mutated tensor at the result.
 
-    ``y = x.mul_(g)`` becomes ``y = x.mul(g)``, ``F.relu(x, inplace=True)`` becomes
-    ``F.relu(x)``, and every node after it that read ``x`` reads ``y`` -- what eager
-    execution computes. Modules with ``inplace=True`` (``nn.ReLU(inplace=True)``) keep
-    running in place, but later readers of their input read their output too.
+    ``y = x.mul_(g)`` becomes ``y = x.mul(g)``, ``torch.clamp_(x, 0)`` becomes
+    ``torch.clamp(x, 0)``, ``F.relu(x, inplace=True)`` becomes ``F.relu(x)``, and every
+    node after it that read ``x`` reads ``y`` -- what eager execution computes. Modules
+    with ``inplace=True`` (``nn.ReLU(inplace=True)``) keep running in place, but later
+    readers of their input read their output too. In-place ops without an out-of-place
+    form (``zero_``, ``fill_``, ``x[i] = v``) stay; graph mode refuses them where they
+    would mutate a pair (:func:`check_inplace`).
+
+    Raises:
+        ConversionError: an in-place op mutates a view (``x[:, :8].mul_(2)``), whose
+            effect on the viewed tensor an out-of-place rewrite would lose.
     """
     graph = gm.graph
     order = {node: i for i, node in enumerate(graph.nodes)}
     modules = dict(gm.named_modules())
     for node in list(graph.nodes):
         mutates = False
-        if node.op == "call_method" and isinstance(node.target, str):
+        if node.op == "call_method" and isinstance(node.target, str) and is_inplace_name(node.target):
             plain = _out_of_place_method(node.target)
             if plain is not None:
+                _refuse_view(node)
                 node.target, mutates = plain, True
+        elif node.op == "call_function" and _out_of_place_function(node.target) is not None:
+            _refuse_view(node)
+            node.target, mutates = _out_of_place_function(node.target), True
         elif node.op == "call_function" and node.kwargs.get("inplace") is True:
+            _refuse_view(node)
             node.kwargs = {**node.kwargs, "inplace": False}
             mutates = True
         elif node.op == "call_module" and getattr(modules.get(str(node.target)), "inplace", False) is True:
@@ -107,6 +153,31 @@ def functionalize_inplace(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def _refuse_view(node: fx.Node) -> None:
+    receiver = node.args[0] if node.args else None
+    if _is_view(receiver):
+        assert isinstance(receiver, fx.Node)
+        raise ConversionError(
+            f"graph mode cannot keep the effect of in-place {_op(node)} on a view ({receiver.name}) of another "
+            "tensor: it would mutate a copy"
+        )
+
+
+def _op(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+
+
+def mutated_by(node: fx.Node) -> Any:
+    """The tensor an in-place op left in the graph mutates (``x`` of ``x.zero_()`` or
+    ``x[i] = v``), else None."""
+    if node.op == "call_method" and isinstance(node.target, str) and is_inplace_name(node.target):
+        return node.args[0]
+    if node.op == "call_function" and (node.target is operator.setitem
+                                       or is_inplace_name(getattr(node.target, "__name__", ""))):  # fmt: skip
+        return node.args[0] if node.args else None
+    return None
+
+
 def _timm_conventions() -> tuple[frozenset[type[nn.Module]], tuple[Callable[..., Any], ...]]:
     """timm's leaf modules and autowrapped functions, if timm has been imported (else none)."""
     registry = sys.modules.get("timm.layers._fx")
@@ -117,7 +188,7 @@ def _timm_conventions() -> tuple[frozenset[type[nn.Module]], tuple[Callable[...,
     return leaves, functions
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, *, functionalize: bool = True) -> fx.GraphModule:
     """Trace ``model`` in eval mode (timm's leaf modules and autowrapped functions included).
 
     Traces a shallow copy: fx stores tensor constants (``_tensor_constant0``...) on the
@@ -135,4 +206,5 @@ def trace(model: nn.Module) -> fx.GraphModule:
             graph = tracer.trace(root)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
         raise UntraceableError(f"{type(err).__name__}: {one_line(err)}") from err
-    return functionalize_inplace(fx.GraphModule(tracer.root, graph, type(model).__name__))
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return functionalize_inplace(gm) if functionalize else gm
