@@ -118,8 +118,8 @@ def functionalize_inplace(gm: fx.GraphModule) -> fx.GraphModule:
     node after it that read ``x`` reads ``y`` -- what eager execution computes. Modules
     with ``inplace=True`` (``nn.ReLU(inplace=True)``) keep running in place, but later
     readers of their input read their output too. In-place ops without an out-of-place
-    form (``zero_``, ``fill_``, ``x[i] = v``) stay; graph mode refuses them where they
-    would mutate a pair (:func:`check_inplace`).
+    form (``zero_``, ``fill_``, ``x[i] = v``) stay; the graph pass refuses them where they
+    would mutate a pair (see :func:`mutated_by`).
 
     Raises:
         ConversionError: an in-place op mutates a view (``x[:, :8].mul_(2)``), whose
@@ -135,9 +135,9 @@ def functionalize_inplace(gm: fx.GraphModule) -> fx.GraphModule:
             if plain is not None:
                 _refuse_view(node)
                 node.target, mutates = plain, True
-        elif node.op == "call_function" and _out_of_place_function(node.target) is not None:
+        elif node.op == "call_function" and (function := _out_of_place_function(node.target)) is not None:
             _refuse_view(node)
-            node.target, mutates = _out_of_place_function(node.target), True
+            node.target, mutates = function, True
         elif node.op == "call_function" and node.kwargs.get("inplace") is True:
             _refuse_view(node)
             node.kwargs = {**node.kwargs, "inplace": False}
@@ -188,14 +188,16 @@ def _timm_conventions() -> tuple[frozenset[type[nn.Module]], tuple[Callable[...,
     return leaves, functions
 
 
-def trace(model: nn.Module, *, functionalize: bool = True) -> fx.GraphModule:
+def trace(model: nn.Module) -> fx.GraphModule:
     """Trace ``model`` in eval mode (timm's leaf modules and autowrapped functions included).
 
     Traces a shallow copy: fx stores tensor constants (``_tensor_constant0``...) on the
     root it traces, and they must be numbered the same on every trace (checkpoint replay).
+    The graph comes back with its in-place ops made out-of-place (:func:`functionalize_inplace`).
 
     Raises:
         UntraceableError: the model does not trace, with fx's first line.
+        ConversionError: an in-place op mutates a view (see :func:`functionalize_inplace`).
     """
     leaves, functions = _timm_conventions()
     try:
@@ -206,5 +208,4 @@ def trace(model: nn.Module, *, functionalize: bool = True) -> fx.GraphModule:
             graph = tracer.trace(root)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
         raise UntraceableError(f"{type(err).__name__}: {one_line(err)}") from err
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    return functionalize_inplace(gm) if functionalize else gm
+    return functionalize_inplace(fx.GraphModule(tracer.root, graph, type(model).__name__))
