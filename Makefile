@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training venv clean
+.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime venv clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,11 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_latency.py
 	$(BIN)/python benchmarks/bench_fidelity.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_onnxruntime.py
+
+# Latency under ONNX Runtime, original vs converted, both exported alike (~25 min on 2 cores).
+bench-onnxruntime: $(STAMP)
+	$(BIN)/python benchmarks/bench_onnxruntime.py
 
 # Accuracy of converted, BatchNorm-re-estimated and healed models on real digits (~35 min).
 bench-fidelity: $(DEV_STAMP)

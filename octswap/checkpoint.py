@@ -75,9 +75,11 @@ class Checkpoint:
         return self.source.build().eval()
 
 
-def atomic_write(path: str | Path, write: Any, *, force: bool = False) -> Path:
+def atomic_write(path: str | Path, write: Any, *, force: bool = False, suffix: str = ".tmp") -> Path:
     """Write a file through ``write(tmp_path)``, then move it into place atomically.
 
+    The temporary file is named ``.<name>.<random><suffix>`` beside ``path`` (a reader
+    that goes by the file's suffix, such as ``torch.export.load``, needs its own).
     Without ``force`` an existing file is never replaced, even one that appears
     while writing (the final step is a hard link, which fails if the name exists).
 
@@ -92,7 +94,7 @@ def atomic_write(path: str | Path, write: Any, *, force: bool = False) -> Path:
         raise InputError(f"{path} is a directory")
     folder = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
     except OSError as err:
         raise InputError(f"cannot write to {folder}: {err.strerror or err}") from None
     os.close(fd)

@@ -56,6 +56,16 @@ class Mode(str, Enum):
     layer = "layer"
 
 
+class Runtime(str, Enum):
+    pytorch = "pytorch"
+    onnxruntime = "onnxruntime"
+
+
+class ExportFileFormat(str, Enum):
+    onnx = "onnx"
+    pt2 = "pt2"
+
+
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -241,6 +251,8 @@ def _latency_table(results: list[Any], flops_ratio: float) -> Table:
 
 def _prepared(result: Any) -> str:
     o = result.options
+    if result.runtime != "pytorch":
+        return f"{result.device}, {result.runtime} ({result.export}, BN folded)"
     parts = [result.device, "channels-last" if o.channels_last else "NCHW"]
     parts += ["BN folded"] * o.fold_bn + ["packed"] * o.prepack + ["compiled"] * o.compile
     return ", ".join(parts)
@@ -746,6 +758,8 @@ def bench(
     prepack: PrepackOpt = True,
     compile_: CompileOpt = False,
     device: DeviceOpt = "cpu",
+    runtime: Annotated[Runtime, typer.Option("--runtime", help="pytorch, or onnxruntime: both models exported alike (BatchNorm folded, HxW fixed unless --dynamic) and run by ONNX Runtime sessions with the same options (needs octswap[export]).")] = Runtime.pytorch,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="With --runtime onnxruntime: export with dynamic height and width.")] = False,
     fmt: FormatOpt = OutputFormat.table,
     allow_import: AllowImportOpt = False,
     debug: DebugOpt = False,
@@ -768,9 +782,17 @@ def bench(
             converted, _ = octswap.convert(original, _policy(policy, alpha), input_shape=shape, mode=mode.value)
         x = example_input(shape)
         flops_ratio = count_cost(converted, x).flops / count_cost(original, x).flops
-        results = _measure(original, converted, shape, recorded, batches=batches, threads=threads, rounds=rounds,
-                           channels_last=channels_last, fold_bn=fold_bn, prepack=prepack, compile_=compile_,
-                           device=device)  # fmt: skip
+        if runtime is Runtime.onnxruntime:
+            from octswap.latency import measure_onnxruntime_latency
+
+            results = measure_onnxruntime_latency(original, converted, shape, batches=batches, threads=threads,
+                                                  device=device, dynamic=dynamic, rounds=rounds)  # fmt: skip
+        else:
+            if dynamic:
+                raise InputError("--dynamic applies to --runtime onnxruntime only")
+            results = _measure(original, converted, shape, recorded, batches=batches, threads=threads, rounds=rounds,
+                               channels_last=channels_last, fold_bn=fold_bn, prepack=prepack, compile_=compile_,
+                               device=device)  # fmt: skip
         if fmt is OutputFormat.json:
             out.print_json(json.dumps({"model": target, "flops_ratio": round(flops_ratio, 6),
                                        "latency": [r.to_dict() for r in results]}))  # fmt: skip
@@ -940,6 +962,87 @@ def heal(
 
 _TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "video",
           "optical_flow": "optical flow", "quantization": "quantized"}  # fmt: skip
+
+
+@app.command()
+def export(
+    target: Annotated[str, typer.Argument(help="A checkpoint from `octswap convert`, or a model name / import path to convert first.")],
+    file_format: Annotated[ExportFileFormat, typer.Option("--format", help="onnx (ONNX Runtime, TensorRT, OpenVINO) or pt2 (a torch.export program).")] = ExportFileFormat.onnx,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file [default: the checkpoint's name, or <model>-oct<alpha>, with .onnx or .pt2].")] = None,
+    alpha: AlphaOpt = None,
+    policy: PolicyOpt = None,
+    weights: WeightsOpt = None,
+    input_size: InputSizeOpt = None,
+    mode: ModeOpt = Mode.auto,
+    model_arg: ModelArgOpt = None,
+    opset: Annotated[Optional[int], typer.Option("--opset", min=7, help="ONNX opset [default: the exporter's].")] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic height and width, or fixed at the input size (no crops in the octave resampling: faster in ONNX Runtime).")] = True,
+    batch: Annotated[Optional[int], typer.Option("--batch", "-b", min=1, help="Fix the batch size [default: dynamic].")] = None,
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Run the file at the probe size and a size of the other parity and compare with PyTorch before writing it.")] = True,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest accepted max|exported - PyTorch| / max|PyTorch|.")] = 1e-4,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    allow_import: AllowImportOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a converted model as a file that runs without octswap, validated against PyTorch."""
+    import octswap
+    from octswap.export import FORMATS, export_model
+    from octswap.export.exporting import plan_metadata
+
+    with _errors(debug):
+        suffix = FORMATS[file_format.value].suffix
+        if _is_checkpoint(target):
+            if alpha is not None or policy is not None or weights is not None or model_arg:
+                raise InputError("--alpha, --policy, --weights and --model-arg apply to a model name, not a checkpoint")
+            ckpt = octswap.read_checkpoint(target)
+            model = octswap.load(target, allow_import=allow_import, compile=False)
+            shape = parse_input_size(input_size) if input_size is not None else ckpt.plan.input_shape
+            meta = plan_metadata(ckpt.plan, ckpt.source, ckpt.report)
+            default = Path(target).with_suffix(suffix)
+        else:
+            pol = _policy(policy, alpha)
+            default = _default_output(target, pol.alpha).with_suffix(suffix)
+            if output is None and default.exists() and not force:  # before the conversion
+                raise octswap.OutputExistsError(f"{default} exists; pass --force to overwrite it")
+            original, source = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
+            shape = _input_shape(input_size, original)
+            model, plan_ = octswap.convert(original, pol, input_shape=shape, mode=mode.value)
+            meta = plan_metadata(plan_, source)
+        path = output if output is not None else default
+        result = export_model(model, path, format=file_format.value, input_shape=shape, batch=batch, dynamic=dynamic,
+                              opset=opset, metadata=meta, validate_file=validate, tolerance=tolerance,
+                              force=force)  # fmt: skip
+        if json_out:
+            out.print_json(json.dumps(result.to_dict()))
+        elif result.validation is not None:
+            out.print(_validation_table(result.validation))
+        size = result.path.stat().st_size / 2**20
+        axes = ", ".join(result.dynamic_axes.values()) or "none"
+        checked = "not validated (--no-validate)"
+        if result.validation is not None:
+            worst = max((c.max_rel for c in result.validation.checks if c.max_rel is not None), default=0.0)
+            ran = sum(not c.skipped for c in result.validation.checks)
+            checked = (f"validated with {result.validation.runtime} at {ran} input shape(s), "
+                       f"max relative difference {worst:.2g}")  # fmt: skip
+        err.print(f"wrote {result.path} ({size:.1f} MiB, {file_format.value}, dynamic axes: {axes}) in "
+                  f"{result.export_seconds:.0f} s; {checked}", highlight=False, markup=False)  # fmt: skip
+
+
+def _validation_table(validation: Any) -> Table:
+    table = Table(title=f"validation: {validation.runtime} vs PyTorch (tolerance {validation.tolerance:g}, relative)",
+                  title_justify="left")  # fmt: skip
+    for column in ("input", "max abs diff", "max rel diff", "top-1 agreement", "result"):
+        table.add_column(column, justify="right")
+    for c in validation.checks:
+        table.add_row(
+            "x".join(map(str, c.input_shape)),
+            "" if c.max_abs is None else f"{c.max_abs:.2g}",
+            "" if c.max_rel is None else f"{c.max_rel:.2g}",
+            "" if c.top1_agreement is None else f"{c.top1_agreement:.0%}",
+            c.note or ("ok" if c.passed else "FAILED"),
+        )  # fmt: skip
+    return table
 
 
 @app.command()

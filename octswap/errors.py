@@ -9,6 +9,8 @@ from pathlib import Path
 __all__ = [
     "CheckpointError",
     "ConversionError",
+    "ExportValidationError",
+    "MissingExtraError",
     "InputError",
     "ModelLoadError",
     "OctswapError",
@@ -54,6 +56,10 @@ class OutputExistsError(InputError):
     """Refusing to overwrite an existing file without ``force``."""
 
 
+class MissingExtraError(InputError):
+    """An optional dependency (a ``pip install 'octswap[EXTRA]'`` extra) is not installed (exit 2)."""
+
+
 class ConversionError(OctswapError):
     """The conversion or its verification failed (exit 1)."""
 
@@ -68,6 +74,10 @@ class UntraceableError(ConversionError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"the model does not trace with torch.fx ({detail}); use --mode layer or --mode auto")
         self.detail = detail
+
+
+class ExportValidationError(ConversionError):
+    """An exported file computes something other than the PyTorch model (exit 1); nothing was written."""
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -6,6 +6,10 @@ in eval mode under ``torch.inference_mode``, with ``torch.utils.benchmark.Timer`
 thread count and synchronises). Rounds alternate between the two models so that a
 drift of the machine hits both alike; each figure is the median over rounds, with
 the interquartile range as its spread.
+
+Under ONNX Runtime (:func:`measure_onnxruntime_latency`) both models are exported
+alike (:mod:`octswap.export`) and run by sessions with the same options, timed the
+same way.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +28,10 @@ from torch import nn
 from octswap.errors import InputError
 from octswap.inference import InferenceOptions
 
-__all__ = ["LatencyResult", "Timing", "measure_latency"]
+__all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency"]
+
+#: Runtimes ``octswap bench --runtime`` times models in.
+RUNTIMES = ("pytorch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,10 @@ class LatencyResult:
     converted: Timing
     original_peak_bytes: int | None = None
     converted_peak_bytes: int | None = None
+    #: ``"pytorch"``, or ``"onnxruntime"`` (both models exported alike, ``options`` says how).
+    runtime: str = "pytorch"
+    #: How both models were exported for the runtime (empty for PyTorch).
+    export: str = ""
 
     @property
     def channels_last(self) -> bool:
@@ -67,7 +79,8 @@ class LatencyResult:
     def to_dict(self) -> dict[str, Any]:
         memory = self.memory_ratio
         return {
-            "batch": self.batch, "threads": self.threads, "device": self.device, **self.options.to_dict(),
+            "batch": self.batch, "threads": self.threads, "device": self.device, "runtime": self.runtime,
+            **({"export": self.export} if self.export else {}), **self.options.to_dict(),
             "original_ms": round(self.original.median * 1e3, 3), "original_iqr_ms": round(self.original.iqr * 1e3, 3),
             "converted_ms": round(self.converted.median * 1e3, 3),
             "converted_iqr_ms": round(self.converted.iqr * 1e3, 3),
@@ -143,6 +156,32 @@ def measure_latency(
 
     dev = _check_device(device)
     options = options if options is not None else InferenceOptions()
+    threads = threads or torch.get_num_threads()
+    models = [optimize_for_inference(copy.deepcopy(m).to(dev), options, inplace=True) for m in (original, converted)]
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    results = []
+    for batch in batches:
+        x = torch.randn(batch, *input_shape, device=dev).contiguous(memory_format=layout)
+        peaks: list[int | None] = [None, None]
+        if memory and not options.compile:
+            peaks = [measure_activations(m, x).peak for m in models]
+        timings = _side_by_side([_forward(m, x) for m in models], threads, rounds=rounds,
+                                min_round_time=min_round_time)  # fmt: skip
+        results.append(LatencyResult(batch, threads, str(dev), options, timings[0], timings[1], peaks[0], peaks[1]))
+    return results
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return forward
+
+
+def _side_by_side(forwards: Sequence[Callable[[], None]], threads: int, *, rounds: int,
+                  min_round_time: float) -> list[Timing]:  # fmt: skip
+    """Time each forward in alternating rounds (``torch.utils.benchmark.Timer``)."""
     # torch.utils.benchmark imports cpp_extension, which warns about a missing CUDA
     # runtime on CPU machines; keep that out of our output (for this import only).
     cpp_logger = logging.getLogger("torch.utils.cpp_extension")
@@ -153,38 +192,86 @@ def measure_latency(
     finally:
         cpp_logger.setLevel(level)
 
+    timers = [benchmark.Timer(stmt="forward()", globals={"forward": f}, num_threads=threads) for f in forwards]
+    # Warm up (and compile, with options.compile) before calibrating: the first
+    # forwards pay for oneDNN primitive creation and for the allocator settling
+    # (glibc raises its mmap threshold only after large blocks are freed), so run
+    # each model for a few rounds' worth of time first.
+    for timer in timers:
+        spent, calls = 0.0, 0
+        while calls < 3 or spent < 2 * min_round_time:
+            spent += timer.timeit(1).median
+            calls += 1
+    # Calibrate how many forwards make one round, on the slower of the two.
+    number = max(1, max(round(min_round_time / t.timeit(1).median) for t in timers))
+    samples: list[list[float]] = [[] for _ in timers]
+    for _ in range(rounds):
+        for index, timer in enumerate(timers):
+            samples[index].append(timer.timeit(number).median)
+    return [_timing(s) for s in samples]
+
+
+def measure_onnxruntime_latency(
+    original: nn.Module,
+    converted: nn.Module,
+    input_shape: tuple[int, int, int],
+    *,
+    batches: Sequence[int] = (1, 8),
+    threads: int | None = None,
+    device: str = "cpu",
+    dynamic: bool = False,
+    rounds: int = 7,
+    min_round_time: float = 0.2,
+) -> list[LatencyResult]:
+    """Time ``original`` and ``converted`` side by side in ONNX Runtime.
+
+    Both are exported alike (:func:`octswap.export.export_model`: BatchNorm folded,
+    dynamic batch, height and width fixed at ``input_shape`` unless ``dynamic``, each
+    file validated) into a temporary folder and run by sessions with the same options
+    (:func:`octswap.export.onnx_file.onnxruntime_session`), in alternating rounds as
+    :func:`measure_latency` does.
+
+    Raises:
+        MissingExtraError: onnx, onnxscript or onnxruntime is missing (``octswap[export]``).
+        InputError: a device this machine (or ONNX Runtime build) does not have.
+
+    Example:
+        >>> results = measure_onnxruntime_latency(model, converted, (3, 224, 224))  # doctest: +SKIP
+    """
+    import tempfile
+
+    from octswap.export import export_model
+    from octswap.export.onnx_file import onnxruntime_session, require_onnx
+
+    require_onnx()
+    dev = _check_device(device)
+    if dev.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise InputError("--device cuda needs an ONNX Runtime build with the CUDA provider (onnxruntime-gpu)")
     threads = threads or torch.get_num_threads()
-    models = [optimize_for_inference(copy.deepcopy(m).to(dev), options, inplace=True) for m in (original, converted)]
-    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    shape = "dynamic HxW" if dynamic else "x".join(map(str, input_shape[1:])) + " fixed"
     results = []
-    for batch in batches:
-        x = torch.randn(batch, *input_shape, device=dev).contiguous(memory_format=layout)
-        peaks: list[int | None] = [None, None]
-        if memory and not options.compile:
-            peaks = [measure_activations(m, x).peak for m in models]
-        timers = []
-        for model in models:
-
-            def forward(m: nn.Module = model) -> None:
-                with torch.inference_mode():
-                    m(x)
-
-            timers.append(benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads))
-        # Warm up (and compile, with options.compile) before calibrating: the first
-        # forwards pay for oneDNN primitive creation and for the allocator settling
-        # (glibc raises its mmap threshold only after large blocks are freed), so run
-        # each model for a few rounds' worth of time first.
-        for timer in timers:
-            spent, calls = 0.0, 0
-            while calls < 3 or spent < 2 * min_round_time:
-                spent += timer.timeit(1).median
-                calls += 1
-        # Calibrate how many forwards make one round, on the slower of the two.
-        number = max(1, max(round(min_round_time / t.timeit(1).median) for t in timers))
-        samples: list[list[float]] = [[], []]
-        for _ in range(rounds):
-            for index, timer in enumerate(timers):
-                samples[index].append(timer.timeit(number).median)
-        results.append(LatencyResult(batch, threads, str(dev), options, _timing(samples[0]), _timing(samples[1]),
-                                     peaks[0], peaks[1]))  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="octswap-bench-") as folder:
+        sessions = []
+        for name, model in (("original", original), ("converted", converted)):
+            path = Path(folder) / f"{name}.onnx"
+            export_model(model, path, input_shape=input_shape, dynamic=dynamic)
+            sessions.append(onnxruntime_session(path, threads=threads, device=str(dev)))
+        for batch in batches:
+            x = torch.randn(batch, *input_shape).numpy()
+            forwards = [_session_forward(session, x) for session in sessions]
+            timings = _side_by_side(forwards, threads, rounds=rounds, min_round_time=min_round_time)
+            results.append(LatencyResult(batch, threads, str(dev), InferenceOptions(True, False, False, False),
+                                         timings[0], timings[1], runtime="onnxruntime", export=shape))  # fmt: skip
     return results
+
+
+def _session_forward(session: Any, x: Any) -> Callable[[], None]:
+    name = session.get_inputs()[0].name
+
+    def forward() -> None:
+        session.run(None, {name: x})
+
+    return forward

@@ -199,7 +199,20 @@ def downsample(x: Tensor) -> Tensor:
 
 
 def upsample(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Nearest upsampling to an exact ``size`` (for odd sizes this is x2 then crop)."""
+    """Nearest upsampling to an exact ``size`` (for odd sizes this is x2 then crop).
+
+    When ``size`` is exactly twice the input this is written as a fixed x2 resize, the
+    same computation (nearest x2 reads input pixel ``floor(i / 2)``, as the exact-size
+    resize does). A graph exporter then records a resize by constant scales rather than
+    one by sizes computed from shapes; ONNX Runtime keeps the former in its blocked
+    NCHWc layout and moves the latter out of it and back (see :mod:`octswap.export`).
+    Symbolic sizes (``torch.export`` with a dynamic height or width) keep the exact-size
+    resize: a x2 resize and a crop would make the exporter assume even sizes.
+    """
+    height, width = x.shape[-2:]
+    if all(isinstance(v, int) for v in (height, width, size[0], size[1])):
+        if size[0] == 2 * height and size[1] == 2 * width:
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
     return F.interpolate(x, size=size, mode="nearest")
 
 

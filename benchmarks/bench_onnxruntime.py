@@ -1,0 +1,110 @@
+"""Benchmark: latency ratio of converted vs original models under ONNX Runtime, side by side.
+
+Models resnet50 and resnet18 (configs/resnet.yaml) and mobilenet_v2
+(configs/mobilenet_v2.yaml), at alpha 0.125 / 0.25 / 0.5 (the policy's alpha replaced),
+graph mode, random weights, 224x224. Each pair comes from
+`octswap.latency.measure_onnxruntime_latency`: both models exported alike by
+`octswap.export.export_model` (BatchNorm folded, dynamic batch, height and width fixed
+at 224x224 unless --dynamic, each file validated against PyTorch), run by ONNX Runtime
+sessions with the same options (all graph optimizations, sequential, --threads intra-op
+threads), in alternating rounds, median over rounds. Each model runs in --processes fresh
+processes (default 3); the table shows the median ratio over processes and their range.
+
+Usage:
+    .venv/bin/python benchmarks/bench_onnxruntime.py [--threads 2] [--batches 1,8]
+        [--rounds 7] [--processes 3] [--dynamic] [--models resnet50,mobilenet_v2]
+        [--alphas 0.125,0.25,0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+import torch
+
+import octswap
+from octswap.flops import count_cost
+from octswap.latency import measure_onnxruntime_latency
+from octswap.plan import example_input
+
+MODELS = {
+    "resnet50": "configs/resnet.yaml",
+    "resnet18": "configs/resnet.yaml",
+    "mobilenet_v2": "configs/mobilenet_v2.yaml",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per model (median ratio)")
+    parser.add_argument("--dynamic", action="store_true", help="export with dynamic height and width")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--alphas", default="0.125,0.25,0.5")
+    parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.processes < 1 or args.rounds < 1:
+        parser.error("--processes and --rounds must be at least 1")
+    if args.worker:
+        run_model(args)
+        return
+    import onnxruntime
+
+    shapes = "dynamic height and width" if args.dynamic else "224x224 fixed"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider), {args.threads} threads, exported with "
+          f"BatchNorm folded, dynamic batch, {shapes}; median of {args.rounds} interleaved rounds of "
+          f">= {args.min_round_time} s, {args.processes} process(es) per model")  # fmt: skip
+    print("| model | alpha | batch | FLOPs ratio | ORT latency ratio (median) | range over processes | "
+          "original ms | converted ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    for name in args.models.split(","):
+        if name not in MODELS:
+            sys.exit(f"bench_onnxruntime: unknown model {name!r} (known: {', '.join(MODELS)})")
+        argv = ["--threads", str(args.threads), "--batches", args.batches, "--rounds", str(args.rounds),
+                "--min-round-time", str(args.min_round_time), "--models", name, "--alphas", args.alphas,
+                "--worker"] + ["--dynamic"] * args.dynamic  # fmt: skip
+        rows: dict[tuple[float, int], list[dict]] = {}
+        for _ in range(args.processes):
+            done = subprocess.run([sys.executable, __file__, *argv], check=True, stdout=subprocess.PIPE, text=True)
+            for line in done.stdout.splitlines():
+                row = json.loads(line)
+                rows.setdefault((row["alpha"], row["batch"]), []).append(row)
+        for (alpha, batch), runs in sorted(rows.items()):
+            ratios = [r["ratio"] for r in runs]
+            print(f"| {name} | {alpha} | {batch} | {runs[0]['flops']:.2f} | {statistics.median(ratios):.2f} | "
+                  f"{min(ratios):.2f}–{max(ratios):.2f} | {statistics.median(r['original_ms'] for r in runs):.1f} | "
+                  f"{statistics.median(r['converted_ms'] for r in runs):.1f} |", flush=True)  # fmt: skip
+
+
+def run_model(args: argparse.Namespace) -> None:
+    shape = (3, 224, 224)
+    x = example_input(shape)
+    batches = tuple(int(b) for b in args.batches.split(","))
+    (name,) = args.models.split(",")
+    model, _ = octswap.load_model(name)
+    base = count_cost(model, x).flops
+    policy = octswap.load_policy(MODELS[name])
+    for alpha in (float(a) for a in args.alphas.split(",")):
+        converted, _ = octswap.convert(model, policy, alpha=alpha, input_shape=shape)
+        flops = count_cost(converted, x).flops / base
+        results = measure_onnxruntime_latency(model, converted, shape, batches=batches, threads=args.threads,
+                                              dynamic=args.dynamic, rounds=args.rounds,
+                                              min_round_time=args.min_round_time)  # fmt: skip
+        for result in results:
+            print(json.dumps({"alpha": alpha, "batch": result.batch, "flops": flops, "ratio": result.ratio,
+                              "original_ms": result.original.median * 1e3,
+                              "converted_ms": result.converted.median * 1e3}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""ONNX files: written with the ``torch.onnx`` dynamo exporter, run with ONNX Runtime.
+
+onnx, onnxscript and onnxruntime are the optional extra ``octswap[export]``; without
+them, :func:`require_onnx` raises one clear error naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from octswap.errors import MissingExtraError
+
+__all__ = ["onnxruntime_session", "require_onnx", "run_onnx", "runtime_name", "write_onnx"]
+
+logger = logging.getLogger(__name__)
+
+_EXTRA = ("onnx", "onnxscript", "onnxruntime")
+
+
+def require_onnx(*modules: str) -> None:
+    """Import the export extra's modules (all three by default), or raise one clear error.
+
+    Raises:
+        MissingExtraError: one of them is not installed.
+    """
+    import importlib
+
+    for name in modules or _EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingExtraError(
+                f"ONNX export needs {name}, which is not installed: pip install 'octswap[export]'"
+            ) from None
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Any:
+    """The exporter prints progress lines ("[torch.onnx] Obtain model graph...") to
+    stdout and warns about its own internals; octswap's stdout carries results only."""
+    noisy = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export", "torch._export")]
+    levels = [log.level for log in noisy]
+    for log in noisy:
+        log.setLevel(logging.ERROR)
+    captured = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(noisy, levels):
+            log.setLevel(level)
+        if captured.getvalue().strip():
+            logger.debug("torch.onnx: %s", captured.getvalue().strip())
+
+
+def write_onnx(
+    model: nn.Module,
+    example: Tensor,
+    path: Path,
+    *,
+    dynamic_axes: Mapping[int, str],
+    opset: int | None,
+    metadata: Mapping[str, str],
+    rewrite: bool = True,
+) -> dict[str, Any]:
+    """Export ``model`` at ``example`` to ``path`` (overwritten) and return facts about the file.
+
+    Args:
+        model: The reference model (eval, BatchNorm folded).
+        example: An ``N x C x H x W`` input.
+        path: Where to write (the caller makes it atomic).
+        dynamic_axes: Input axes to keep dynamic and their names (``{0: "batch"}``).
+        opset: ONNX opset (default: the exporter's).
+        metadata: Written to the model's ``metadata_props``.
+        rewrite: Apply :mod:`octswap.export.rewrites` (ONNX Runtime fusions).
+    """
+    require_onnx("onnx", "onnxscript")
+    from onnxscript import ir
+
+    from octswap.export.rewrites import rewrite_for_onnxruntime
+
+    shapes = ({axis: name for axis, name in dynamic_axes.items()},) if dynamic_axes else None
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, dynamic_shapes=shapes, opset_version=opset, input_names=["input"],
+            optimize=True, verbose=False, external_data=False,
+        )  # fmt: skip
+    assert program is not None
+    onnx_model = program.model
+    rewrites = rewrite_for_onnxruntime(onnx_model) if rewrite else 0
+    onnx_model.metadata_props.update(metadata)
+    ir.save(onnx_model, path)
+    opset_used = onnx_model.opset_imports.get("", None)
+    return {"opset": opset_used, "rewrites": rewrites, "nodes": sum(1 for _ in onnx_model.graph)}
+
+
+def runtime_name(device: str = "cpu") -> str:
+    import onnxruntime
+
+    provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
+    return f"ONNX Runtime {onnxruntime.__version__} ({provider})"
+
+
+def onnxruntime_session(path: str | Path, *, threads: int | None = None, device: str = "cpu") -> Any:
+    """An ``onnxruntime.InferenceSession`` with all graph optimizations, sequential execution,
+    ``threads`` intra-op threads (default: ONNX Runtime's) and one inter-op thread."""
+    require_onnx("onnxruntime")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: its warnings are about its own optimizer
+    providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def run_onnx(path: str | Path, *, threads: int | None = None) -> Callable[[Tensor], list[Tensor]]:
+    """A function that runs one input through the file with ONNX Runtime (CPU)."""
+    session = onnxruntime_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+
+    def run(x: Tensor) -> list[Tensor]:
+        return [torch.from_numpy(out) for out in session.run(None, {name: x.numpy()})]
+
+    return run
