@@ -10,10 +10,17 @@ sessions with the same options (all graph optimizations, sequential, --threads i
 threads), in alternating rounds, median over rounds. Each model runs in --processes fresh
 processes (default 3); the table shows the median ratio over processes and their range.
 
+--forms compares, for one model and alpha, the export forms of the converted model with
+each other and with the original, all in one process and in interleaved rounds (sessions
+as above): "plain" is what `torch.onnx.export(..., dynamo=True)` of the converted model
+gives without octswap's export (exact-size nearest resizes, no rewrites; height and width
+fixed), "static" and "dynamic" are `octswap export --static` and `octswap export`.
+
 Usage:
     .venv/bin/python benchmarks/bench_onnxruntime.py [--threads 2] [--batches 1,8]
         [--rounds 7] [--processes 3] [--dynamic] [--models resnet50,mobilenet_v2]
         [--alphas 0.125,0.25,0.5]
+    .venv/bin/python benchmarks/bench_onnxruntime.py --forms [--models resnet50 --alphas 0.5]
 """
 
 from __future__ import annotations
@@ -50,8 +57,12 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--alphas", default="0.125,0.25,0.5")
     parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
+    parser.add_argument("--forms", action="store_true", help="compare the export forms (see above)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.forms:
+        compare_forms(args)
+        return
     if args.processes < 1 or args.rounds < 1:
         parser.error("--processes and --rounds must be at least 1")
     if args.worker:
@@ -104,6 +115,55 @@ def run_model(args: argparse.Namespace) -> None:
             print(json.dumps({"alpha": alpha, "batch": result.batch, "flops": flops, "ratio": result.ratio,
                               "original_ms": result.original.median * 1e3,
                               "converted_ms": result.converted.median * 1e3}), flush=True)  # fmt: skip
+
+
+def compare_forms(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    import octswap.octave
+    import octswap.rewrite.graph.runtime
+    from octswap.export import export_model, reference_model
+    from octswap.export.onnx_file import onnxruntime_session
+    from octswap.latency import _session_forward, _side_by_side
+
+    shape = (3, 224, 224)
+    name, alpha = args.models.split(",")[0], float(args.alphas.split(",")[-1])
+    model, _ = octswap.load_model(name)
+    converted, _ = octswap.convert(model, octswap.load_policy(MODELS[name]), alpha=alpha, input_shape=shape)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {"original": Path(folder) / "original.onnx"}
+        export_model(model, paths["original"], input_shape=shape, dynamic=False)
+        # "plain": the exporter on the reference model, resizes to exact sizes as before octswap's export form.
+        exact = octswap.octave.upsample
+
+        def exact_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+            return F.interpolate(x, size=size, mode="nearest")
+
+        octswap.octave.upsample = octswap.rewrite.graph.runtime.upsample = exact_size  # type: ignore[assignment]
+        try:
+            paths["plain"] = Path(folder) / "plain.onnx"
+            torch.onnx.export(reference_model(converted), (torch.randn(2, *shape),), str(paths["plain"]), dynamo=True,
+                              dynamic_shapes=({0: "batch"},))  # fmt: skip
+        finally:
+            octswap.octave.upsample = octswap.rewrite.graph.runtime.upsample = exact  # type: ignore[assignment]
+        for form, dynamic in (("static", False), ("dynamic", True)):
+            paths[form] = Path(folder) / f"{form}.onnx"
+            export_model(converted, paths[form], input_shape=shape, dynamic=dynamic)
+        print(f"{name} alpha {alpha}: latency / original under ONNX Runtime, {args.threads} threads, "
+              f"median of {args.rounds} interleaved rounds")  # fmt: skip
+        print("| batch | " + " | ".join(paths) + " |\n|---|" + "---|" * len(paths))
+        for batch in (int(b) for b in args.batches.split(",")):
+            fixed = {"batch": batch, "height": shape[1], "width": shape[2]}
+            sessions = [onnxruntime_session(p, threads=args.threads, fixed_dims=fixed) for p in paths.values()]
+            x = torch.randn(batch, *shape).numpy()
+            timings = _side_by_side([_session_forward(s, x) for s in sessions], args.threads, rounds=args.rounds,
+                                    min_round_time=args.min_round_time)  # fmt: skip
+            base = timings[0].median
+            print(f"| {batch} | " + " | ".join(f"{t.median * 1e3:.1f} ms ({t.median / base:.2f})" for t in timings)
+                  + " |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -228,8 +228,9 @@ def measure_onnxruntime_latency(
     Both are exported alike (:func:`octswap.export.export_model`: BatchNorm folded,
     dynamic batch, height and width fixed at ``input_shape`` unless ``dynamic``, each
     file validated) into a temporary folder and run by sessions with the same options
-    (:func:`octswap.export.onnx_file.onnxruntime_session`), in alternating rounds as
-    :func:`measure_latency` does.
+    (:func:`octswap.export.onnx_file.onnxruntime_session`, with the batch size and, for
+    dynamic exports, height and width fixed in each session as a server running one shape
+    would), in alternating rounds as :func:`measure_latency` does.
 
     Raises:
         MissingExtraError: onnx, onnxscript or onnxruntime is missing (``octswap[export]``).
@@ -254,12 +255,14 @@ def measure_onnxruntime_latency(
     shape = "dynamic HxW" if dynamic else "x".join(map(str, input_shape[1:])) + " fixed"
     results = []
     with tempfile.TemporaryDirectory(prefix="octswap-bench-") as folder:
-        sessions = []
+        paths = []
         for name, model in (("original", original), ("converted", converted)):
-            path = Path(folder) / f"{name}.onnx"
-            export_model(model, path, input_shape=input_shape, dynamic=dynamic)
-            sessions.append(onnxruntime_session(path, threads=threads, device=str(dev)))
+            paths.append(Path(folder) / f"{name}.onnx")
+            export_model(model, paths[-1], input_shape=input_shape, dynamic=dynamic)
         for batch in batches:
+            # One session per file and batch size, the shape fixed in it (the files keep it dynamic).
+            fixed = {"batch": batch, "height": input_shape[1], "width": input_shape[2]}
+            sessions = [onnxruntime_session(p, threads=threads, device=str(dev), fixed_dims=fixed) for p in paths]
             x = torch.randn(batch, *input_shape).numpy()
             forwards = [_session_forward(session, x) for session in sessions]
             timings = _side_by_side(forwards, threads, rounds=rounds, min_round_time=min_round_time)

@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 
 import octswap
 from octswap.cli import app
-from octswap.errors import ExportValidationError, InputError, MissingExtraError, OutputExistsError
+from octswap.errors import ConversionError, ExportValidationError, InputError, MissingExtraError, OutputExistsError
 from octswap.export import export_model
+from octswap.export.exporting import misaligned_octave_convs
 from octswap.export.onnx_file import run_onnx
 from octswap.export.program import read_program_metadata
 from octswap.export.validation import validate, validation_inputs
@@ -224,6 +225,26 @@ def test_failed_validation_writes_nothing(tmp_path):
     assert result.validation is None and target.is_file()
 
 
+class _Branchy(nn.Module):
+    """Branches on the data: an exporter cannot capture it as one graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y.relu() if y.mean() > 0 else -y
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_a_model_the_exporter_cannot_capture_fails_in_one_line(fmt, tmp_path):
+    with pytest.raises(ConversionError, match=f"^{fmt} export failed: ") as caught:
+        export_model(_Branchy(), tmp_path / f"b.{fmt}", format=fmt, input_shape=(3, 8, 8))
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_inputs_raise_before_any_work(tmp_path):
     model = tiny_resnet()
     with pytest.raises(InputError, match="unknown export format 'tflite'"):
@@ -235,6 +256,21 @@ def test_bad_inputs_raise_before_any_work(tmp_path):
         export_model(model, tmp_path / "there.onnx", input_shape=(3, 16, 16))
     assert (tmp_path / "there.onnx").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there.onnx"]
+
+
+def test_misaligned_octave_branches_are_named_in_a_warning(tmp_path, caplog):
+    """64 channels at alpha 0.125: 56 high + 8 low, not multiples of ONNX Runtime's NCHWc block."""
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 10, 1))  # fmt: skip
+    converted, plan = octswap.convert(net.eval(), alpha=0.125, input_shape=(3, 16, 16))
+    assert [d.name for d in plan.octave_layers] == ["2", "4", "6"]
+    # "2" reads the 64 plain channels (its outputs are padded by ONNX Runtime itself); "4" and "6" read 56 + 8.
+    assert misaligned_octave_convs(converted) == ["4", "6"]
+    with caplog.at_level("WARNING", logger="octswap.export.exporting"):
+        export_model(converted, tmp_path / "m.onnx", input_shape=(3, 16, 16))
+    assert "not a multiple of 16" in caplog.text
+    aligned, _ = octswap.convert(net.eval(), alpha=0.25, input_shape=(3, 16, 16))
+    assert misaligned_octave_convs(aligned) == []
 
 
 def test_upsample_scale_form_equals_exact_size_form():

@@ -16,14 +16,29 @@ from torch import Tensor, nn
 
 import octswap
 from octswap.checkpoint import atomic_write
-from octswap.errors import ExportValidationError, InputError, OutputExistsError
+from octswap.errors import ConversionError, ExportValidationError, InputError, OutputExistsError, one_line
 from octswap.export.onnx_file import require_onnx, run_onnx, runtime_name, write_onnx
 from octswap.export.program import run_program, write_program
 from octswap.export.validation import DEFAULT_TOLERANCE, Validation, validate, validation_inputs
 from octswap.inference import fold_batchnorm, unwrap_compiled
 from octswap.kernels import fused_kernels
+from octswap.octave import OctaveConv2d
 
-__all__ = ["FORMATS", "ExportFormat", "ExportResult", "export_model", "plan_metadata", "reference_model"]
+__all__ = [
+    "FORMATS",
+    "NCHWC_BLOCK",
+    "ExportFormat",
+    "ExportResult",
+    "export_model",
+    "misaligned_octave_convs",
+    "plan_metadata",
+    "reference_model",
+]
+
+#: Channel block of ONNX Runtime's NCHWc convolutions on AVX-512 machines (8 on AVX2):
+#: a conv whose input or output channel count is not a multiple of it runs in the plain
+#: layout, with the reorders around it (``nchwc_transformer.cc``).
+NCHWC_BLOCK = 16
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +107,35 @@ def reference_model(model: nn.Module) -> nn.Module:
     return target.to(memory_format=torch.contiguous_format)  # type: ignore[call-arg]
 
 
+def _runs_blocked(conv: nn.Conv2d, block: int) -> bool:
+    """Whether ONNX Runtime's NCHWc transformer takes this conv (its channel rules)."""
+    out_channels, in_channels = conv.weight.shape[:2]
+    if conv.groups > 1:
+        depthwise = in_channels == 1 and out_channels == conv.groups
+        per_group = out_channels // conv.groups
+        return out_channels % block == 0 and (depthwise or (in_channels % block == 0 and per_group % block == 0))
+    return in_channels < block or in_channels % block == 0  # output channels are padded to the block
+
+
+def misaligned_octave_convs(model: nn.Module, *, block: int = NCHWC_BLOCK) -> list[str]:
+    """Names of octave convs with a path conv that ONNX Runtime's NCHWc transformer leaves
+    in the plain layout because of its channel counts (``nchwc_transformer.cc``: input
+    channels a multiple of ``block`` or fewer than it; grouped convs also output channels).
+
+    Example:
+        >>> net = nn.Sequential(OctaveConv2d(64, 64, 3, alpha_in=0.125, alpha_out=0.125, padding=1))
+        >>> misaligned_octave_convs(net)
+        ['0']
+    """
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, OctaveConv2d) and not module._plain:
+            paths = [getattr(module, p) for p in ("h2h", "h2l", "l2h", "l2l")]
+            if not all(_runs_blocked(path, block) for path in paths if path is not None):
+                names.append(name)
+    return names
+
+
 def plan_metadata(plan: Any, source: Any, report: Mapping[str, Any] | None = None) -> dict[str, str]:
     """octswap's metadata for an exported converted model: where it came from and how it
     was converted (string values: ONNX metadata properties are strings)."""
@@ -151,6 +195,7 @@ def export_model(
         InputError: an unknown format, a bad batch or opset, an unwritable path.
         OutputExistsError: ``path`` exists and ``force`` is false.
         MissingExtraError: the format's packages are missing (``octswap[export]``).
+        ConversionError: the exporter cannot capture the model.
         ExportValidationError: the file computes something else (nothing is written).
 
     Example:
@@ -177,6 +222,16 @@ def export_model(
     meta = {"octswap.version": octswap.__version__, "octswap.input_shape": json.dumps(list(input_shape)),
             "octswap.dynamic_axes": json.dumps({str(k): v for k, v in axes.items()}), **(metadata or {})}  # fmt: skip
     reference = reference_model(model)
+    if format == "onnx":
+        misaligned = misaligned_octave_convs(reference)
+        if misaligned:
+            logger.warning(
+                "%d octave convs (%s%s) have a branch whose channel count is not a multiple of %d; ONNX Runtime's CPU "
+                "provider runs them outside its blocked layout, which can make the model slower than the original "
+                "there (an alpha that splits channels into multiples of %d avoids it)",
+                len(misaligned), ", ".join(misaligned[:3]), ", ..." if len(misaligned) > 3 else "", NCHWC_BLOCK,
+                NCHWC_BLOCK,
+            )  # fmt: skip
     checked = unwrap_compiled(copy.deepcopy(model)).eval()
     example = validation_inputs(input_shape, batch=batch, dynamic=False)[0]
     timings: dict[str, float] = {}
@@ -186,8 +241,12 @@ def export_model(
     def write(tmp: Path) -> None:
         start = time.perf_counter()
         extra = {"rewrite": rewrite} if format == "onnx" else {}
-        with fused_kernels(False):
-            facts.update(fmt.write(reference, example, tmp, dynamic_axes=axes, opset=opset, metadata=meta, **extra))
+        try:
+            with fused_kernels(False):
+                facts.update(fmt.write(reference, example, tmp, dynamic_axes=axes, opset=opset, metadata=meta, **extra))
+        except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError) as err:
+            # The exporters raise their own subclasses of these for code they cannot capture.
+            raise ConversionError(f"{fmt.name} export failed: {type(err).__name__}: {one_line(err)}") from err
         timings["export"] = time.perf_counter() - start
         if not validate_file:
             return

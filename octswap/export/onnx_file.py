@@ -111,9 +111,16 @@ def runtime_name(device: str = "cpu") -> str:
     return f"ONNX Runtime {onnxruntime.__version__} ({provider})"
 
 
-def onnxruntime_session(path: str | Path, *, threads: int | None = None, device: str = "cpu") -> Any:
+def onnxruntime_session(
+    path: str | Path, *, threads: int | None = None, device: str = "cpu", fixed_dims: Mapping[str, int] | None = None
+) -> Any:
     """An ``onnxruntime.InferenceSession`` with all graph optimizations, sequential execution,
-    ``threads`` intra-op threads (default: ONNX Runtime's) and one inter-op thread."""
+    ``threads`` intra-op threads (default: ONNX Runtime's) and one inter-op thread.
+
+    ``fixed_dims`` fixes named dynamic dimensions for this session (ONNX Runtime's free
+    dimension overrides, e.g. ``{"batch": 8}``): the file stays dynamic, the session plans
+    for one shape, as a server that always runs one batch size would.
+    """
     require_onnx("onnxruntime")
     import onnxruntime as ort
 
@@ -124,6 +131,8 @@ def onnxruntime_session(path: str | Path, *, threads: int | None = None, device:
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its warnings are about its own optimizer
+    for name, value in (fixed_dims or {}).items():
+        options.add_free_dimension_override_by_name(name, value)
     providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), options, providers=providers)
 
