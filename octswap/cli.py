@@ -976,7 +976,7 @@ def export(
     mode: ModeOpt = Mode.auto,
     model_arg: ModelArgOpt = None,
     opset: Annotated[Optional[int], typer.Option("--opset", min=7, help="ONNX opset [default: the exporter's].")] = None,
-    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic height and width, or fixed at the input size (no crops in the octave resampling: faster in ONNX Runtime).")] = True,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic height and width, or fixed at the input size (ONNX Runtime then runs the octave resampling in its fast layout without session shape overrides).")] = True,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", min=1, help="Fix the batch size [default: dynamic].")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Run the file at the probe size and a size of the other parity and compare with PyTorch before writing it.")] = True,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest accepted max|exported - PyTorch| / max|PyTorch|.")] = 1e-4,
