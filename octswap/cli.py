@@ -769,6 +769,7 @@ def bench(
     from octswap.flops import count_cost
     from octswap.plan import example_input
 
+    asked_compile = compile_  # before a checkpoint's recorded options apply
     with _errors(debug):
         batches = _parse_batches(batch)
         recorded = None
@@ -785,6 +786,11 @@ def bench(
         if runtime is Runtime.onnxruntime:
             from octswap.latency import measure_onnxruntime_latency
 
+            ignored = [flag for flag, used in (("--nchw", not channels_last), ("--no-fold-bn", not fold_bn),
+                                               ("--no-prepack", not prepack), ("--compile", asked_compile)) if used]
+            if ignored:
+                raise InputError(f"{', '.join(ignored)} applies to --runtime pytorch (ONNX Runtime runs the exported "
+                                 "files, BatchNorm folded, in its own layout)")  # fmt: skip
             results = measure_onnxruntime_latency(original, converted, shape, batches=batches, threads=threads,
                                                   device=device, dynamic=dynamic, rounds=rounds)  # fmt: skip
         else:
@@ -967,7 +973,7 @@ _TASKS = {"segmentation": "segmentation", "detection": "detection", "video": "vi
 @app.command()
 def export(
     target: Annotated[str, typer.Argument(help="A checkpoint from `octswap convert`, or a model name / import path to convert first.")],
-    file_format: Annotated[ExportFileFormat, typer.Option("--format", help="onnx (ONNX Runtime, TensorRT, OpenVINO) or pt2 (a torch.export program).")] = ExportFileFormat.onnx,
+    file_format: Annotated[Optional[ExportFileFormat], typer.Option("--format", help="onnx (ONNX Runtime and other ONNX runtimes) or pt2 (a torch.export program) [default: from the output's suffix, else onnx].")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file [default: the checkpoint's name, or <model>-oct<alpha>, with .onnx or .pt2].")] = None,
     alpha: AlphaOpt = None,
     policy: PolicyOpt = None,
@@ -975,7 +981,7 @@ def export(
     input_size: InputSizeOpt = None,
     mode: ModeOpt = Mode.auto,
     model_arg: ModelArgOpt = None,
-    opset: Annotated[Optional[int], typer.Option("--opset", min=7, help="ONNX opset [default: the exporter's].")] = None,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset, 18 or newer [default: the exporter's].")] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic height and width, or fixed at the input size (ONNX Runtime then runs the octave resampling in its fast layout without session shape overrides).")] = True,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", min=1, help="Fix the batch size [default: dynamic].")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Run the file at the probe size and a size of the other parity and compare with PyTorch before writing it.")] = True,
@@ -991,10 +997,19 @@ def export(
     from octswap.export.exporting import plan_metadata
 
     with _errors(debug):
+        by_suffix = {f.suffix: name for name, f in FORMATS.items()}
+        implied = by_suffix.get(output.suffix) if output is not None else None
+        if file_format is None:
+            file_format = ExportFileFormat(implied or "onnx")
+        elif implied is not None and implied != file_format.value:
+            raise InputError(f"--format {file_format.value} does not match the output name {output} (a {implied} suffix)")
         suffix = FORMATS[file_format.value].suffix
         if _is_checkpoint(target):
-            if alpha is not None or policy is not None or weights is not None or model_arg:
-                raise InputError("--alpha, --policy, --weights and --model-arg apply to a model name, not a checkpoint")
+            if alpha is not None or policy is not None or weights is not None or model_arg or mode is not Mode.auto:
+                raise InputError("--alpha, --policy, --weights, --model-arg and --mode apply to a model name, "
+                                 "not a checkpoint")  # fmt: skip
+            if output is not None and output.exists() and Path(target).exists() and output.samefile(target):
+                raise InputError(f"{output} is the checkpoint being exported; choose another output name")
             ckpt = octswap.read_checkpoint(target)
             model = octswap.load(target, allow_import=allow_import, compile=False)
             shape = parse_input_size(input_size) if input_size is not None else ckpt.plan.input_shape

@@ -338,18 +338,26 @@ def test_cli_export_model_name_default_output(runner, tmp_path, monkeypatch):
         (["--opset", "18", "--format", "pt2"], "--opset applies to ONNX files only"),
         (["--alpha", "0.25"], "apply to a model name, not a checkpoint"),
         (["-o", "{existing}"], "exists; pass --force to overwrite it"),
+        (["--opset", "11"], "opset 11 is older than the dynamo exporter writes"),
+        (["--mode", "layer"], "apply to a model name, not a checkpoint"),
+        (["--format", "onnx", "-o", "{folder}/m.pt2"], "does not match the output name"),
+        (["-o", "{folder}"], "is a directory"),
+        (["-o", "{checkpoint}", "--force"], "is the checkpoint being exported"),
     ],
 )
 def test_cli_export_bad_input(runner, checkpoint, tmp_path, args, message):
     existing = tmp_path / "existing.onnx"
     existing.write_text("keep me")
-    args = [a.replace("{existing}", str(existing)) for a in args]
+    args = [a.replace("{existing}", str(existing)).replace("{folder}", str(tmp_path))
+            .replace("{checkpoint}", str(checkpoint)) for a in args]  # fmt: skip
+    checkpoint_bytes = checkpoint.read_bytes()
     before = sorted(p.name for p in tmp_path.iterdir())
     result = runner.invoke(app, ["export", str(checkpoint), "--allow-import", *args])
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before and existing.read_text() == "keep me"
+    assert checkpoint.read_bytes() == checkpoint_bytes
 
 
 def test_cli_export_missing_extra(runner, checkpoint, tmp_path, monkeypatch):
@@ -388,6 +396,38 @@ def test_cli_export_validation_failure_exits_1(runner, tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "validation failed: at input 2x3x16x16" in result.stderr and "n.onnx was not written" in result.stderr
     assert not [p.name for p in tmp_path.iterdir() if ".onnx" in p.name]
+
+
+def test_cli_export_format_follows_the_output_suffix(runner, checkpoint, tmp_path):
+    result = runner.invoke(app, ["export", str(checkpoint), "--allow-import", "-o", str(tmp_path / "m.pt2"),
+                                 "--no-validate"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert torch.export.load(str(tmp_path / "m.pt2")) is not None
+
+
+class _SizeChecking(nn.Module):
+    """Asserts its input size, as torchvision's and timm's ViTs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] == 16, f"Wrong image width! Expected 16 but got {x.shape[-1]}"
+        return self.conv(x).mean((2, 3))
+
+
+def test_a_model_that_asserts_its_size_is_checked_where_it_runs(tmp_path):
+    result = export_model(_SizeChecking(), tmp_path / "m.pt2", format="pt2", input_shape=(3, 16, 16))
+    probe, other = result.validation.checks
+    assert probe.passed and not probe.skipped
+    assert other.skipped and "Wrong image width" in other.note
+
+
+def test_cli_bench_onnxruntime_refuses_pytorch_only_options(runner):
+    result = runner.invoke(app, ["bench", TINY, "--runtime", "onnxruntime", "--compile", "--no-fold-bn"])
+    assert result.exit_code == 2
+    assert "--no-fold-bn, --compile applies to --runtime pytorch" in result.stderr
 
 
 def test_cli_bench_onnxruntime(runner):

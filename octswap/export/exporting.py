@@ -40,6 +40,10 @@ __all__ = [
 #: layout, with the reorders around it (``nchwc_transformer.cc``).
 NCHWC_BLOCK = 16
 
+#: The oldest ONNX opset the ``torch.onnx`` dynamo exporter writes; it silently keeps its
+#: own opset when asked for an older one.
+MIN_OPSET = 18
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,8 +57,9 @@ class ExportFormat:
         write: ``write(model, example, path, dynamic_axes=, opset=, metadata=)`` -> facts.
         run: ``run(path)`` -> a function from one input to the file's outputs.
         runtime: What runs the file, for messages.
-        require: Raises :class:`~octswap.errors.MissingExtraError` when the format's
-            packages are missing (called before any work).
+        require: ``require(validate)`` raises :class:`~octswap.errors.MissingExtraError`
+            when the packages the format needs (to write, and to validate) are missing;
+            called before any work.
     """
 
     name: str
@@ -62,16 +67,20 @@ class ExportFormat:
     write: Callable[..., dict[str, Any]]
     run: Callable[[Path], Callable[[Tensor], list[Tensor]]]
     runtime: Callable[[], str]
-    require: Callable[[], None]
+    require: Callable[[bool], None]
 
 
-def _no_extra() -> None:
+def _no_extra(validate: bool) -> None:
     return None
+
+
+def _require_onnx(validate: bool) -> None:
+    require_onnx(*(("onnx", "onnxscript", "onnxruntime") if validate else ("onnx", "onnxscript")))
 
 
 #: The export formats by name.
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", ".onnx", write_onnx, run_onnx, runtime_name, require_onnx),
+    "onnx": ExportFormat("onnx", ".onnx", write_onnx, run_onnx, runtime_name, _require_onnx),
     "pt2": ExportFormat("pt2", ".pt2", write_program, run_program, lambda: f"torch.export (torch {torch.__version__})",
                         _no_extra),
 }  # fmt: skip
@@ -115,6 +124,14 @@ def _runs_blocked(conv: nn.Conv2d, block: int) -> bool:
         per_group = out_channels // conv.groups
         return out_channels % block == 0 and (depthwise or (in_channels % block == 0 and per_group % block == 0))
     return in_channels < block or in_channels % block == 0  # output channels are padded to the block
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return error
 
 
 def misaligned_octave_convs(model: nn.Module, *, block: int = NCHWC_BLOCK) -> list[str]:
@@ -210,12 +227,16 @@ def export_model(
         raise InputError(f"batch must be at least 1, got {batch}")
     if opset is not None and format != "onnx":
         raise InputError("--opset applies to ONNX files only")
+    if opset is not None and opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is older than the dynamo exporter writes (use {MIN_OPSET} or newer)")
     if not 0 < tolerance:
         raise InputError(f"tolerance must be positive, got {tolerance}")
     target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{target} is a directory")
     if target.exists() and not force:  # before the work, not after
         raise OutputExistsError(f"{target} exists; pass --force to overwrite it")
-    fmt.require()
+    fmt.require(validate_file)
     axes = {} if batch is not None else {0: "batch"}
     if dynamic:
         axes.update({2: "height", 3: "width"})
@@ -245,8 +266,13 @@ def export_model(
             with fused_kernels(False):
                 facts.update(fmt.write(reference, example, tmp, dynamic_axes=axes, opset=opset, metadata=meta, **extra))
         except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError) as err:
-            # The exporters raise their own subclasses of these for code they cannot capture.
-            raise ConversionError(f"{fmt.name} export failed: {type(err).__name__}: {one_line(err)}") from err
+            # The exporters raise their own subclasses of these for code they cannot capture,
+            # wrapping the cause in a generic "failed at step 1/3" error: name the cause.
+            root = _root_cause(err)
+            hint = " (if the model fixes its input size, --static exports it)" if dynamic else ""
+            raise ConversionError(f"{fmt.name} export failed: {type(root).__name__}: {one_line(root)}{hint}") from err
+        if opset is not None and facts.get("opset") not in (None, opset):
+            raise ConversionError(f"the exporter wrote opset {facts['opset']}, not the {opset} asked for")
         timings["export"] = time.perf_counter() - start
         if not validate_file:
             return

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from octswap.errors import MissingExtraError
+from octswap.errors import ConversionError, MissingExtraError
 
 __all__ = ["onnxruntime_session", "require_onnx", "run_onnx", "runtime_name", "write_onnx"]
 
@@ -99,6 +99,10 @@ def write_onnx(
     onnx_model = program.model
     rewrites = rewrite_for_onnxruntime(onnx_model) if rewrite else 0
     onnx_model.metadata_props.update(metadata)
+    size = sum(v.const_value.nbytes for v in onnx_model.graph.initializers.values() if v.const_value is not None)
+    if size >= 2**31:
+        raise ConversionError(f"the weights take {size / 2**30:.1f} GiB; ONNX files over 2 GiB need external data "
+                              "files, which octswap export does not write (use --format pt2)")  # fmt: skip
     ir.save(onnx_model, path)
     opset_used = onnx_model.opset_imports.get("", None)
     return {"opset": opset_used, "rewrites": rewrites, "nodes": sum(1 for _ in onnx_model.graph)}
