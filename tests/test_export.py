@@ -24,7 +24,7 @@ import octswap
 from octswap.cli import app
 from octswap.errors import ConversionError, ExportValidationError, InputError, MissingExtraError, OutputExistsError
 from octswap.export import export_model
-from octswap.export.exporting import misaligned_octave_convs
+from octswap.export.onnx_file import misaligned_octave_convs
 from octswap.export.onnx_file import run_onnx
 from octswap.export.program import read_program_metadata
 from octswap.export.validation import validate, validation_inputs
@@ -266,7 +266,7 @@ def test_misaligned_octave_branches_are_named_in_a_warning(tmp_path, caplog):
     assert [d.name for d in plan.octave_layers] == ["2", "4", "6"]
     # "2" reads the 64 plain channels (its outputs are padded by ONNX Runtime itself); "4" and "6" read 56 + 8.
     assert misaligned_octave_convs(converted) == ["4", "6"]
-    with caplog.at_level("WARNING", logger="octswap.export.exporting"):
+    with caplog.at_level("WARNING", logger="octswap.export.onnx_file"):
         export_model(converted, tmp_path / "m.onnx", input_shape=(3, 16, 16))
     assert "not a multiple of 16" in caplog.text
     aligned, _ = octswap.convert(net.eval(), alpha=0.25, input_shape=(3, 16, 16))

@@ -22,23 +22,15 @@ from octswap.export.program import run_program, write_program
 from octswap.export.validation import DEFAULT_TOLERANCE, Validation, validate, validation_inputs
 from octswap.inference import fold_batchnorm, unwrap_compiled
 from octswap.kernels import fused_kernels
-from octswap.octave import OctaveConv2d
 
 __all__ = [
     "FORMATS",
-    "NCHWC_BLOCK",
     "ExportFormat",
     "ExportResult",
     "export_model",
-    "misaligned_octave_convs",
     "plan_metadata",
     "reference_model",
 ]
-
-#: Channel block of ONNX Runtime's NCHWc convolutions on AVX-512 machines (8 on AVX2):
-#: a conv whose input or output channel count is not a multiple of it runs in the plain
-#: layout, with the reorders around it (``nchwc_transformer.cc``).
-NCHWC_BLOCK = 16
 
 #: The oldest ONNX opset the ``torch.onnx`` dynamo exporter writes; it silently keeps its
 #: own opset when asked for an older one.
@@ -116,41 +108,12 @@ def reference_model(model: nn.Module) -> nn.Module:
     return target.to(memory_format=torch.contiguous_format)  # type: ignore[call-arg]
 
 
-def _runs_blocked(conv: nn.Conv2d, block: int) -> bool:
-    """Whether ONNX Runtime's NCHWc transformer takes this conv (its channel rules)."""
-    out_channels, in_channels = conv.weight.shape[:2]
-    if conv.groups > 1:
-        depthwise = in_channels == 1 and out_channels == conv.groups
-        per_group = out_channels // conv.groups
-        return out_channels % block == 0 and (depthwise or (in_channels % block == 0 and per_group % block == 0))
-    return in_channels < block or in_channels % block == 0  # output channels are padded to the block
-
-
 def _root_cause(error: BaseException) -> BaseException:
     seen = {id(error)}
     while error.__cause__ is not None and id(error.__cause__) not in seen:
         error = error.__cause__
         seen.add(id(error))
     return error
-
-
-def misaligned_octave_convs(model: nn.Module, *, block: int = NCHWC_BLOCK) -> list[str]:
-    """Names of octave convs with a path conv that ONNX Runtime's NCHWc transformer leaves
-    in the plain layout because of its channel counts (``nchwc_transformer.cc``: input
-    channels a multiple of ``block`` or fewer than it; grouped convs also output channels).
-
-    Example:
-        >>> net = nn.Sequential(OctaveConv2d(64, 64, 3, alpha_in=0.125, alpha_out=0.125, padding=1))
-        >>> misaligned_octave_convs(net)
-        ['0']
-    """
-    names = []
-    for name, module in model.named_modules():
-        if isinstance(module, OctaveConv2d) and not module._plain:
-            paths = [getattr(module, p) for p in ("h2h", "h2l", "l2h", "l2l")]
-            if not all(_runs_blocked(path, block) for path in paths if path is not None):
-                names.append(name)
-    return names
 
 
 def plan_metadata(plan: Any, source: Any, report: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -200,7 +163,8 @@ def export_model(
         input_shape: ``(C, H, W)`` of the example input (the probe size).
         batch: Fix the batch dimension at this size; ``None`` keeps it dynamic.
         dynamic: Keep height and width dynamic; ``False`` fixes them at ``input_shape``
-            (the octave resampling then needs no crops, which ONNX Runtime runs faster).
+            (ONNX Runtime then keeps the octave resampling in its blocked layout without
+            session shape overrides).
         opset: ONNX opset (ONNX only; default: the exporter's).
         metadata: Extra metadata (ONNX: ``metadata_props``; pt2: ``octswap.json``).
         validate_file: Run the checks (skip them with ``False``).
@@ -243,16 +207,6 @@ def export_model(
     meta = {"octswap.version": octswap.__version__, "octswap.input_shape": json.dumps(list(input_shape)),
             "octswap.dynamic_axes": json.dumps({str(k): v for k, v in axes.items()}), **(metadata or {})}  # fmt: skip
     reference = reference_model(model)
-    if format == "onnx":
-        misaligned = misaligned_octave_convs(reference)
-        if misaligned:
-            logger.warning(
-                "%d octave convs (%s%s) have a branch whose channel count is not a multiple of %d; ONNX Runtime's CPU "
-                "provider runs them outside its blocked layout, which can make the model slower than the original "
-                "there (an alpha that splits channels into multiples of %d avoids it)",
-                len(misaligned), ", ".join(misaligned[:3]), ", ..." if len(misaligned) > 3 else "", NCHWC_BLOCK,
-                NCHWC_BLOCK,
-            )  # fmt: skip
     checked = unwrap_compiled(copy.deepcopy(model)).eval()
     example = validation_inputs(input_shape, batch=batch, dynamic=False)[0]
     timings: dict[str, float] = {}

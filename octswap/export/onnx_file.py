@@ -18,12 +18,26 @@ import torch
 from torch import Tensor, nn
 
 from octswap.errors import ConversionError, MissingExtraError
+from octswap.octave import OctaveConv2d
 
-__all__ = ["onnxruntime_session", "require_onnx", "run_onnx", "runtime_name", "write_onnx"]
+__all__ = [
+    "NCHWC_BLOCK",
+    "misaligned_octave_convs",
+    "onnxruntime_session",
+    "require_onnx",
+    "run_onnx",
+    "runtime_name",
+    "write_onnx",
+]
 
 logger = logging.getLogger(__name__)
 
 _EXTRA = ("onnx", "onnxscript", "onnxruntime")
+
+#: Channel block of ONNX Runtime's NCHWc convolutions on AVX-512 machines (8 on AVX2):
+#: a conv whose input or output channel count is not a multiple of it runs in the plain
+#: layout, with the reorders around it (``nchwc_transformer.cc``).
+NCHWC_BLOCK = 16
 
 
 def require_onnx(*modules: str) -> None:
@@ -87,6 +101,15 @@ def write_onnx(
     require_onnx("onnx", "onnxscript")
     from onnxscript import ir
 
+    misaligned = misaligned_octave_convs(model)
+    if misaligned:
+        logger.warning(
+            "%d octave convs (%s%s) have a branch whose channel count is not a multiple of %d; ONNX Runtime's CPU "
+            "provider runs them outside its blocked layout, which can make the model slower than the original "
+            "there (an alpha that splits channels into multiples of %d avoids it)",
+            len(misaligned), ", ".join(misaligned[:3]), ", ..." if len(misaligned) > 3 else "", NCHWC_BLOCK,
+            NCHWC_BLOCK,
+        )  # fmt: skip
     from octswap.export.rewrites import rewrite_for_onnxruntime
 
     shapes = ({axis: name for axis, name in dynamic_axes.items()},) if dynamic_axes else None
@@ -106,6 +129,35 @@ def write_onnx(
     ir.save(onnx_model, path)
     opset_used = onnx_model.opset_imports.get("", None)
     return {"opset": opset_used, "rewrites": rewrites, "nodes": sum(1 for _ in onnx_model.graph)}
+
+
+def _runs_blocked(conv: nn.Conv2d, block: int) -> bool:
+    """Whether ONNX Runtime's NCHWc transformer takes this conv (its channel rules)."""
+    out_channels, in_channels = conv.weight.shape[:2]
+    if conv.groups > 1:
+        depthwise = in_channels == 1 and out_channels == conv.groups
+        per_group = out_channels // conv.groups
+        return out_channels % block == 0 and (depthwise or (in_channels % block == 0 and per_group % block == 0))
+    return in_channels < block or in_channels % block == 0  # output channels are padded to the block
+
+
+def misaligned_octave_convs(model: nn.Module, *, block: int = NCHWC_BLOCK) -> list[str]:
+    """Names of octave convs with a path conv that ONNX Runtime's NCHWc transformer leaves
+    in the plain layout because of its channel counts (``nchwc_transformer.cc``: input
+    channels a multiple of ``block`` or fewer than it; grouped convs also output channels).
+
+    Example:
+        >>> net = nn.Sequential(OctaveConv2d(64, 64, 3, alpha_in=0.125, alpha_out=0.125, padding=1))
+        >>> misaligned_octave_convs(net)
+        ['0']
+    """
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, OctaveConv2d) and not module._plain:
+            paths = [getattr(module, p) for p in ("h2h", "h2l", "l2h", "l2l")]
+            if not all(_runs_blocked(path, block) for path in paths if path is not None):
+                names.append(name)
+    return names
 
 
 def runtime_name(device: str = "cpu") -> str:
