@@ -101,6 +101,8 @@ def write_onnx(
     require_onnx("onnx", "onnxscript")
     from onnxscript import ir
 
+    from octswap.export.rewrites import rewrite_for_onnxruntime
+
     misaligned = misaligned_octave_convs(model)
     if misaligned:
         logger.warning(
@@ -110,9 +112,7 @@ def write_onnx(
             len(misaligned), ", ".join(misaligned[:3]), ", ..." if len(misaligned) > 3 else "", NCHWC_BLOCK,
             NCHWC_BLOCK,
         )  # fmt: skip
-    from octswap.export.rewrites import rewrite_for_onnxruntime
-
-    shapes = ({axis: name for axis, name in dynamic_axes.items()},) if dynamic_axes else None
+    shapes = (dict(dynamic_axes),) if dynamic_axes else None
     with _quiet_exporter():
         program = torch.onnx.export(
             model, (example,), dynamo=True, dynamic_shapes=shapes, opset_version=opset, input_names=["input"],
