@@ -2,7 +2,9 @@
 
 Models resnet50 and resnet18 (configs/resnet.yaml) and mobilenet_v2
 (configs/mobilenet_v2.yaml), at alpha 0.125 / 0.25 / 0.5 (the policy's alpha replaced),
-graph mode, random weights, 224x224. Each pair comes from
+graph mode, random weights, 224x224, with each split as the policy gives it (channel
+multiple 1: floor(alpha * c)) and rounded to multiples of 16 channels (channel multiple 16,
+`--channel-multiple 16`; measured only where that changes the plan). Each pair comes from
 `octswap.latency.measure_onnxruntime_latency`: both models exported alike by
 `octswap.export.export_model` (BatchNorm folded, dynamic batch, height and width fixed
 at 224x224 unless --dynamic, each file validated against PyTorch), run by ONNX Runtime
@@ -19,7 +21,7 @@ fixed), "static" and "dynamic" are `octswap export --static` and `octswap export
 Usage:
     .venv/bin/python benchmarks/bench_onnxruntime.py [--threads 2] [--batches 1,8]
         [--rounds 7] [--processes 3] [--dynamic] [--models resnet50,mobilenet_v2]
-        [--alphas 0.125,0.25,0.5]
+        [--alphas 0.125,0.25,0.5] [--channel-multiples 1,16]
     .venv/bin/python benchmarks/bench_onnxruntime.py --forms [--models resnet50 --alphas 0.5]
 """
 
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--dynamic", action="store_true", help="export with dynamic height and width")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--alphas", default="0.125,0.25,0.5")
+    parser.add_argument("--channel-multiples", default="1,16", help="policy channel_multiple values to compare")
     parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
     parser.add_argument("--forms", action="store_true", help="compare the export forms (see above)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -75,24 +78,24 @@ def main() -> None:
           f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider), {args.threads} threads, exported with "
           f"BatchNorm folded, dynamic batch, {shapes}; median of {args.rounds} interleaved rounds of "
           f">= {args.min_round_time} s, {args.processes} process(es) per model")  # fmt: skip
-    print("| model | alpha | batch | FLOPs ratio | ORT latency ratio (median) | range over processes | "
-          "original ms | converted ms |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("| model | alpha | channel multiple | batch | FLOPs ratio | ORT latency ratio (median) | "
+          "range over processes | original ms | converted ms |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for name in args.models.split(","):
         if name not in MODELS:
             sys.exit(f"bench_onnxruntime: unknown model {name!r} (known: {', '.join(MODELS)})")
         argv = ["--threads", str(args.threads), "--batches", args.batches, "--rounds", str(args.rounds),
                 "--min-round-time", str(args.min_round_time), "--models", name, "--alphas", args.alphas,
-                "--worker"] + ["--dynamic"] * args.dynamic  # fmt: skip
-        rows: dict[tuple[float, int], list[dict]] = {}
+                "--channel-multiples", args.channel_multiples, "--worker"] + ["--dynamic"] * args.dynamic  # fmt: skip
+        rows: dict[tuple[float, str, int], list[dict]] = {}
         for _ in range(args.processes):
             done = subprocess.run([sys.executable, __file__, *argv], check=True, stdout=subprocess.PIPE, text=True)
             for line in done.stdout.splitlines():
                 row = json.loads(line)
-                rows.setdefault((row["alpha"], row["batch"]), []).append(row)
-        for (alpha, batch), runs in sorted(rows.items()):
+                rows.setdefault((row["alpha"], row["multiple"], row["batch"]), []).append(row)
+        for (alpha, multiple, batch), runs in sorted(rows.items()):
             ratios = [r["ratio"] for r in runs]
-            print(f"| {name} | {alpha} | {batch} | {runs[0]['flops']:.2f} | {statistics.median(ratios):.2f} | "
+            print(f"| {name} | {alpha} | {multiple} | {batch} | {runs[0]['flops']:.2f} | {statistics.median(ratios):.2f} | "
                   f"{min(ratios):.2f}–{max(ratios):.2f} | {statistics.median(r['original_ms'] for r in runs):.1f} | "
                   f"{statistics.median(r['converted_ms'] for r in runs):.1f} |", flush=True)  # fmt: skip
 
@@ -105,16 +108,23 @@ def run_model(args: argparse.Namespace) -> None:
     model, _ = octswap.load_model(name)
     base = count_cost(model, x).flops
     policy = octswap.load_policy(MODELS[name])
+    multiples = [int(m) for m in args.channel_multiples.split(",")]
     for alpha in (float(a) for a in args.alphas.split(",")):
-        converted, _ = octswap.convert(model, policy, alpha=alpha, input_shape=shape)
-        flops = count_cost(converted, x).flops / base
-        results = measure_onnxruntime_latency(model, converted, shape, batches=batches, threads=args.threads,
-                                              dynamic=args.dynamic, rounds=args.rounds,
-                                              min_round_time=args.min_round_time)  # fmt: skip
-        for result in results:
-            print(json.dumps({"alpha": alpha, "batch": result.batch, "flops": flops, "ratio": result.ratio,
-                              "original_ms": result.original.median * 1e3,
-                              "converted_ms": result.converted.median * 1e3}), flush=True)  # fmt: skip
+        splits: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for multiple in multiples:
+            plan = octswap.make_plan(model, policy.with_alpha(alpha).with_channel_multiple(multiple), input_shape=shape)
+            splits.setdefault(tuple((d.in_low, d.out_low) for d in plan.octave_layers), []).append(multiple)
+        for same in splits.values():  # one measurement per distinct set of splits
+            policy_m = policy.with_alpha(alpha).with_channel_multiple(same[0])
+            converted, _ = octswap.convert(model, policy_m, input_shape=shape)
+            flops = count_cost(converted, x).flops / base
+            results = measure_onnxruntime_latency(model, converted, shape, batches=batches, threads=args.threads,
+                                                  dynamic=args.dynamic, rounds=args.rounds,
+                                                  min_round_time=args.min_round_time)  # fmt: skip
+            for result in results:
+                print(json.dumps({"alpha": alpha, "multiple": " = ".join(map(str, same)), "batch": result.batch,
+                                  "flops": flops, "ratio": result.ratio, "original_ms": result.original.median * 1e3,
+                                  "converted_ms": result.converted.median * 1e3}), flush=True)  # fmt: skip
 
 
 def compare_forms(args: argparse.Namespace) -> None:

@@ -75,6 +75,7 @@ class OutputFormat(str, Enum):
 
 # ------------------------------------------------------------------ options
 AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", help="Global low-frequency ratio in [0, 1); overrides the policy's.")]
+ChannelMultipleOpt = Annotated[Optional[int], typer.Option("--channel-multiple", min=1, help="Round each split to multiples of N channels on both branches, nearest to alpha (16: ONNX Runtime's fast CPU convs); overrides the policy's.")]
 PolicyOpt = Annotated[Optional[Path], typer.Option("--policy", "-p", help="YAML policy file (see configs/).")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", "-w", help="State-dict file, or a torchvision weights name already in the local cache.")]
 InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", "-s", help="Probe input: N, HxW or CxHxW [default: a timm model's own input size, else 224].")]
@@ -179,11 +180,12 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     return kwargs
 
 
-def _policy(path: Path | None, alpha: float | None) -> Any:
+def _policy(path: Path | None, alpha: float | None, channel_multiple: int | None) -> Any:
     from octswap.policy import Policy, load_policy
 
     policy = load_policy(path) if path is not None else Policy()
-    return policy.with_alpha(alpha) if alpha is not None else policy
+    policy = policy.with_alpha(alpha) if alpha is not None else policy
+    return policy.with_channel_multiple(channel_multiple) if channel_multiple is not None else policy
 
 
 def _default_output(model: str, alpha: float) -> Path:
@@ -423,6 +425,7 @@ def _print_plan(plan: Plan, fmt: OutputFormat, model: str) -> None:
 def convert(
     model: Annotated[str, typer.Argument(help="torchvision name (resnet50) or package.module:factory.")],
     alpha: AlphaOpt = None,
+    channel_multiple: ChannelMultipleOpt = None,
     policy: PolicyOpt = None,
     weights: WeightsOpt = None,
     input_size: InputSizeOpt = None,
@@ -452,7 +455,7 @@ def convert(
 
     with _errors(debug):
         kwargs = parse_model_args(model_arg)
-        pol = _policy(policy, alpha)
+        pol = _policy(policy, alpha, channel_multiple)
         target = output if output is not None else _default_output(model, pol.alpha)
         if target.exists() and not force:  # fail before the work, not after
             raise octswap.OutputExistsError(f"{target} exists; pass --force to overwrite it")
@@ -493,6 +496,7 @@ def convert(
 def report(
     target: Annotated[str, typer.Argument(help="A model name / import path, or a checkpoint file.")],
     alpha: AlphaOpt = None,
+    channel_multiple: ChannelMultipleOpt = None,
     policy: PolicyOpt = None,
     weights: WeightsOpt = None,
     input_size: InputSizeOpt = None,
@@ -532,8 +536,9 @@ def report(
         prep = _preprocessing(mean, std, resize, crop)
         recorded = None
         if _is_checkpoint(target):
-            if alpha is not None or policy is not None or weights is not None or model_arg:
-                raise InputError("--alpha/--policy/--weights/--model-arg apply to a model, not to a checkpoint")
+            if alpha is not None or channel_multiple is not None or policy is not None or weights is not None or model_arg:
+                raise InputError("--alpha/--channel-multiple/--policy/--weights/--model-arg apply to a model, "
+                                 "not to a checkpoint")  # fmt: skip
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             recorded, the_plan, name = ckpt.inference, ckpt.plan, f"{ckpt.source.name} ({target})"
             model_name, model_weights = ckpt.source.name, teacher_weights or ckpt.source.weights
@@ -545,7 +550,7 @@ def report(
             original, source = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
             shape = _input_shape(input_size, original)
             converted, the_plan = octswap.convert(
-                original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict
+                original, _policy(policy, alpha, channel_multiple), input_shape=shape, mode=mode.value, strict=strict
             )
             name, model_name, model_weights = target, target, source.weights
             trained = (lambda: original) if data is not None else None
@@ -577,6 +582,7 @@ def report(
 def plan(
     model: Annotated[str, typer.Argument(help="torchvision name (resnet50) or package.module:factory.")],
     alpha: AlphaOpt = None,
+    channel_multiple: ChannelMultipleOpt = None,
     policy: PolicyOpt = None,
     input_size: InputSizeOpt = None,
     fmt: FormatOpt = OutputFormat.table,
@@ -591,7 +597,7 @@ def plan(
     with _errors(debug):
         original, _ = octswap.load_model(model, kwargs=parse_model_args(model_arg))
         shape = _input_shape(input_size, original)
-        the_plan = octswap.make_plan(original, _policy(policy, alpha), input_shape=shape, mode=mode.value, strict=strict)
+        the_plan = octswap.make_plan(original, _policy(policy, alpha, channel_multiple), input_shape=shape, mode=mode.value, strict=strict)
         _print_plan(the_plan, fmt, model)
 
 
@@ -746,6 +752,7 @@ def _zoo_outcome(rows: list[dict[str, Any]], paths: dict[str, Path], wall: float
 def bench(
     target: Annotated[str, typer.Argument(help="A model name / import path, or a checkpoint file.")],
     alpha: AlphaOpt = None,
+    channel_multiple: ChannelMultipleOpt = None,
     policy: PolicyOpt = None,
     input_size: InputSizeOpt = None,
     mode: ModeOpt = Mode.auto,
@@ -774,13 +781,16 @@ def bench(
         batches = _parse_batches(batch)
         recorded = None
         if _is_checkpoint(target):
+            if alpha is not None or channel_multiple is not None or policy is not None or model_arg:
+                raise InputError("--alpha/--channel-multiple/--policy/--model-arg apply to a model, "
+                                 "not to a checkpoint")  # fmt: skip
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             shape, recorded = ckpt.plan.input_shape, ckpt.inference
             compile_ = compile_ or bool(recorded and recorded.compile)
         else:
             original, _ = octswap.load_model(target, kwargs=parse_model_args(model_arg))
             shape = _input_shape(input_size, original)
-            converted, _ = octswap.convert(original, _policy(policy, alpha), input_shape=shape, mode=mode.value)
+            converted, _ = octswap.convert(original, _policy(policy, alpha, channel_multiple), input_shape=shape, mode=mode.value)
         x = example_input(shape)
         flops_ratio = count_cost(converted, x).flops / count_cost(original, x).flops
         if runtime is Runtime.onnxruntime:
@@ -976,6 +986,7 @@ def export(
     file_format: Annotated[Optional[ExportFileFormat], typer.Option("--format", help="onnx (ONNX Runtime and other ONNX runtimes) or pt2 (a torch.export program) [default: from the output's suffix, else onnx].")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file [default: the checkpoint's name, or <model>-oct<alpha>, with .onnx or .pt2].")] = None,
     alpha: AlphaOpt = None,
+    channel_multiple: ChannelMultipleOpt = None,
     policy: PolicyOpt = None,
     weights: WeightsOpt = None,
     input_size: InputSizeOpt = None,
@@ -1005,9 +1016,10 @@ def export(
             raise InputError(f"--format {file_format.value} does not match the output name {output} (a {implied} suffix)")
         suffix = FORMATS[file_format.value].suffix
         if _is_checkpoint(target):
-            if alpha is not None or policy is not None or weights is not None or model_arg or mode is not Mode.auto:
-                raise InputError("--alpha, --policy, --weights, --model-arg and --mode apply to a model name, "
-                                 "not a checkpoint")  # fmt: skip
+            given = (alpha, channel_multiple, policy, weights)
+            if any(v is not None for v in given) or model_arg or mode is not Mode.auto:
+                raise InputError("--alpha, --channel-multiple, --policy, --weights, --model-arg and --mode apply to "
+                                 "a model name, not a checkpoint")  # fmt: skip
             if output is not None and output.exists() and Path(target).exists() and output.samefile(target):
                 raise InputError(f"{output} is the checkpoint being exported; choose another output name")
             ckpt = octswap.read_checkpoint(target)
@@ -1016,7 +1028,7 @@ def export(
             meta = plan_metadata(ckpt.plan, ckpt.source, ckpt.report)
             default = Path(target).with_suffix(suffix)
         else:
-            pol = _policy(policy, alpha)
+            pol = _policy(policy, alpha, channel_multiple)
             default = _default_output(target, pol.alpha).with_suffix(suffix)
             if output is None and default.exists() and not force:  # before the conversion
                 raise octswap.OutputExistsError(f"{default} exists; pass --force to overwrite it")

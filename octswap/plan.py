@@ -282,13 +282,15 @@ def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
             size = "x".join(map(str, site.output_size))
             reason = f"feature map {size} < min_feature_size {policy.min_feature_size}"
             return keep(reason, res.alpha_in, res.alpha_out, accepts_pair=True)
-    in_low = low_channels(site.in_channels, res.alpha_in, groups=site.groups)
-    out_low = low_channels(site.out_channels, res.alpha_out, groups=site.groups)
+    multiple = policy.channel_multiple
+    in_low = low_channels(site.in_channels, res.alpha_in, groups=site.groups, multiple=multiple)
+    out_low = low_channels(site.out_channels, res.alpha_out, groups=site.groups, multiple=multiple)
     if in_low == 0 and out_low == 0:
         groups = f" in groups of {site.in_channels // site.groups}" if site.groups > 1 else ""
+        rounded = f" (channel_multiple {multiple})" if multiple > 1 else ""
         return keep(
             f"alpha {res.alpha_in}/{res.alpha_out} gives no low-frequency channels for "
-            f"{site.in_channels}->{site.out_channels}{groups}",
+            f"{site.in_channels}->{site.out_channels}{groups}{rounded}",
             res.alpha_in, res.alpha_out, accepts_pair=True,
         )  # fmt: skip
     return LayerDecision(site.name, "octave", res.alpha_in, res.alpha_out, in_low, out_low, res.source, site, True)

@@ -18,6 +18,9 @@ A name rule may also carry ``where`` conditions; it then matches only convs that
 satisfy both. ``skip: true`` keeps a conv plain. Independently of alpha, convs
 with fewer than ``min_channels`` channels (stems) or an output map smaller than
 ``min_feature_size`` stay plain unless the deciding rule says ``force: true``.
+``channel_multiple: 16`` rounds every split to multiples of 16 channels on both
+branches, the block size of ONNX Runtime's fast CPU convs (see
+:func:`octswap.octave.low_channels`).
 
 Example:
     >>> policy = Policy.from_dict({
@@ -313,7 +316,7 @@ class Resolution:
     rule_index: int | None
 
 
-_POLICY_KEYS = ("version", "alpha", "min_channels", "min_feature_size", "rules")
+_POLICY_KEYS = ("version", "alpha", "min_channels", "min_feature_size", "channel_multiple", "rules")
 
 
 @dataclass(frozen=True)
@@ -325,16 +328,22 @@ class Policy:
         min_channels: Convs with fewer input or output channels stay plain (stems).
         min_feature_size: Convs whose output map is smaller than this (either side)
             stay plain: a 3x3 conv on a 3.5x3.5 low-frequency map makes no sense.
+        channel_multiple: Round each conv's low and high channel counts to multiples of
+            this (nearest to alpha; see :func:`octswap.octave.low_channels`). 1 keeps
+            ``floor(alpha * c)``; 16 suits ONNX Runtime's CPU convs, which run blocked
+            layouts only on multiples of 16 channels (8 on AVX2 machines).
         rules: Ordered rules; see the module docstring for precedence.
     """
 
     alpha: float = DEFAULT_ALPHA
     min_channels: int = DEFAULT_MIN_CHANNELS
     min_feature_size: int = DEFAULT_MIN_FEATURE_SIZE
+    channel_multiple: int = 1
     rules: tuple[Rule, ...] = ()
 
     def __post_init__(self) -> None:
         _alpha(self.alpha, "alpha")
+        _int(self.channel_multiple, "channel_multiple", minimum=1)
         object.__setattr__(self, "rules", tuple(self.rules))
 
     # -------------------------------------------------------------- conversion
@@ -358,6 +367,8 @@ class Policy:
         for key in ("min_channels", "min_feature_size"):
             if key in data:
                 values[key] = _int(data[key], key)
+        if "channel_multiple" in data:
+            values["channel_multiple"] = _int(data["channel_multiple"], "channel_multiple", minimum=1)
         rules = data.get("rules", [])
         if rules is None:
             rules = []
@@ -373,6 +384,7 @@ class Policy:
             "alpha": self.alpha,
             "min_channels": self.min_channels,
             "min_feature_size": self.min_feature_size,
+            "channel_multiple": self.channel_multiple,
             "rules": [rule.to_dict() for rule in self.rules],
         }
 
@@ -396,6 +408,10 @@ class Policy:
     def with_alpha(self, alpha: float) -> Policy:
         """A copy with a new global alpha (rules keep their own)."""
         return dataclasses.replace(self, alpha=_alpha(alpha, "alpha"))
+
+    def with_channel_multiple(self, multiple: int) -> Policy:
+        """A copy that rounds channel splits to multiples of ``multiple`` (1: no rounding)."""
+        return dataclasses.replace(self, channel_multiple=_int(multiple, "channel_multiple", minimum=1))
 
     # -------------------------------------------------------------- resolution
     def resolve(self, conv: ConvLike) -> Resolution:

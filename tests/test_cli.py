@@ -96,6 +96,27 @@ def test_plan_json(runner):
     assert actions["stem"] == "keep" and actions["layer1.conv1"] == "octave"
 
 
+def test_plan_channel_multiple_rounds_each_split(runner):
+    """alpha 0.375 of 32 channels: floor gives 12 low channels, --channel-multiple 16 gives 16."""
+    def lows(*extra):
+        result = run(runner, "plan", TINY, "-s", "16", "-a", "0.375", "-f", "json", *extra)
+        assert result.exit_code == 0, result.output
+        return {layer["name"]: layer["out_low"] for layer in json.loads(result.stdout)["layers"]}
+
+    assert lows()["layer1.conv2"] == 12
+    rounded = lows("--channel-multiple", "16")
+    assert rounded["layer1.conv2"] == 16 and all(low % 16 == 0 for low in rounded.values())
+
+
+def test_model_options_with_a_checkpoint_are_refused(runner, workdir):
+    assert run(runner, "convert", TINY, "-s", "16", "-o", "m.pt").exit_code == 0
+    for command in ("report", "bench"):
+        for option in (["--channel-multiple", "16"], ["--alpha", "0.5"]):
+            result = run(runner, command, "m.pt", "--allow-import", *option)
+            assert result.exit_code == 2, (command, option, result.output)
+            assert "apply to a model, not to a checkpoint" in result.stderr
+
+
 def test_models_lists_torchvision(runner):
     result = run(runner, "models", "resnet*", "--format", "json")
     names = {row["name"]: row["task"] for row in json.loads(result.stdout)}
@@ -116,6 +137,7 @@ def _policy(tmp_path, name, text):
         (["convert", "resnet5"], 2, "unknown model 'resnet5' (did you mean resnet50"),
         (["convert", TINY, "--alpha", "1.5"], 2, "alpha must be in [0, 1), got 1.5"),
         (["convert", TINY, "--alpha", "lots"], 2, "Invalid value for '--alpha'"),
+        (["convert", TINY, "--channel-multiple", "0"], 2, "Invalid value for '--channel-multiple'"),
         (["convert", TINY, "--policy", "missing.yaml"], 2, "policy file not found: missing.yaml"),
         (["convert", TINY, "-s", "16", "--policy", "{bad_policy}"], 2, "unknown key 'alpah' (did you mean 'alpha'?)"),
         (["convert", TINY, "--weights", "missing.pt"], 2, "weights file not found: missing.pt"),

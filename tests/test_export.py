@@ -271,6 +271,21 @@ def test_misaligned_octave_branches_are_named_in_a_warning(tmp_path, caplog):
     assert "not a multiple of 16" in caplog.text
     aligned, _ = octswap.convert(net.eval(), alpha=0.25, input_shape=(3, 16, 16))
     assert misaligned_octave_convs(aligned) == []
+    rounded, plan = octswap.convert(net.eval(), octswap.Policy(alpha=0.125, channel_multiple=16), input_shape=(3, 16, 16))
+    assert not plan.octave_layers and misaligned_octave_convs(rounded) == []  # 8 of 64 rounds to 0: kept plain
+    rounded, plan = octswap.convert(net.eval(), octswap.Policy(alpha=0.2, channel_multiple=16), input_shape=(3, 16, 16))
+    # 12.8 of 64 rounds to 16; "6" (64 -> 10) is the last octave conv and writes a plain tensor.
+    assert [(d.in_low, d.out_low) for d in plan.octave_layers] == [(0, 16), (16, 16), (16, 0)]
+    assert misaligned_octave_convs(rounded) == []
+
+
+def test_convs_the_original_could_not_run_blocked_are_not_named():
+    """A conv reading 24 channels runs in the plain layout before conversion too: no warning for it."""
+    net = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 64, 1), nn.ReLU(),
+                        nn.Conv2d(64, 64, 3, padding=1))  # fmt: skip
+    converted, plan = octswap.convert(net.eval(), alpha=0.25, input_shape=(3, 16, 16))
+    assert [d.name for d in plan.octave_layers] == ["2", "4"]  # "2": 24 plain channels in, 48 + 16 out
+    assert misaligned_octave_convs(converted) == []
 
 
 def test_upsample_scale_form_equals_exact_size_form():
@@ -303,6 +318,7 @@ def test_cli_export_checkpoint_then_run_without_octswap(runner, checkpoint, tmp_
     assert report["validation"]["passed"] and len(report["validation"]["checks"]) == 2
     meta = {p.key: p.value for p in onnx.load(str(target)).metadata_props}
     assert meta["octswap.source"] == TINY and meta["octswap.alpha"] == "0.5" and meta["octswap.mode"] == "graph"
+    assert meta["octswap.channel_multiple"] == "1"
     assert json.loads(meta["octswap.plan"])["converted"] > 0
     assert json.loads(meta["octswap.report"])["flops_after"] < json.loads(meta["octswap.report"])["flops_before"]
     # A fresh interpreter with onnxruntime and numpy only: octswap never imported.

@@ -87,3 +87,28 @@ def test_unknown_mode_is_an_input_error():
 
     with pytest.raises(InputError, match="unknown conversion mode 'fast'"):
         octswap.make_plan(tiny_resnet(), input_shape=SHAPE, mode="fast")
+
+
+def _splits(model: torch.nn.Module) -> list[tuple[int, int, int, int]]:
+    return [(m.in_high, m.in_low, m.out_high, m.out_low) for m in model.modules()
+            if isinstance(m, octswap.OctaveConv2d)]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["graph", "layer"])
+def test_channel_multiple_aligns_every_split_and_survives_a_checkpoint(tmp_path, mode):
+    """alpha 0.375 of 32 channels is 12 (floor); rounded to multiples of 16 it is 16 + 16."""
+    model, source = octswap.load_model("tests.nets:tiny_resnet")
+    plain, _ = octswap.convert(model, octswap.Policy(alpha=0.375), input_shape=SHAPE, mode=mode)
+    assert any(low == 12 for split in _splits(plain) for low in split)  # the unrounded split is unaligned
+    policy = octswap.Policy(alpha=0.375, channel_multiple=16)
+    converted, plan = octswap.convert(model, policy, input_shape=SHAPE, mode=mode)
+    splits = _splits(converted)
+    assert splits and all(n % 16 == 0 for split in splits for n in split)
+    assert any(split[3] == 16 for split in splits)
+    assert [(d.in_low, d.out_low) for d in plan.octave_layers] == [s[1::2] for s in splits]
+    path = octswap.save(tmp_path / "m.pt", converted, plan, source=source)
+    again = octswap.load(path, allow_import=True)
+    assert _splits(again) == splits
+    x = torch.randn(2, 3, 17, 16)
+    with torch.no_grad():
+        assert torch.equal(again(x), converted.eval()(x))

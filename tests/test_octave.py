@@ -159,6 +159,38 @@ def test_low_channels_rounding():
         low_channels(8, 1.0)
 
 
+def _nearest_multiple(channels: int, alpha: float, unit: int) -> int:
+    """Brute force: of the splits 0, unit, ..., channels - unit, the one nearest to
+    alpha * channels, the smaller on a tie."""
+    candidates = range(0, channels, unit)
+    return min(candidates, key=lambda low: (abs(low - alpha * channels), low))
+
+
+def test_low_channels_with_a_channel_multiple_by_hand():
+    assert low_channels(144, 0.375, multiple=16) == 48  # 54 -> 48 (3 x 16), not 64
+    assert low_channels(192, 0.375, multiple=16) == 64  # 72 is 4.5 blocks: the tie goes down
+    assert low_channels(64, 0.125, multiple=16) == 0  # 8 is half a block: the conv stays plain
+    assert low_channels(64, 0.2, multiple=16) == 16  # 12.8 -> 16, more than floor's 12
+    assert low_channels(32, 0.9, multiple=16) == 16  # never every channel
+    assert low_channels(24, 0.5, multiple=16) == 12  # 24 is no multiple of 16: floor, unaligned
+    assert low_channels(128, 0.3, groups=32, multiple=16) == 32  # lcm(16, 4) = 16
+    assert low_channels(96, 0.5, groups=4, multiple=16) == 48  # groups of 24: lcm 48
+    assert low_channels(64, 0.5, multiple=1) == low_channels(64, 0.5) == 32
+    with pytest.raises(ValueError, match="multiple"):
+        low_channels(64, 0.5, multiple=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.integers(1, 64), alpha=st.floats(0.0, 0.99), multiple=st.sampled_from([2, 8, 16]))
+def test_low_channels_with_a_channel_multiple_is_the_nearest_aligned_split(blocks, alpha, multiple):
+    channels = blocks * multiple
+    low = low_channels(channels, alpha, multiple=multiple)
+    assert low % multiple == 0 and (channels - low) % multiple == 0
+    assert low == _nearest_multiple(channels, alpha, multiple) or abs(
+        abs(low - alpha * channels) - abs(_nearest_multiple(channels, alpha, multiple) - alpha * channels)
+    ) < 1e-6  # a tie within floating-point noise of alpha * channels
+
+
 def test_batchnorm_split_matches_original():
     bn = nn.BatchNorm2d(24)
     with torch.no_grad():

@@ -112,6 +112,9 @@ def test_glob_pattern_matches_whole_name():
         ({"rules": [{"name": "", "skip": True}]}, "rules[0].name: expected a non-empty string"),
         ({"rules": [{"name": "x", "skip": True, "force": True}]}, "'force' applies to rules that set an alpha"),
         ({"version": 2}, "unsupported policy version 2"),
+        ({"channel_multiple": 0}, "channel_multiple: expected a whole number >= 1, got 0"),
+        ({"channel_multiple": 16.0}, "channel_multiple: expected a whole number >= 1, got 16.0"),
+        ({"channel_multipel": 16}, "unknown key 'channel_multipel' (did you mean 'channel_multiple'?)"),
         ([1, 2], "expected a mapping at the top level"),
     ],
 )
@@ -171,9 +174,11 @@ rules = st.builds(
 
 
 @settings(max_examples=60, deadline=None)
-@given(alpha=alphas, min_channels=st.integers(0, 64), min_feature_size=st.integers(0, 32), rules=st.lists(rules, max_size=4))
-def test_dict_round_trip(alpha, min_channels, min_feature_size, rules):
-    policy = Policy(alpha=alpha, min_channels=min_channels, min_feature_size=min_feature_size, rules=tuple(rules))
+@given(alpha=alphas, min_channels=st.integers(0, 64), min_feature_size=st.integers(0, 32), rules=st.lists(rules, max_size=4),
+       multiple=st.sampled_from([1, 8, 16]))
+def test_dict_round_trip(alpha, min_channels, min_feature_size, rules, multiple):
+    policy = Policy(alpha=alpha, min_channels=min_channels, min_feature_size=min_feature_size, rules=tuple(rules),
+                    channel_multiple=multiple)
     assert Policy.from_dict(policy.to_dict()) == policy
     assert Policy.from_yaml(policy.to_yaml()) == policy
 
@@ -183,3 +188,13 @@ def test_with_alpha_keeps_rules():
     assert policy.alpha == 0.125 and len(policy.rules) == 2
     with pytest.raises(PolicyError, match="alpha must be in"):
         policy.with_alpha(1.5)
+
+
+def test_channel_multiple_from_yaml_and_override():
+    policy = Policy.from_yaml("alpha: 0.375\nchannel_multiple: 16\n")
+    assert policy.channel_multiple == 16
+    assert Policy().channel_multiple == 1  # default: floor(alpha * c), as before the option
+    assert policy.with_channel_multiple(8).channel_multiple == 8
+    assert policy.with_alpha(0.5).channel_multiple == 16
+    with pytest.raises(PolicyError, match="channel_multiple: expected a whole number >= 1"):
+        policy.with_channel_multiple(0)

@@ -126,6 +126,7 @@ def plan_metadata(plan: Any, source: Any, report: Mapping[str, Any] | None = Non
         "octswap.source_kind": source.kind,
         "octswap.weights": source.weights or "",
         "octswap.alpha": f"{plan.policy.alpha:g}",
+        "octswap.channel_multiple": str(plan.policy.channel_multiple),
         "octswap.mode": plan.mode,
         "octswap.plan": json.dumps({"convs": len(layers), "converted": len(converted), "octave_layers": converted}),
     }

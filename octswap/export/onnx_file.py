@@ -108,9 +108,9 @@ def write_onnx(
         logger.warning(
             "%d octave convs (%s%s) have a branch whose channel count is not a multiple of %d; ONNX Runtime's CPU "
             "provider runs them outside its blocked layout, which can make the model slower than the original "
-            "there (an alpha that splits channels into multiples of %d avoids it)",
+            "there (convert with --channel-multiple %d, or channel_multiple: %d in the policy, to avoid it)",
             len(misaligned), ", ".join(misaligned[:3]), ", ..." if len(misaligned) > 3 else "", NCHWC_BLOCK,
-            NCHWC_BLOCK,
+            NCHWC_BLOCK, NCHWC_BLOCK,
         )  # fmt: skip
     shapes = (dict(dynamic_axes),) if dynamic_axes else None
     with _quiet_exporter():
@@ -131,20 +131,21 @@ def write_onnx(
     return {"opset": opset_used, "rewrites": rewrites, "nodes": sum(1 for _ in onnx_model.graph)}
 
 
-def _runs_blocked(conv: nn.Conv2d, block: int) -> bool:
-    """Whether ONNX Runtime's NCHWc transformer takes this conv (its channel rules)."""
-    out_channels, in_channels = conv.weight.shape[:2]
-    if conv.groups > 1:
-        depthwise = in_channels == 1 and out_channels == conv.groups
-        per_group = out_channels // conv.groups
+def _runs_blocked(out_channels: int, in_channels: int, groups: int, block: int) -> bool:
+    """Whether ONNX Runtime's NCHWc transformer takes a conv with these channel counts
+    (``in_channels`` per group, as in the weight's shape)."""
+    if groups > 1:
+        depthwise = in_channels == 1 and out_channels == groups
+        per_group = out_channels // groups
         return out_channels % block == 0 and (depthwise or (in_channels % block == 0 and per_group % block == 0))
     return in_channels < block or in_channels % block == 0  # output channels are padded to the block
 
 
 def misaligned_octave_convs(model: nn.Module, *, block: int = NCHWC_BLOCK) -> list[str]:
     """Names of octave convs with a path conv that ONNX Runtime's NCHWc transformer leaves
-    in the plain layout because of its channel counts (``nchwc_transformer.cc``: input
-    channels a multiple of ``block`` or fewer than it; grouped convs also output channels).
+    in the plain layout because of its channel counts, where the original conv's channel
+    counts would have run blocked (``nchwc_transformer.cc``: input channels a multiple of
+    ``block`` or fewer than it; grouped convs also output channels).
 
     Example:
         >>> net = nn.Sequential(OctaveConv2d(64, 64, 3, alpha_in=0.125, alpha_out=0.125, padding=1))
@@ -153,10 +154,15 @@ def misaligned_octave_convs(model: nn.Module, *, block: int = NCHWC_BLOCK) -> li
     """
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, OctaveConv2d) and not module._plain:
-            paths = [getattr(module, p) for p in ("h2h", "h2l", "l2h", "l2l")]
-            if not all(_runs_blocked(path, block) for path in paths if path is not None):
-                names.append(name)
+        if not isinstance(module, OctaveConv2d) or module._plain:
+            continue
+        groups = module.groups
+        if not _runs_blocked(module.out_channels, module.in_channels // groups, groups, block):
+            continue  # the original is no faster there
+        paths = [getattr(module, p) for p in ("h2h", "h2l", "l2h", "l2l")]
+        shapes = [(*path.weight.shape[:2], path.groups) for path in paths if path is not None]
+        if not all(_runs_blocked(out, cin, g, block) for out, cin, g in shapes):
+            names.append(name)
     return names
 
 

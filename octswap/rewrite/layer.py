@@ -36,11 +36,9 @@ def convert_layers(model: nn.Module, plan: Plan) -> nn.Module:
             raise ConversionError(f"plan names {decision.name!r}, which this model does not have") from None
         if not is_convertible_conv(conv):
             raise ConversionError(f"{decision.name} is a {type(conv).__name__}, which octave convs cannot stand in for")
-        block = OctaveConvBlock.from_conv(conv, alpha_in=decision.alpha_in, alpha_out=decision.alpha_out)
-        if (block.conv.in_low, block.conv.out_low) != (decision.in_low, decision.out_low):
-            raise ConversionError(
-                f"{decision.name}: plan expects {decision.in_low}/{decision.out_low} low channels, "
-                f"the module would get {block.conv.in_low}/{block.conv.out_low}"
-            )
+        block = OctaveConvBlock.from_conv(
+            conv, alpha_in=decision.alpha_in, alpha_out=decision.alpha_out, in_low=decision.in_low,
+            out_low=decision.out_low,
+        )  # fmt: skip
         replace_module(model, decision.name, block)
     return model
