@@ -18,11 +18,16 @@ as above): "plain" is what `torch.onnx.export(..., dynamo=True)` of the converte
 gives without octswap's export (exact-size nearest resizes, no rewrites; height and width
 fixed), "static" and "dynamic" are `octswap export --static` and `octswap export`.
 
+--profile runs ONNX Runtime's profiler on both files of the first model, alpha, channel
+multiple and batch given, and prints the kernel time per operator type (median of 5 runs
+after a warm-up), and the conv MACs per second.
+
 Usage:
     .venv/bin/python benchmarks/bench_onnxruntime.py [--threads 2] [--batches 1,8]
         [--rounds 7] [--processes 3] [--dynamic] [--models resnet50,mobilenet_v2]
         [--alphas 0.125,0.25,0.5] [--channel-multiples 1,16]
     .venv/bin/python benchmarks/bench_onnxruntime.py --forms [--models resnet50 --alphas 0.5]
+    .venv/bin/python benchmarks/bench_onnxruntime.py --profile --models resnet50 --alphas 0.5 --batches 8
 """
 
 from __future__ import annotations
@@ -61,10 +66,14 @@ def main() -> None:
     parser.add_argument("--channel-multiples", default="1,16", help="policy channel_multiple values to compare")
     parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
     parser.add_argument("--forms", action="store_true", help="compare the export forms (see above)")
+    parser.add_argument("--profile", action="store_true", help="time per operator type (see above)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.forms:
         compare_forms(args)
+        return
+    if args.profile:
+        profile(args)
         return
     if args.processes < 1 or args.rounds < 1:
         parser.error("--processes and --rounds must be at least 1")
@@ -174,6 +183,56 @@ def compare_forms(args: argparse.Namespace) -> None:
             base = timings[0].median
             print(f"| {batch} | " + " | ".join(f"{t.median * 1e3:.1f} ms ({t.median / base:.2f})" for t in timings)
                   + " |", flush=True)  # fmt: skip
+
+
+def profile(args: argparse.Namespace) -> None:
+    import tempfile
+    from collections import defaultdict
+    from pathlib import Path
+
+    from octswap.export import export_model
+    from octswap.export.onnx_file import onnxruntime_session
+
+    shape = (3, 224, 224)
+    name, alpha = args.models.split(",")[0], float(args.alphas.split(",")[0])
+    multiple, batch = int(args.channel_multiples.split(",")[0]), int(args.batches.split(",")[0])
+    model, _ = octswap.load_model(name)
+    policy = octswap.load_policy(MODELS[name]).with_alpha(alpha).with_channel_multiple(multiple)
+    converted, _ = octswap.convert(model, policy, input_shape=shape)
+    x = torch.randn(batch, *shape).numpy()
+    print(f"{name} alpha {alpha} channel multiple {multiple} batch {batch}, {args.threads} threads: ONNX Runtime "
+          "profiler, kernel time per run (median of 5)")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        for label, net in (("original", model), ("converted", converted)):
+            path = Path(folder) / f"{label}.onnx"
+            export_model(net, path, input_shape=shape, dynamic=False)
+            session = onnxruntime_session(path, threads=args.threads, fixed_dims={"batch": batch},
+                                          profile=Path(folder) / label)  # fmt: skip
+            feed = {session.get_inputs()[0].name: x}
+            for _ in range(6):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+            per_run: dict[str, list[float]] = defaultdict(lambda: [0.0] * 6)
+            counts: dict[str, int] = defaultdict(int)
+            macs = [0.0] * 6
+            seen: dict[str, int] = defaultdict(int)
+            for event in events:
+                if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+                    continue
+                run = seen[event["name"]]
+                seen[event["name"]] += 1
+                op = event["args"]["op_name"]
+                per_run[op][run] += event["dur"] / 1e3
+                counts[op] += run == 0
+                if op == "Conv":  # weights x output positions (groups folded into the weight shape)
+                    out = event["args"]["output_type_shape"][0]["float"]
+                    macs[run] += int(event["args"]["parameter_size"]) / 4 * out[0] * out[2] * out[3]
+            runs = range(1, 6)  # run 0 is the warm-up
+            total = statistics.median(sum(t[r] for t in per_run.values()) for r in runs)
+            print(f"{label}: {total:.1f} ms of kernel time; convs at "
+                  f"{statistics.median(macs[r] / per_run['Conv'][r] / 1e6 for r in runs):.0f} GMAC/s")  # fmt: skip
+            for op, times in sorted(per_run.items(), key=lambda kv: -statistics.median(kv[1][r] for r in runs)):
+                print(f"  {op:16s} {statistics.median(times[r] for r in runs):8.2f} ms  x{counts[op]}")
 
 
 if __name__ == "__main__":

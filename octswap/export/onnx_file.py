@@ -174,14 +174,21 @@ def runtime_name(device: str = "cpu") -> str:
 
 
 def onnxruntime_session(
-    path: str | Path, *, threads: int | None = None, device: str = "cpu", fixed_dims: Mapping[str, int] | None = None
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    device: str = "cpu",
+    fixed_dims: Mapping[str, int] | None = None,
+    profile: str | Path | None = None,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` with all graph optimizations, sequential execution,
     ``threads`` intra-op threads (default: ONNX Runtime's) and one inter-op thread.
 
     ``fixed_dims`` fixes named dynamic dimensions for this session (ONNX Runtime's free
     dimension overrides, e.g. ``{"batch": 8}``): the file stays dynamic, the session plans
-    for one shape, as a server that always runs one batch size would.
+    for one shape, as a server that always runs one batch size would. ``profile`` turns on
+    ONNX Runtime's profiler with that file prefix (``session.end_profiling()`` writes the
+    JSON trace and returns its name).
     """
     require_onnx("onnxruntime")
     import onnxruntime as ort
@@ -195,6 +202,9 @@ def onnxruntime_session(
     options.log_severity_level = 3  # errors only: its warnings are about its own optimizer
     for name, value in (fixed_dims or {}).items():
         options.add_free_dimension_override_by_name(name, value)
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile)
     providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), options, providers=providers)
 
