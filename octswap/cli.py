@@ -188,6 +188,15 @@ def _policy(path: Path | None, alpha: float | None, channel_multiple: int | None
     return policy.with_channel_multiple(channel_multiple) if channel_multiple is not None else policy
 
 
+def _refuse_with_checkpoint(**given: Any) -> None:
+    """A checkpoint was converted already: options that choose a model or its conversion
+    make no sense with it. One line naming the ones given."""
+    named = [f"--{key.replace('_', '-')}" for key, value in given.items() if value is not None and value != []]
+    if named:
+        verb = "applies" if len(named) == 1 else "apply"
+        raise InputError(f"{', '.join(named)} {verb} to a model, not to a checkpoint (it holds its own conversion)")
+
+
 def _default_output(model: str, alpha: float) -> Path:
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", model.rpartition(":")[2] or model).removesuffix(".py")
     return Path(f"{stem}-oct{alpha:g}.pt")
@@ -536,9 +545,8 @@ def report(
         prep = _preprocessing(mean, std, resize, crop)
         recorded = None
         if _is_checkpoint(target):
-            if alpha is not None or channel_multiple is not None or policy is not None or weights is not None or model_arg:
-                raise InputError("--alpha/--channel-multiple/--policy/--weights/--model-arg apply to a model, "
-                                 "not to a checkpoint")  # fmt: skip
+            _refuse_with_checkpoint(alpha=alpha, channel_multiple=channel_multiple, policy=policy, weights=weights,
+                                    model_arg=model_arg)  # fmt: skip
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             recorded, the_plan, name = ckpt.inference, ckpt.plan, f"{ckpt.source.name} ({target})"
             model_name, model_weights = ckpt.source.name, teacher_weights or ckpt.source.weights
@@ -781,9 +789,7 @@ def bench(
         batches = _parse_batches(batch)
         recorded = None
         if _is_checkpoint(target):
-            if alpha is not None or channel_multiple is not None or policy is not None or model_arg:
-                raise InputError("--alpha/--channel-multiple/--policy/--model-arg apply to a model, "
-                                 "not to a checkpoint")  # fmt: skip
+            _refuse_with_checkpoint(alpha=alpha, channel_multiple=channel_multiple, policy=policy, model_arg=model_arg)
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             shape, recorded = ckpt.plan.input_shape, ckpt.inference
             compile_ = compile_ or bool(recorded and recorded.compile)
@@ -1016,10 +1022,8 @@ def export(
             raise InputError(f"--format {file_format.value} does not match the output name {output} (a {implied} suffix)")
         suffix = FORMATS[file_format.value].suffix
         if _is_checkpoint(target):
-            given = (alpha, channel_multiple, policy, weights)
-            if any(v is not None for v in given) or model_arg or mode is not Mode.auto:
-                raise InputError("--alpha, --channel-multiple, --policy, --weights, --model-arg and --mode apply to "
-                                 "a model name, not a checkpoint")  # fmt: skip
+            _refuse_with_checkpoint(alpha=alpha, channel_multiple=channel_multiple, policy=policy, weights=weights,
+                                    model_arg=model_arg, mode=None if mode is Mode.auto else mode)  # fmt: skip
             if output is not None and output.exists() and Path(target).exists() and output.samefile(target):
                 raise InputError(f"{output} is the checkpoint being exported; choose another output name")
             ckpt = octswap.read_checkpoint(target)

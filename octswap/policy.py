@@ -328,18 +328,18 @@ class Policy:
         min_channels: Convs with fewer input or output channels stay plain (stems).
         min_feature_size: Convs whose output map is smaller than this (either side)
             stay plain: a 3x3 conv on a 3.5x3.5 low-frequency map makes no sense.
+        rules: Ordered rules; see the module docstring for precedence.
         channel_multiple: Round each conv's low and high channel counts to multiples of
             this (nearest to alpha; see :func:`octswap.octave.low_channels`). 1 keeps
             ``floor(alpha * c)``; 16 suits ONNX Runtime's CPU convs, which run blocked
             layouts only on multiples of 16 channels (8 on AVX2 machines).
-        rules: Ordered rules; see the module docstring for precedence.
     """
 
     alpha: float = DEFAULT_ALPHA
     min_channels: int = DEFAULT_MIN_CHANNELS
     min_feature_size: int = DEFAULT_MIN_FEATURE_SIZE
-    channel_multiple: int = 1
     rules: tuple[Rule, ...] = ()
+    channel_multiple: int = 1
 
     def __post_init__(self) -> None:
         _alpha(self.alpha, "alpha")

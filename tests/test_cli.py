@@ -114,7 +114,7 @@ def test_model_options_with_a_checkpoint_are_refused(runner, workdir):
         for option in (["--channel-multiple", "16"], ["--alpha", "0.5"]):
             result = run(runner, command, "m.pt", "--allow-import", *option)
             assert result.exit_code == 2, (command, option, result.output)
-            assert "apply to a model, not to a checkpoint" in result.stderr
+            assert f"{option[0]} applies to a model, not to a checkpoint" in result.stderr
 
 
 def test_models_lists_torchvision(runner):

@@ -352,10 +352,10 @@ def test_cli_export_model_name_default_output(runner, tmp_path, monkeypatch):
     [
         (["--format", "tflite"], "Invalid value for '--format'"),
         (["--opset", "18", "--format", "pt2"], "--opset applies to ONNX files only"),
-        (["--alpha", "0.25"], "apply to a model name, not a checkpoint"),
+        (["--alpha", "0.25"], "--alpha applies to a model, not to a checkpoint"),
         (["-o", "{existing}"], "exists; pass --force to overwrite it"),
         (["--opset", "11"], "opset 11 is older than the dynamo exporter writes"),
-        (["--mode", "layer"], "apply to a model name, not a checkpoint"),
+        (["--mode", "layer"], "--mode applies to a model, not to a checkpoint"),
         (["--format", "onnx", "-o", "{folder}/m.pt2"], "does not match the output name"),
         (["-o", "{folder}"], "is a directory"),
         (["-o", "{checkpoint}", "--force"], "is the checkpoint being exported"),
