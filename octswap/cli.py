@@ -546,7 +546,8 @@ def report(
         recorded = None
         if _is_checkpoint(target):
             _refuse_with_checkpoint(alpha=alpha, channel_multiple=channel_multiple, policy=policy, weights=weights,
-                                    model_arg=model_arg)  # fmt: skip
+                                    model_arg=model_arg, input_size=input_size,
+                                    mode=None if mode is Mode.auto else mode, strict=strict or None)  # fmt: skip
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             recorded, the_plan, name = ckpt.inference, ckpt.plan, f"{ckpt.source.name} ({target})"
             model_name, model_weights = ckpt.source.name, teacher_weights or ckpt.source.weights
@@ -789,7 +790,8 @@ def bench(
         batches = _parse_batches(batch)
         recorded = None
         if _is_checkpoint(target):
-            _refuse_with_checkpoint(alpha=alpha, channel_multiple=channel_multiple, policy=policy, model_arg=model_arg)
+            _refuse_with_checkpoint(alpha=alpha, channel_multiple=channel_multiple, policy=policy, model_arg=model_arg,
+                                    input_size=input_size, mode=None if mode is Mode.auto else mode)  # fmt: skip
             original, converted, ckpt = _from_checkpoint(target, allow_import)
             shape, recorded = ckpt.plan.input_shape, ckpt.inference
             compile_ = compile_ or bool(recorded and recorded.compile)

@@ -111,7 +111,7 @@ def test_plan_channel_multiple_rounds_each_split(runner):
 def test_model_options_with_a_checkpoint_are_refused(runner, workdir):
     assert run(runner, "convert", TINY, "-s", "16", "-o", "m.pt").exit_code == 0
     for command in ("report", "bench"):
-        for option in (["--channel-multiple", "16"], ["--alpha", "0.5"]):
+        for option in (["--channel-multiple", "16"], ["--alpha", "0.5"], ["--input-size", "32"], ["--mode", "layer"]):
             result = run(runner, command, "m.pt", "--allow-import", *option)
             assert result.exit_code == 2, (command, option, result.output)
             assert f"{option[0]} applies to a model, not to a checkpoint" in result.stderr

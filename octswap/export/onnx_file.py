@@ -106,7 +106,7 @@ def write_onnx(
     misaligned = misaligned_octave_convs(model)
     if misaligned:
         logger.warning(
-            "%d octave convs (%s%s) have a branch whose channel count is not a multiple of %d; ONNX Runtime's CPU "
+            "%d octave conv(s) (%s%s) have a branch whose channel count is not a multiple of %d; ONNX Runtime's CPU "
             "provider runs them outside its blocked layout, which can make the model slower than the original "
             "there (convert with --channel-multiple %d, or channel_multiple: %d in the policy, to avoid it)",
             len(misaligned), ", ".join(misaligned[:3]), ", ..." if len(misaligned) > 3 else "", NCHWC_BLOCK,
