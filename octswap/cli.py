@@ -1004,7 +1004,7 @@ def export(
     dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic height and width, or fixed at the input size (ONNX Runtime then runs the octave resampling in its fast layout without session shape overrides).")] = True,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", min=1, help="Fix the batch size [default: dynamic].")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Run the file at the probe size and a size of the other parity and compare with PyTorch before writing it.")] = True,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest accepted max|exported - PyTorch| / max|PyTorch|.")] = 1e-4,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Largest accepted max|exported - PyTorch| / max|PyTorch|.")] = 1e-4,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     allow_import: AllowImportOpt = False,
@@ -1036,8 +1036,9 @@ def export(
         else:
             pol = _policy(policy, alpha, channel_multiple)
             default = _default_output(target, pol.alpha).with_suffix(suffix)
-            if output is None and default.exists() and not force:  # before the conversion
-                raise octswap.OutputExistsError(f"{default} exists; pass --force to overwrite it")
+            early = output if output is not None else default
+            if early.is_file() and not force:  # before the conversion, not after
+                raise octswap.OutputExistsError(f"{early} exists; pass --force to overwrite it")
             original, source = octswap.load_model(target, weights=weights, kwargs=parse_model_args(model_arg))
             shape = _input_shape(input_size, original)
             model, plan_ = octswap.convert(original, pol, input_shape=shape, mode=mode.value)

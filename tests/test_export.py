@@ -454,3 +454,18 @@ def test_cli_bench_onnxruntime(runner):
     assert [r["batch"] for r in rows] == [1, 2]
     assert all(r["runtime"] == "onnxruntime" and r["export"] == "32x32 fixed" and r["ratio"] > 0 for r in rows)
     assert all(r["original_peak_mib"] is None for r in rows)
+
+
+def test_cli_export_model_refuses_an_existing_output_before_converting(runner, tmp_path, monkeypatch):
+    existing = tmp_path / "there.onnx"
+    existing.write_text("keep me")
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted before checking the output")
+
+    monkeypatch.setattr(octswap, "convert", no_conversion)
+    result = runner.invoke(app, ["export", TINY, "-s", "16", "-o", str(existing)])
+    assert result.exit_code == 2 and "exists; pass --force to overwrite it" in result.stderr
+    assert existing.read_text() == "keep me"
+    result = runner.invoke(app, ["export", TINY, "-s", "16", "-o", str(tmp_path / "m.onnx"), "--tolerance", "-1"])
+    assert result.exit_code == 2 and "--tolerance" in result.output
