@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -101,6 +102,17 @@ def default_input_shape(model: nn.Module) -> tuple[int, int, int]:
     """The probe input ``(C, H, W)`` a model is meant for: a timm model's
     ``pretrained_cfg["input_size"]``, otherwise ``(3, 224, 224)``."""
     return timm_input_shape(model) or (3, 224, 224)
+
+
+def file_stem(text: str) -> str:
+    """``text`` (a model name, import path or spec) as a file-name-safe stem: every character
+    outside ``[A-Za-z0-9_.-]`` becomes ``_``.
+
+    Example:
+        >>> file_stem("tests.nets:tiny/resnet")
+        'tests.nets_tiny_resnet'
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 def convertible_models() -> list[str]:

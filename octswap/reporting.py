@@ -7,8 +7,6 @@ Renders to plain data (JSON), Markdown and CSV; the CLI renders rich tables.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from octswap.flops import CONVENTION, Cost, count_cost
 from octswap.memory import ActivationMemory, measure_activations
 from octswap.plan import Plan, example_input
 from octswap.stages import stage_names
+from octswap.tables import csv_text, markdown_table
 
 __all__ = ["Report", "Row", "make_report"]
 
@@ -132,19 +131,14 @@ class Report:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_csv(self, *, layers: bool = True) -> str:
-        out = io.StringIO()
         columns = ["kind", "name", "flops_before", "flops_after", "flops_change", "params_before",
                    "params_after", "params_change", "note"]  # fmt: skip
         if self.fidelity is not None:
             columns.append("value")  # fidelity rows: kind "fidelity", name the metric
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows(layers=layers):
-            writer.writerow({k: v for k, v in row.to_dict().items() if k in columns})
+        rows = [{k: v for k, v in row.to_dict().items() if k in columns} for row in self.rows(layers=layers)]
         if self.fidelity is not None:
-            for metric, value in _fidelity_values(self.fidelity):
-                writer.writerow({"kind": "fidelity", "name": metric, "value": value})
-        return out.getvalue()
+            rows += [{"kind": "fidelity", "name": metric, "value": value} for metric, value in _fidelity_values(self.fidelity)]
+        return csv_text(columns, rows)
 
     def to_markdown(self, *, layers: bool = True) -> str:
         lines = [
@@ -153,15 +147,14 @@ class Report:
             f"{self.converted} convs converted, {self.kept} kept; mode `{self.mode}`; "
             f"input {'x'.join(map(str, self.input_shape))}. {self.convention}.",
             "",
-            "| kind | name | FLOPs before | FLOPs after | change | params before | params after | note |",
-            "|---|---|---:|---:|---:|---:|---:|---|",
         ]
-        for row in self.rows(layers=layers):
-            lines.append(
-                f"| {row.kind} | {row.name} | {human(row.flops_before)} | {human(row.flops_after)} | "
-                f"{percent(row.flops_change)} | {human(row.params_before)} | {human(row.params_after)} | "
-                f"{row.note.replace('|', '/')} |"
-            )
+        headers = ["kind", "name", "FLOPs before", "FLOPs after", "change", "params before", "params after", "note"]
+        cells = [
+            [row.kind, row.name, human(row.flops_before), human(row.flops_after), percent(row.flops_change),
+             human(row.params_before), human(row.params_after), row.note]
+            for row in self.rows(layers=layers)
+        ]  # fmt: skip
+        lines.append(markdown_table(headers, cells, align="llrrrrrl"))
         if self.memory_line():
             lines += ["", self.memory_line()]
         if self.uncounted:
@@ -169,8 +162,8 @@ class Report:
         if self.fidelity is None:
             lines += ["", NOT_MEASURED + "."]
         else:
-            lines += ["", f"### Fidelity on {self.fidelity.data or 'the data'}", "", "| metric | value |", "|---|---:|"]
-            lines += [f"| {metric} | {value} |" for metric, value in self.fidelity.rows()]
+            lines += ["", f"### Fidelity on {self.fidelity.data or 'the data'}", ""]
+            lines.append(markdown_table(["metric", "value"], self.fidelity.rows(), align="lr"))
         return "\n".join(lines) + "\n"
 
 

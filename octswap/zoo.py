@@ -30,13 +30,11 @@ Manifest::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import difflib
 import fnmatch
 import functools
 import hashlib
-import io
 import json
 import logging
 import multiprocessing as mp
@@ -56,6 +54,7 @@ import yaml
 from octswap import __version__
 from octswap.conversion import AUTO, MODES
 from octswap.errors import InputError, one_line
+from octswap.tables import csv_text, markdown_table
 
 __all__ = [
     "Manifest",
@@ -319,7 +318,7 @@ def manifest_from_cli(models: str, alphas: str, *, policy: str | None = None, in
 def _run_task(task: ZooTask, save_dir: str | None) -> dict[str, Any]:
     """Convert, verify and report one task (inside a worker process)."""
     import octswap
-    from octswap.models import default_input_shape
+    from octswap.models import default_input_shape, file_stem
     from octswap.shapes import parse_input_shape
 
     start = time.perf_counter()
@@ -343,7 +342,7 @@ def _run_task(task: ZooTask, save_dir: str | None) -> dict[str, Any]:
         mode_used=plan.mode,
     )  # fmt: skip
     if save_dir is not None and not task.part:
-        path = Path(save_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task.model)}-oct{task.alpha:g}-{task.mode}.pt"
+        path = Path(save_dir) / f"{file_stem(task.model)}-oct{task.alpha:g}-{task.mode}.pt"
         octswap.save(path, converted, plan, source=source, report=summary, force=True)
         record["checkpoint"] = str(path)
     record["wall_time_s"] = round(time.perf_counter() - start, 3)
@@ -514,11 +513,7 @@ def _counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(RESULT_FIELDS, rows)
 
 
 def summary_markdown(rows: Sequence[Mapping[str, Any]], *, wall_time_s: float | None = None,
@@ -527,9 +522,9 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], *, wall_time_s: float | 
     head = f"## octswap zoo: {counts['ok']} ok, {counts['failed']} failed"
     if wall_time_s is not None:
         head += f" in {wall_time_s:.0f} s"
-    lines = [head + (" (interrupted)" if interrupted else ""), "",
-             "| model | alpha | mode | status | FLOPs before | FLOPs after | ratio | params | converted/kept | time (s) | error |",
-             "|---|---:|---|---|---:|---:|---:|---:|---|---:|---|"]  # fmt: skip
+    headers = ["model", "alpha", "mode", "status", "FLOPs before", "FLOPs after", "ratio", "params",
+               "converted/kept", "time (s)", "error"]  # fmt: skip
+    cells = []
     for r in rows:
         name = r["model"] + (f" ({r['part']})" if r.get("part") else "")
         ratio = f"{r['flops_ratio']:.3f}" if r.get("flops_ratio") is not None else ""
@@ -537,10 +532,10 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], *, wall_time_s: float | 
         params = f"{r['params_after'] / 1e6:.2f} M" if r.get("params_after") is not None else ""
         convs = f"{r['convs_converted']}/{r['convs_kept']}" if r.get("convs_converted") is not None else ""
         wall = f"{r['wall_time_s']:.1f}" if r.get("wall_time_s") is not None else ""
-        error = (r.get("error") or "").replace("|", "/")
         mode = r["mode"] if r.get("mode_used") in (None, r["mode"]) else f"{r['mode']} ({r['mode_used']})"
-        lines.append(f"| {name} | {r['alpha']:g} | {mode} | {r['status']} | {flops[0]} | {flops[1]} | {ratio} | "
-                     f"{params} | {convs} | {wall} | {error} |")  # fmt: skip
+        cells.append([name, f"{r['alpha']:g}", mode, r["status"], flops[0], flops[1], ratio, params, convs, wall,
+                      r.get("error") or ""])  # fmt: skip
+    lines = [head + (" (interrupted)" if interrupted else ""), "", markdown_table(headers, cells, align="lrllrrrrlrl")]
     lines.append("")
     lines.append("FLOPs are multiply-adds (fvcore's convention), batch size 1.")
     return "\n".join(lines) + "\n"
