@@ -39,7 +39,7 @@ import octswap
 from octswap.flops import count_cost
 from octswap.inference import InferenceOptions
 from octswap.latency import measure_latency
-from octswap.kernels import fused_kernels
+from octswap.layers import fused_kernels
 from octswap.plan import example_input
 
 MODELS = {

@@ -14,9 +14,11 @@ processes (default 3); the table shows the median ratio over processes and their
 
 --forms compares, for one model and alpha, the export forms of the converted model with
 each other and with the original, all in one process and in interleaved rounds (sessions
-as above): "plain" is what `torch.onnx.export(..., dynamo=True)` of the converted model
-gives without octswap's export (exact-size nearest resizes, no rewrites; height and width
-fixed), "static" and "dynamic" are `octswap export --static` and `octswap export`.
+as above, or with --plain-sessions as a user who just opens the file gets them): "plain"
+is what `torch.onnx.export(..., dynamo=True)` of the converted model gives without
+octswap's export (exact-size nearest resizes, no rewrites; height and width fixed),
+"default" is `octswap export` (height and width fixed at the input size, dynamic batch)
+and "dynamic" is `octswap export --dynamic`.
 
 --profile runs ONNX Runtime's profiler on both files of the first model, alpha, channel
 multiple and batch given, and prints the kernel time per operator type (median of 5 runs
@@ -26,7 +28,7 @@ Usage:
     .venv/bin/python benchmarks/bench_onnxruntime.py [--threads 2] [--batches 1,8]
         [--rounds 7] [--processes 3] [--dynamic] [--models resnet50,mobilenet_v2]
         [--alphas 0.125,0.25,0.5] [--channel-multiples 1,16]
-    .venv/bin/python benchmarks/bench_onnxruntime.py --forms [--models resnet50 --alphas 0.5]
+    .venv/bin/python benchmarks/bench_onnxruntime.py --forms [--models resnet50 --alphas 0.5] [--plain-sessions]
     .venv/bin/python benchmarks/bench_onnxruntime.py --profile --models resnet50 --alphas 0.5 --batches 8
 """
 
@@ -67,6 +69,9 @@ def main() -> None:
     parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
     parser.add_argument("--forms", action="store_true", help="compare the export forms (see above)")
     parser.add_argument("--profile", action="store_true", help="time per operator type (see above)")
+    parser.add_argument("--plain-sessions", action="store_true",
+                        help="with --forms: open each file as a user would, onnxruntime.InferenceSession(path) with "
+                        "--threads intra-op threads and nothing else (no dimensions fixed in the session)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.forms:
@@ -140,10 +145,12 @@ def compare_forms(args: argparse.Namespace) -> None:
     import tempfile
     from pathlib import Path
 
+    import onnxruntime
     import torch.nn.functional as F
 
-    import octswap.octave
-    import octswap.rewrite.graph.runtime
+    import octswap.layers.conv
+    import octswap.layers.fused
+    import octswap.layers.resample
     from octswap.export import export_model, reference_model
     from octswap.export.onnx_file import onnxruntime_session
     from octswap.latency import _session_forward, _side_by_side
@@ -156,27 +163,38 @@ def compare_forms(args: argparse.Namespace) -> None:
         paths = {"original": Path(folder) / "original.onnx"}
         export_model(model, paths["original"], input_shape=shape, dynamic=False)
         # "plain": the exporter on the reference model, resizes to exact sizes as before octswap's export form.
-        exact = octswap.octave.upsample
+        exact = octswap.layers.resample.upsample
+        callers = (octswap.layers.conv, octswap.layers.fused, octswap.layers.resample)  # modules calling upsample
 
         def exact_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
             return F.interpolate(x, size=size, mode="nearest")
 
-        octswap.octave.upsample = octswap.rewrite.graph.runtime.upsample = exact_size  # type: ignore[assignment]
+        for module in callers:
+            module.upsample = exact_size  # type: ignore[attr-defined]
         try:
             paths["plain"] = Path(folder) / "plain.onnx"
             torch.onnx.export(reference_model(converted), (torch.randn(2, *shape),), str(paths["plain"]), dynamo=True,
                               dynamic_shapes=({0: "batch"},))  # fmt: skip
         finally:
-            octswap.octave.upsample = octswap.rewrite.graph.runtime.upsample = exact  # type: ignore[assignment]
-        for form, dynamic in (("static", False), ("dynamic", True)):
-            paths[form] = Path(folder) / f"{form}.onnx"
-            export_model(converted, paths[form], input_shape=shape, dynamic=dynamic)
-        print(f"{name} alpha {alpha}: latency / original under ONNX Runtime, {args.threads} threads, "
-              f"median of {args.rounds} interleaved rounds")  # fmt: skip
+            for module in callers:
+                module.upsample = exact  # type: ignore[attr-defined]
+        paths["default"] = Path(folder) / "default.onnx"
+        export_model(converted, paths["default"], input_shape=shape)
+        paths["dynamic"] = Path(folder) / "dynamic.onnx"
+        export_model(converted, paths["dynamic"], input_shape=shape, dynamic=True)
+        sessions_kind = "plain sessions" if args.plain_sessions else "sessions with batch, height and width fixed"
+        print(f"{name} alpha {alpha}: latency / original under ONNX Runtime {onnxruntime.__version__}, "
+              f"{args.threads} threads, {sessions_kind}, median of {args.rounds} interleaved rounds")  # fmt: skip
         print("| batch | " + " | ".join(paths) + " |\n|---|" + "---|" * len(paths))
         for batch in (int(b) for b in args.batches.split(",")):
             fixed = {"batch": batch, "height": shape[1], "width": shape[2]}
-            sessions = [onnxruntime_session(p, threads=args.threads, fixed_dims=fixed) for p in paths.values()]
+            if args.plain_sessions:
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = args.threads
+                sessions = [onnxruntime.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                            for p in paths.values()]  # fmt: skip
+            else:
+                sessions = [onnxruntime_session(p, threads=args.threads, fixed_dims=fixed) for p in paths.values()]
             x = torch.randn(batch, *shape).numpy()
             timings = _side_by_side([_session_forward(s, x) for s in sessions], args.threads, rounds=args.rounds,
                                     min_round_time=args.min_round_time)  # fmt: skip

@@ -248,6 +248,114 @@ def _logits(value: Any, what: str) -> torch.Tensor:
     raise InputError(f"fidelity needs a classifier whose output is Tensor[N, classes]; the {what} model returns {shape}")
 
 
+def _graph_taps(original: nn.Module, converted: nn.Module, stages: Sequence[str]) -> _GraphTaps | None:
+    """Stage taps for a graph-mode conversion that carries the rewrite's origin tags; else ``None`` (hooks)."""
+    if not stages or not isinstance(converted, fx.GraphModule):
+        return None
+    from octswap.rewrite.graph import ORIGIN
+
+    if any(ORIGIN in n.meta for n in converted.graph.nodes):
+        return _GraphTaps(original, converted, stages)
+    return None
+
+
+def _forward(
+    original: nn.Module,
+    converted: nn.Module,
+    inputs: torch.Tensor,
+    taps: _GraphTaps | None,
+    hooked: dict[str, list[Any]] | None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[Any, Any]]]:
+    """One batch through both models.
+
+    Returns:
+        The original's and the converted model's logits (float32, ``[N, classes]``), and per
+        stage its ``(converted, original)`` outputs, from ``taps`` or the ``hooked`` stages.
+
+    Raises:
+        InputError: a model is not a classifier, or the two outputs differ in shape.
+    """
+    if taps is not None:
+        out_c, out_o, pairs = taps.run(inputs)
+    else:
+        out_o, out_c = original(inputs), converted(inputs)
+        pairs = {s: (v[1], v[0]) for s, v in (hooked or {}).items()}
+    o, c = _logits(out_o, "original").float(), _logits(out_c, "converted").float()
+    if c.shape != o.shape:
+        raise InputError(f"the models' outputs differ in shape: {tuple(o.shape)} vs {tuple(c.shape)}")
+    return o, c, pairs
+
+
+@dataclass
+class _Tally:
+    """Running sums of :func:`measure_fidelity` over the batches (counts of samples)."""
+
+    stages: list[str]
+    count: int = 0
+    agree: int = 0
+    kl_sum: float = 0.0
+    classes: int = 0
+    labelled: bool = True  # every sample so far has a label
+    correct: dict[str, int] = field(default_factory=lambda: {"original": 0, "converted": 0})
+    top5: dict[str, int] = field(default_factory=lambda: {"original": 0, "converted": 0})
+    output_error: _Accumulator = field(default_factory=_Accumulator)
+    drift: dict[str, _Accumulator] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drift = {stage: _Accumulator() for stage in self.stages}
+
+    def add(self, o: torch.Tensor, c: torch.Tensor, labels: torch.Tensor, pairs: dict[str, tuple[Any, Any]]) -> None:
+        """One batch: logits ``o``, ``c`` ``[N, classes]``, ``labels`` ``[N]`` (``-1``: unknown), stage outputs.
+
+        Raises:
+            InputError: a label is out of range.
+        """
+        for stage, (conv_value, orig_value) in pairs.items():
+            if isinstance(conv_value, torch.Tensor) and isinstance(orig_value, torch.Tensor):
+                if conv_value.shape == orig_value.shape:
+                    self.drift[stage].add(conv_value, orig_value)
+        self.count += len(o)
+        self.classes = o.shape[1]
+        self.agree += int((o.argmax(1) == c.argmax(1)).sum())
+        log_o, log_c = F.log_softmax(o, dim=1), F.log_softmax(c, dim=1)
+        self.kl_sum += float(F.kl_div(log_c, log_o, log_target=True, reduction="sum"))
+        self.output_error.add(c, o)
+        if self.labelled and bool((labels == UNLABELLED).any()):
+            self.labelled = False
+        if self.labelled:
+            self._add_accuracy(o, c, labels)
+
+    def _add_accuracy(self, o: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> None:
+        if int(labels.max()) >= o.shape[1]:
+            raise InputError(f"label {int(labels.max())} is out of range: the model has {o.shape[1]} outputs")
+        k = min(5, o.shape[1])
+        for side, logits in (("original", o), ("converted", c)):
+            self.correct[side] += int((logits.argmax(1) == labels).sum())
+            best = logits.topk(k, dim=1).indices
+            self.top5[side] += int((best == labels[:, None]).any(1).sum())
+
+    def fidelity(self, data: str) -> Fidelity:
+        """The figures of all batches added.
+
+        Raises:
+            InputError: no batch was added.
+        """
+        if self.count == 0:
+            raise InputError("no samples to measure fidelity on")
+        n, labelled = self.count, self.labelled
+        top5 = labelled and self.classes >= 5
+        return Fidelity(
+            samples=n, agreement=self.agree / n, kl=self.kl_sum / n, relative_error=self.output_error.value,
+            accuracy_original=self.correct["original"] / n if labelled else None,
+            accuracy_converted=self.correct["converted"] / n if labelled else None,
+            top5_original=self.top5["original"] / n if top5 else None,
+            top5_converted=self.top5["converted"] / n if top5 else None,
+            stages=tuple(StageDrift(s, self.drift[s].value) for s in self.stages
+                         if self.drift[s].ref > 0 or self.drift[s].diff > 0),
+            data=data,
+        )  # fmt: skip
+
+
 @torch.no_grad()
 def measure_fidelity(
     original: nn.Module,
@@ -283,69 +391,18 @@ def measure_fidelity(
         (0.983, 0.981)
     """
     stages = stage_names(original) if stages is None else list(stages)
-    graph_taps = None
-    if stages and isinstance(converted, fx.GraphModule):
-        from octswap.rewrite.graph import ORIGIN
-
-        if any(ORIGIN in n.meta for n in converted.graph.nodes):
-            graph_taps = _GraphTaps(original, converted, stages)
+    taps = _graph_taps(original, converted, stages)
     device = _device(converted)
-    count = agree = 0
-    correct = {"original": 0, "converted": 0}
-    top5 = {"original": 0, "converted": 0}
-    labelled = True
-    kl_sum = 0.0
-    output_error = _Accumulator()
-    drift = {stage: _Accumulator() for stage in stages}
+    tally = _Tally(stages)
     with eval_mode(original), eval_mode(converted), ExitStack() as stack:
-        hooks = stack.enter_context(_hooked(original, converted, stages)) if stages and graph_taps is None else None
+        hooked = stack.enter_context(_hooked(original, converted, stages)) if stages and taps is None else None
         for index, (inputs, labels) in enumerate(iterate(loader)):
             if batches is not None and index >= batches:
                 break
-            inputs = inputs.to(device)
-            if graph_taps is not None:
-                out_c, out_o, pairs = graph_taps.run(inputs)
-            else:
-                out_o, out_c = original(inputs), converted(inputs)
-                pairs = {s: (v[1], v[0]) for s, v in (hooks or {}).items()}
-            o, c = _logits(out_o, "original").float(), _logits(out_c, "converted").float()
-            if c.shape != o.shape:
-                raise InputError(f"the models' outputs differ in shape: {tuple(o.shape)} vs {tuple(c.shape)}")
-            for stage, (conv_value, orig_value) in pairs.items():
-                if isinstance(conv_value, torch.Tensor) and isinstance(orig_value, torch.Tensor):
-                    if conv_value.shape == orig_value.shape:
-                        drift[stage].add(conv_value, orig_value)
-            count += len(o)
-            agree += int((o.argmax(1) == c.argmax(1)).sum())
-            log_o, log_c = F.log_softmax(o, dim=1), F.log_softmax(c, dim=1)
-            kl_sum += float(F.kl_div(log_c, log_o, log_target=True, reduction="sum"))
-            output_error.add(c, o)
-            labels = labels.to(device)
-            if labelled and bool((labels == UNLABELLED).any()):
-                labelled = False
-            if labelled:
-                if int(labels.max()) >= o.shape[1]:
-                    raise InputError(
-                        f"label {int(labels.max())} is out of range: the model has {o.shape[1]} outputs"
-                    )
-                k = min(5, o.shape[1])
-                for side, logits in (("original", o), ("converted", c)):
-                    correct[side] += int((logits.argmax(1) == labels).sum())
-                    best = logits.topk(k, dim=1).indices
-                    top5[side] += int((best == labels[:, None]).any(1).sum())
-            if hooks is not None:
-                hooks.clear()
-    if count == 0:
-        raise InputError("no samples to measure fidelity on")
-    classes = o.shape[1]
-    result = Fidelity(
-        samples=count, agreement=agree / count, kl=kl_sum / count, relative_error=output_error.value,
-        accuracy_original=correct["original"] / count if labelled else None,
-        accuracy_converted=correct["converted"] / count if labelled else None,
-        top5_original=top5["original"] / count if labelled and classes >= 5 else None,
-        top5_converted=top5["converted"] / count if labelled and classes >= 5 else None,
-        stages=tuple(StageDrift(s, drift[s].value) for s in stages if drift[s].ref > 0 or drift[s].diff > 0),
-        data=data,
-    )  # fmt: skip
+            o, c, pairs = _forward(original, converted, inputs.to(device), taps, hooked)
+            tally.add(o, c, labels.to(device), pairs)
+            if hooked is not None:
+                hooked.clear()
+    result = tally.fidelity(data)
     logger.info("fidelity: %s", result.summary())
     return result

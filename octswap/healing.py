@@ -5,24 +5,25 @@ converted from (the teacher), opens the data with the model's own preprocessing,
 measures the fidelity of the converted model, distils (:mod:`octswap.distillation`)
 and writes an ordinary octswap checkpoint after every epoch (atomically) whose
 ``healing`` record says how it was healed and what the fidelity was before and after,
-and whose ``training`` state lets ``--resume`` carry on; the finished file drops it.
+and whose ``training`` state lets ``resume=True`` carry on; the finished file drops it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import DataLoader
 
 from octswap import __version__
 from octswap.checkpoint import Checkpoint, load, read, save
 from octswap.data import Data, Preprocessing, choose_transform, make_loader, open_data
-from octswap.distillation import EpochResult, HealOptions, HealResult, StepInfo, heal
+from octswap.distillation import EpochResult, HealOptions, HealResult, StepInfo, heal, require_labels
+from octswap.distributed import current_world
 from octswap.errors import CheckpointError, InputError, OutputExistsError
 from octswap.fidelity import Fidelity, measure_fidelity
 from octswap.plan import example_input
@@ -59,13 +60,10 @@ def load_teacher(ckpt: Checkpoint, *, weights: str | None = None, allow_import: 
     """
     if ckpt.source.kind == "import" and not allow_import:
         raise CheckpointError(
-            f"{ckpt.path} builds its model with {ckpt.source.name!r}; pass --allow-import if you trust it"
+            f"{ckpt.path} builds its model with {ckpt.source.name!r}; pass allow_import=True "
+            "(CLI: --allow-import) if you trust it"
         )
     return ckpt.source.load(weights=weights).eval()
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def heal_checkpoint(
@@ -102,111 +100,211 @@ def heal_checkpoint(
         teacher_weights: The original's weights file, when it is no longer where the
             checkpoint recorded it.
         allow_import: Let the checkpoint import its model factory.
-        resume: Continue the unfinished run saved in ``output``.
+        resume: Continue the run saved in ``output``, which must exist (a finished run
+            there is returned as it is, with ``already_complete``).
         force: Overwrite an existing ``output`` (a new run).
         device: ``cpu`` or ``cuda``.
         on_step, on_epoch, stop: See :func:`octswap.distillation.heal`.
 
     Raises:
         OutputExistsError: ``output`` exists and neither ``force`` nor ``resume``.
-        CheckpointError, WeightsError, InputError: bad checkpoint, teacher or data.
+        InputError: ``resume`` but ``output`` does not exist, is no healing run, or was
+            healed from another conversion; a checkpoint saved for inference; bad data.
+        CheckpointError, WeightsError: bad checkpoint or teacher.
         HealInterrupted: ``stop`` asked to stop; progress is in ``output``.
     """
     output = Path(output)
+    ckpt = _read_converted(checkpoint)
+    previous = _previous_run(output, ckpt, resume=resume, force=force)
+    if previous is not None and previous.training is None:
+        logger.info("%s already holds a finished healing run", output)
+        return HealOutcome(output, previous.healing, already_complete=True)  # type: ignore[arg-type]
+    options = _run_options(options or HealOptions(), previous)
+    teacher = load_teacher(ckpt, weights=teacher_weights, allow_import=allow_import)
+    student = load(previous.path if previous is not None else ckpt.path, allow_import=allow_import, compile=False)
+    inputs = _open_inputs(ckpt, data, val, options, preprocessing=preprocessing, limit=limit,
+                          teacher_weights=teacher_weights)  # fmt: skip
+    check = _FidelityCheck.make(teacher, ckpt, inputs, options)
+    if previous is not None:
+        record = dict(previous.healing)  # type: ignore[arg-type]
+    else:
+        record = _new_record(ckpt, options, inputs, check.measure(student) if check.main else None,
+                             teacher_weights=teacher_weights, device=device)  # fmt: skip
+    writer = _Writer(output, ckpt, record, check, overwrite=force or resume)
+    result = heal(
+        student, teacher, inputs.train, options=options, val=inputs.val, device=device,
+        resume=previous.training if previous is not None else None,
+        on_step=on_step, on_epoch=on_epoch, save=writer.epoch_saved, stop=stop, on_calibrated=writer.calibrated,
+    )  # fmt: skip
+    writer.finished(result)
+    return HealOutcome(output, record, result=result)
+
+
+# ------------------------------------------------------------------ the steps
+def _read_converted(checkpoint: str | Path) -> Checkpoint:
+    """The checkpoint to heal.
+
+    Raises:
+        InputError: it was saved for inference (BatchNorm folded away: nothing to heal).
+        CheckpointError: it cannot be read.
+    """
     ckpt = read(checkpoint)
     if ckpt.inference is not None and ckpt.inference.fold_bn:
         raise InputError(
             f"{ckpt.path} was saved for inference (BatchNorm folded into the convs); heal the checkpoint "
-            "written without --optimize-for-inference"
+            "saved before optimize_for_inference"
         )
-    previous: Checkpoint | None = None
-    if output.exists():
-        if resume:
-            previous = read(output)
-            if previous.healing is None:
-                raise InputError(f"--resume: {output} is not a healing run (no healing record)")
-            if previous.plan.to_dict() != ckpt.plan.to_dict():
-                raise InputError(f"--resume: {output} was healed from a different conversion than {ckpt.path}")
-            if previous.training is None:
-                logger.info("%s already holds a finished healing run", output)
-                return HealOutcome(output, previous.healing, already_complete=True)
-        elif not force:
-            raise OutputExistsError(f"{output} exists; pass --force to overwrite it, or --resume to continue it")
-    elif resume:
-        logger.warning("--resume: %s does not exist yet; starting a new run", output)
+    return ckpt
 
-    options = options or HealOptions()
-    if previous is not None:
-        saved = HealOptions.from_dict(previous.healing["options"])  # type: ignore[index]
-        if replace(saved, workers=options.workers) != options:
-            logger.warning("resuming with the options the run started with, not the ones given")
-        options = replace(saved, workers=options.workers)
-    teacher = load_teacher(ckpt, weights=teacher_weights, allow_import=allow_import)
-    student = load(previous.path if previous is not None else ckpt.path, allow_import=allow_import, compile=False)
+
+def _previous_run(output: Path, ckpt: Checkpoint, *, resume: bool, force: bool) -> Checkpoint | None:
+    """The run saved in ``output`` to continue (unfinished, or finished: nothing to do); ``None`` for a new run.
+
+    Raises:
+        InputError: ``resume`` but ``output`` does not exist, holds no healing record, or was
+            healed from another conversion than ``ckpt``.
+        OutputExistsError: ``output`` exists and neither ``resume`` nor ``force``.
+    """
+    if not output.exists():
+        if resume:
+            raise InputError(f"resume=True but {output} does not exist: there is no run to continue")
+        return None
+    if not resume:
+        if not force:
+            raise OutputExistsError(f"{output} exists; pass force=True to overwrite it, or resume=True to continue it")
+        return None
+    previous = read(output)
+    if previous.healing is None:
+        raise InputError(f"resume=True but {output} is not a healing run (no healing record)")
+    if previous.plan.to_dict() != ckpt.plan.to_dict():
+        raise InputError(f"resume=True but {output} was healed from a different conversion than {ckpt.path}")
+    return previous
+
+
+def _run_options(given: HealOptions, previous: Checkpoint | None) -> HealOptions:
+    """``given`` for a new run; a resumed run keeps the options it started with (``workers`` aside)."""
+    if previous is None:
+        return given
+    saved = HealOptions.from_dict(previous.healing["options"])  # type: ignore[index]
+    if replace(saved, workers=given.workers) != given:
+        logger.warning("resuming with the options the run started with, not the ones given")
+    return replace(saved, workers=given.workers)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The data of a run: ``check`` is what the fidelity before and after is measured on (``where``)."""
+
+    train: Data
+    val: Data | None
+    check: Data
+    where: str
+
+
+def _open_inputs(
+    ckpt: Checkpoint, data: str | Path, val: str | Path | None, options: HealOptions, *,
+    preprocessing: Preprocessing | None, limit: int | None, teacher_weights: str | None,
+) -> _Inputs:  # fmt: skip
+    """Open the training and validation data with the model's preprocessing (see :func:`heal_checkpoint`).
+
+    Raises:
+        InputError: data not found or unreadable, or labels asked for but missing.
+    """
     shape = ckpt.plan.input_shape
     transform = choose_transform(shape, model_name=ckpt.source.name, weights=teacher_weights or ckpt.source.weights,
                                  preprocessing=preprocessing)  # fmt: skip
     train = open_data(data, input_shape=shape, transform=transform, limit=limit)
-    if options.labels and not train.labelled:
-        raise InputError(f"--labels: {train.path} has no labels (use --no-labels, or a folder of class sub-folders)")
+    require_labels(train, options)
     val_data = open_data(val, input_shape=shape, transform=transform) if val is not None else None
-    # Without --val: a fixed subset of the training data, no larger than --limit asks.
+    if val_data is not None:
+        return _Inputs(train, val_data, val_data, "validation data")
+    # Without validation data: a fixed subset of the training data, no larger than ``limit`` asks.
     sample = min(TRAIN_SAMPLE, limit) if limit is not None else TRAIN_SAMPLE
-    check: Data = val_data or open_data(data, input_shape=shape, transform=transform, limit=sample, seed=1)
-    check_loader = make_loader(check, batch_size=options.batch_size, workers=options.workers)
-    where = "validation data" if val_data is not None else f"training data ({len(check)} samples)"
-    main = _is_main()
-    stages = None
-    if main:
-        from octswap.flops import count_cost
-        from octswap.stages import stage_names
+    check = open_data(data, input_shape=shape, transform=transform, limit=sample, seed=1)
+    return _Inputs(train, None, check, f"training data ({len(check)} samples)")
 
-        stages = stage_names(teacher, count_cost(teacher, example_input(shape)).by_module)
 
-    def measure(model: nn.Module) -> dict[str, Any]:
-        return measure_fidelity(teacher, model, check_loader, stages=stages, data=where).to_dict()
+@dataclass(frozen=True)
+class _FidelityCheck:
+    """The fidelity of a model to the teacher on the run's check data, per stage (main process only)."""
 
-    if previous is not None:
-        record = dict(previous.healing)  # type: ignore[arg-type]
-    else:
-        record = {
-            "method": "distillation",
-            "octswap_version": __version__,
-            "from_checkpoint": str(ckpt.path.resolve()),
-            "teacher": {"name": ckpt.source.name, "weights": teacher_weights or ckpt.source.weights},
-            "options": options.to_dict(),
-            "data": train.describe(),
-            "val": None if val_data is None else val_data.describe(),
-            "device": device,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-            "fidelity": {"data": where, "converted": measure(student) if main else None,
-                         "calibrated": None, "healed": None},  # fmt: skip
-        }
-    overwrite = force or resume
+    teacher: nn.Module
+    loader: DataLoader
+    where: str
+    stages: list[str] | None
+    main: bool
 
-    def write(model: nn.Module, training: dict[str, Any] | None) -> None:
-        nonlocal overwrite
-        save(output, model, ckpt.plan, source=ckpt.source, report=ckpt.report, healing=record, training=training,
-             force=overwrite)  # fmt: skip
-        overwrite = True  # from now on the file is this run's own
-
-    def calibrated(model: nn.Module) -> None:
+    @classmethod
+    def make(cls, teacher: nn.Module, ckpt: Checkpoint, inputs: _Inputs, options: HealOptions) -> _FidelityCheck:
+        loader = make_loader(inputs.check, batch_size=options.batch_size, workers=options.workers)
+        main = current_world().is_main
+        stages = None
         if main:
-            record["fidelity"]["calibrated"] = measure(model)
+            from octswap.flops import count_cost
+            from octswap.stages import stage_names
 
-    def saved(model: nn.Module, state: dict[str, Any]) -> None:
-        record.update(epochs_done=int(state["epoch"]), complete=False, history=state["history"],
-                      calibrated_batches=state["calibrated_batches"])  # fmt: skip
-        write(model, state)
+            stages = stage_names(teacher, count_cost(teacher, example_input(ckpt.plan.input_shape)).by_module)
+        return cls(teacher, loader, inputs.where, stages, main)
 
-    result = heal(
-        student, teacher, train, options=options, val=val_data, device=device,
-        resume=previous.training if previous is not None else None,
-        on_step=on_step, on_epoch=on_epoch, save=saved, stop=stop, on_calibrated=calibrated,
-    )  # fmt: skip
-    if main:
-        record["fidelity"]["healed"] = measure(result.model)
-        record.update(epochs_done=len(result.history), complete=True, stopped_early=result.stopped_early,
-                      calibrated_batches=result.calibrated_batches, history=[e.to_dict() for e in result.history])  # fmt: skip
-        write(result.model, None)
-    return HealOutcome(output, record, result=result)
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        """:meth:`Fidelity.to_dict` of ``model`` against the teacher."""
+        return measure_fidelity(self.teacher, model, self.loader, stages=self.stages, data=self.where).to_dict()
+
+
+def _new_record(
+    ckpt: Checkpoint, options: HealOptions, inputs: _Inputs, converted: dict[str, Any] | None, *,
+    teacher_weights: str | None, device: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``healing`` record of a new run, with the fidelity of the converted model (``None`` off rank 0)."""
+    return {
+        "method": "distillation",
+        "octswap_version": __version__,
+        "from_checkpoint": str(ckpt.path.resolve()),
+        "teacher": {"name": ckpt.source.name, "weights": teacher_weights or ckpt.source.weights},
+        "options": options.to_dict(),
+        "data": inputs.train.describe(),
+        "val": None if inputs.val is None else inputs.val.describe(),
+        "device": device,
+        "world_size": current_world().world_size,
+        "fidelity": {"data": inputs.where, "converted": converted, "calibrated": None, "healed": None},
+    }
+
+
+@dataclass
+class _Writer:
+    """Writes ``output`` with the run's ``healing`` record: after every epoch, and the finished model.
+
+    ``overwrite``: whether an existing file may be replaced (after the first write the file is this run's own).
+    """
+
+    output: Path
+    ckpt: Checkpoint
+    record: dict[str, Any]
+    check: _FidelityCheck
+    overwrite: bool
+
+    def write(self, model: nn.Module, training: dict[str, Any] | None) -> None:
+        save(self.output, model, self.ckpt.plan, source=self.ckpt.source, report=self.ckpt.report,
+             healing=self.record, training=training, force=self.overwrite)  # fmt: skip
+        self.overwrite = True
+
+    def calibrated(self, model: nn.Module) -> None:
+        """After BatchNorm re-estimation: record the fidelity (main process)."""
+        if self.check.main:
+            self.record["fidelity"]["calibrated"] = self.check.measure(model)
+
+    def epoch_saved(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """After an epoch or an interruption (main process): the model with its training state."""
+        self.record.update(epochs_done=int(state["epoch"]), complete=False, history=state["history"],
+                           calibrated_batches=state["calibrated_batches"])  # fmt: skip
+        self.write(model, state)
+
+    def finished(self, result: HealResult) -> None:
+        """The healed model with its fidelity, without training state (main process)."""
+        if not self.check.main:
+            return
+        self.record["fidelity"]["healed"] = self.check.measure(result.model)
+        self.record.update(epochs_done=len(result.history), complete=True, stopped_early=result.stopped_early,
+                           calibrated_batches=result.calibrated_batches,
+                           history=[e.to_dict() for e in result.history])  # fmt: skip
+        self.write(result.model, None)

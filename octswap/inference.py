@@ -27,8 +27,8 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from octswap.errors import InputError
-from octswap.kernels import pack_convs
-from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, OctaveConvBlock
+from octswap.layers import OctaveBatchNorm2d, OctaveConv2d, OctaveConvBlock, pack_convs
+from octswap.rewrite.layer import replace_module
 
 __all__ = [
     "InferenceOptions",
@@ -242,7 +242,7 @@ def _fold_graph(gm: fx.GraphModule) -> int:
         folder = _foldable(producer, bn)
         if folder is None:
             continue
-        _replace_module(gm, producer_node.target, folder(producer, bn))
+        replace_module(gm, producer_node.target, folder(producer, bn))
         bn_node.replace_all_uses_with(producer_node)
         gm.graph.erase_node(bn_node)
         for item in items:
@@ -324,11 +324,6 @@ def inplace_adds(gm: fx.GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return changed
-
-
-def _replace_module(root: nn.Module, qualified_name: str, module: nn.Module) -> None:
-    parent_name, _, child = qualified_name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
 def _fold_sequentials(model: nn.Module) -> int:

@@ -57,7 +57,7 @@ class _Tracker(TorchDispatchMode):
             if not isinstance(value, torch.Tensor) or isinstance(value, nn.Parameter):
                 continue
             if value.layout != torch.strided:
-                # oneDNN's packed weights (octswap.kernels) are opaque, have no storage
+                # oneDNN's packed weights (octswap.layers.kernels) are opaque, have no storage
                 # to measure, and are weights, not activations.
                 continue
             storage = value.untyped_storage()

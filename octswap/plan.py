@@ -19,7 +19,7 @@ from torch import nn
 
 from octswap.errors import InputError, PolicyError
 from octswap.eval_mode import eval_mode
-from octswap.octave import CONVERTIBLE_CONVS, check_geometry, conv_padding, low_channels, module_type
+from octswap.layers import CONVERTIBLE_CONVS, check_geometry, conv_padding, low_channels, module_type
 from octswap.policy import Policy
 
 __all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "output_tensors", "policy_plan", "probe"]

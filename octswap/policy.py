@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import re
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from octswap.config_checks import ConfigChecks
 from octswap.errors import PolicyError, path_argument
 
 __all__ = ["Conditions", "Policy", "Resolution", "Rule", "load_policy"]
@@ -72,16 +72,9 @@ class ConvLike(Protocol):
 
 
 # ----------------------------------------------------------------- validation
-def _fail(where: str, message: str) -> PolicyError:
-    return PolicyError(f"policy: {where}: {message}" if where else f"policy: {message}")
-
-
-def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(allowed)})"
-            raise _fail(where, f"unknown key {key!r}{hint}")
+_CHECKS = ConfigChecks(PolicyError, "policy: {where}: {message}", bare="policy: {message}", list_keys=True)
+_fail = _CHECKS.fail
+_check_keys = _CHECKS.check_keys
 
 
 def _alpha(value: Any, where: str) -> float:

@@ -2,7 +2,7 @@
 
 Written from the paper's equations with plain tensor ops (reshape-based pooling,
 repeat-based upsampling, one ``F.conv2d`` per group), sharing no code with
-``octswap.octave``.
+``octswap.layers``.
 """
 
 from __future__ import annotations

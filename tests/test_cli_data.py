@@ -112,10 +112,11 @@ def test_heal_writes_a_checkpoint_with_its_record(runner, setup, tmp_path):
         (["heal", "{ckpt}", "--data", "{folder}/nothing.pt", "--allow-import"], "data not found"),
         (["heal", "{ckpt}", "--data", "{folder}/unlabelled.pt", "--labels", "--allow-import"], "has no labels"),
         (["heal", "{ckpt}", "--data", "{folder}/bars.pt"], "--allow-import"),
-        (["heal", "{ckpt}", "--data", "{folder}/bars.pt", "--allow-import", "-f", "csv"], "heal prints a table or json"),
+        (["heal", "{ckpt}", "--data", "{folder}/bars.pt", "--allow-import", "-o", "typo.pt", "--resume"],
+         "--resume: typo.pt does not exist"),
         (["heal", "{random}", "--data", "{folder}/bars.pt", "--allow-import"], "converted from random weights"),
         (["heal", "{fast}", "--data", "{folder}/bars.pt", "--allow-import"], "saved for inference"),
-        (["heal", "{ckpt}", "--data", "{folder}/bars.pt", "--allow-import", "--target", "2"], "--target must be in"),
+        (["heal", "{ckpt}", "--data", "{folder}/bars.pt", "--allow-import", "--target", "2"], "Invalid value for '--target'"),
         (["heal", "{folder}/missing.pt", "--data", "{folder}/bars.pt"], "checkpoint not found"),
     ],
 )

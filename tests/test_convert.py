@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 import octswap
-from octswap.octave import OctaveConvBlock
+from octswap.layers import OctaveConvBlock
 from octswap.policy import Policy, Rule
 
 # torchvision's own model tests cap size and time the same way: everything runs, the

@@ -28,7 +28,7 @@ from octswap.export.onnx_file import misaligned_octave_convs
 from octswap.export.onnx_file import run_onnx
 from octswap.export.program import read_program_metadata
 from octswap.export.validation import validate, validation_inputs
-from octswap.octave import upsample
+from octswap.layers import upsample
 from tests.nets import tiny_resnet
 
 TINY = "tests.nets:tiny_resnet"
@@ -103,7 +103,7 @@ def test_onnx_round_trip_small_nets(case, tmp_path):
     shape = (3, 32, 32)
     converted, plan = octswap.convert(original, alpha=alpha, input_shape=shape, mode=mode)
     assert plan.octave_layers, "the case must convert something"
-    result = export_model(converted, tmp_path / "m.onnx", input_shape=shape)
+    result = export_model(converted, tmp_path / "m.onnx", input_shape=shape, dynamic=True)
     # The export's own checks: two sizes (even, odd) and two batch sizes.
     assert result.validation is not None and result.validation.passed
     assert [c.input_shape for c in result.validation.checks] == [(2, 3, 32, 32), (1, 3, 31, 31)]
@@ -122,7 +122,7 @@ def test_onnx_round_trip_zoo(name, alpha, tmp_path):
     shape = (3, 64, 64)
     converted, plan = octswap.convert(original, alpha=alpha, input_shape=shape)
     assert plan.octave_layers
-    result = export_model(converted, tmp_path / f"{name}.onnx", input_shape=shape)
+    result = export_model(converted, tmp_path / f"{name}.onnx", input_shape=shape, dynamic=True)
     assert result.validation.passed
     x = torch.randn(3, 3, 67, 70)
     with torch.no_grad():
@@ -181,7 +181,7 @@ def test_residual_sums_are_reassociated_for_conv_fusion(tmp_path):
 
 def test_pt2_round_trip_and_metadata(tmp_path):
     converted, plan = octswap.convert(_randomize_bn(tiny_resnet()), alpha=0.5, input_shape=(3, 32, 32))
-    result = export_model(converted, tmp_path / "m.pt2", format="pt2", input_shape=(3, 32, 32),
+    result = export_model(converted, tmp_path / "m.pt2", format="pt2", input_shape=(3, 32, 32), dynamic=True,
                           metadata={"octswap.alpha": "0.5"})  # fmt: skip
     assert result.validation.passed and len(result.validation.checks) == 2
     module = torch.export.load(str(result.path)).module()
@@ -194,7 +194,7 @@ def test_pt2_round_trip_and_metadata(tmp_path):
 
 def test_validation_catches_a_file_that_computes_something_else(tmp_path):
     converted, _ = octswap.convert(_randomize_bn(tiny_resnet()), alpha=0.5, input_shape=(3, 32, 32))
-    result = export_model(converted, tmp_path / "m.onnx", input_shape=(3, 32, 32))
+    result = export_model(converted, tmp_path / "m.onnx", input_shape=(3, 32, 32), dynamic=True)
     other = _randomize_bn(tiny_resnet())  # same architecture, other weights
     check = validate(other, run_onnx(result.path), validation_inputs((3, 32, 32), batch=None, dynamic=True),
                      runtime="ONNX Runtime")  # fmt: skip
@@ -312,7 +312,8 @@ def checkpoint(tmp_path_factory):
 
 def test_cli_export_checkpoint_then_run_without_octswap(runner, checkpoint, tmp_path):
     target = tmp_path / "oct.onnx"
-    result = runner.invoke(app, ["export", str(checkpoint), "--format", "onnx", "-o", str(target), "--json", "--allow-import"])
+    result = runner.invoke(app, ["export", str(checkpoint), "--to", "onnx", "-o", str(target), "-f", "json", "--dynamic",
+                                 "--allow-import"])  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["validation"]["passed"] and len(report["validation"]["checks"]) == 2
@@ -341,7 +342,7 @@ def test_cli_export_checkpoint_then_run_without_octswap(runner, checkpoint, tmp_
 
 def test_cli_export_model_name_default_output(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["export", TINY, "--alpha", "0.25", "-s", "24", "--format", "pt2", "--static"])
+    result = runner.invoke(app, ["export", TINY, "--alpha", "0.25", "-s", "24", "--to", "pt2", "--static"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "tiny_resnet-oct0.25.pt2").is_file()
     assert "validated with torch.export" in result.stderr and "dynamic axes: batch)" in result.stderr
@@ -351,12 +352,14 @@ def test_cli_export_model_name_default_output(runner, tmp_path, monkeypatch):
     ("args", "message"),
     [
         (["--format", "tflite"], "Invalid value for '--format'"),
-        (["--opset", "18", "--format", "pt2"], "--opset applies to ONNX files only"),
+        (["--opset", "18", "--to", "pt2"], "--opset applies to ONNX files only"),
+        (["--opset", "99"], "opset 99 is newer than the installed onnx package writes"),
+        (["--to", "pt2", "--format", "onnx"], "--format onnx and --to pt2 disagree"),
         (["--alpha", "0.25"], "--alpha applies to a model, not to a checkpoint"),
         (["-o", "{existing}"], "exists; pass --force to overwrite it"),
         (["--opset", "11"], "opset 11 is older than the dynamo exporter writes"),
         (["--mode", "layer"], "--mode applies to a model, not to a checkpoint"),
-        (["--format", "onnx", "-o", "{folder}/m.pt2"], "does not match the output name"),
+        (["--to", "onnx", "-o", "{folder}/m.pt2"], "does not match the output name"),
         (["-o", "{folder}"], "is a directory"),
         (["-o", "{checkpoint}", "--force"], "is the checkpoint being exported"),
     ],
@@ -434,7 +437,7 @@ class _SizeChecking(nn.Module):
 
 
 def test_a_model_that_asserts_its_size_is_checked_where_it_runs(tmp_path):
-    result = export_model(_SizeChecking(), tmp_path / "m.pt2", format="pt2", input_shape=(3, 16, 16))
+    result = export_model(_SizeChecking(), tmp_path / "m.pt2", format="pt2", input_shape=(3, 16, 16), dynamic=True)
     probe, other = result.validation.checks
     assert probe.passed and not probe.skipped
     assert other.skipped and "Wrong image width" in other.note
@@ -469,3 +472,40 @@ def test_cli_export_model_refuses_an_existing_output_before_converting(runner, t
     assert existing.read_text() == "keep me"
     result = runner.invoke(app, ["export", TINY, "-s", "16", "-o", str(tmp_path / "m.onnx"), "--tolerance", "-1"])
     assert result.exit_code == 2 and "--tolerance" in result.output
+    result = runner.invoke(app, ["export", TINY, "-s", "16", "-o", str(tmp_path / "m.onnx"), "--opset", "99"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "opset 99 is newer" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there.onnx"]
+
+
+def test_cli_export_default_is_static_and_checked_at_two_batch_sizes(runner, checkpoint, tmp_path):
+    """The default file fixes height and width (ONNX Runtime runs it in its fast layout in any
+    session) and leaves the batch free: validated at batch 2 and batch 1."""
+    target = tmp_path / "oct.onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "-o", str(target), "-f", "json", "--allow-import"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dynamic_axes"] == {"0": "batch"}
+    assert [c["input_shape"] for c in report["validation"]["checks"]] == [[2, 3, 32, 32], [1, 3, 32, 32]]
+    dims = [d.dim_value or d.dim_param for d in onnx.load(str(target)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 32, 32] and isinstance(dims[0], str)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown", "csv"])
+def test_cli_export_prints_every_format(runner, checkpoint, tmp_path, fmt):
+    result = runner.invoke(app, ["export", str(checkpoint), "-o", str(tmp_path / "m.pt2"), "-f", fmt, "--allow-import"])
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        assert json.loads(result.stdout)["format"] == "pt2"
+    elif fmt == "csv":
+        header, *rows = result.stdout.strip().splitlines()
+        assert header.startswith("input,max abs diff") and len(rows) == 2
+    else:
+        assert "32x32" in result.stdout and ("| input |" in result.stdout) == (fmt == "markdown")
+
+
+def test_cli_export_old_spellings_still_work_with_a_warning(runner, checkpoint, tmp_path):
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "pt2", "-o", str(tmp_path / "m.pt2"), "--json",
+                                 "--allow-import", "--no-validate"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["format"] == "pt2"
+    assert "--format pt2 is deprecated" in result.stderr and "--json is deprecated" in result.stderr

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from octswap.flops import count_cost
-from octswap.octave import OctaveConv2d, OctaveConvBlock
+from octswap.layers import OctaveConv2d, OctaveConvBlock
 
 
 def test_plain_conv_and_linear_by_hand():

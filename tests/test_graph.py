@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import octswap
-from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, merge_frequencies, split_frequencies
+from octswap.layers import OctaveBatchNorm2d, OctaveConv2d, merge_frequencies, split_frequencies
 from octswap.policy import Policy, Rule
 from tests.reference import ref_pool
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,14 +85,14 @@ def test_target_stops_early(task):
 
 def test_bad_options(task):
     teacher, converted, _, data = task
-    with pytest.raises(octswap.InputError, match="--epochs"):
+    with pytest.raises(octswap.InputError, match="^epochs must be at least 1, got 0$"):
         HealOptions(epochs=0)
-    with pytest.raises(octswap.InputError, match="--bn"):
+    with pytest.raises(octswap.InputError, match="^bn must be 'train' or 'frozen', got 'sync'$"):
         HealOptions(bn="sync")
-    with pytest.raises(octswap.InputError, match="--target needs --val"):
+    with pytest.raises(octswap.InputError, match="^target needs val data"):
         heal(converted, teacher, data, options=HealOptions(target=0.9))
     unlabelled = Data.from_tensors(torch.randn(4, 3, 16, 16))
-    with pytest.raises(octswap.InputError, match="--labels: .* has no labels"):
+    with pytest.raises(octswap.InputError, match="^labels=True but .* has no labels"):
         heal(converted, teacher, unlabelled, options=HealOptions(labels=True))
 
 
@@ -110,6 +112,37 @@ def files(task, tmp_path_factory):
         check=True, cwd=ROOT, capture_output=True,
     )  # fmt: skip
     return folder
+
+
+@pytest.mark.parametrize("data_name", ["bars.pt", "missing.pt"])
+def test_resume_without_a_run_to_continue_is_refused_before_any_work(files, tmp_path, data_name):
+    """A mistyped output path with resume=True must not start a new run (it used to, with a warning)."""
+    out = tmp_path / "h.pt"
+    message = rf"^resume=True but {re.escape(str(out))} does not exist"
+    with pytest.raises(octswap.InputError, match=message):  # missing.pt: refused before the data is opened
+        octswap.heal_checkpoint(files / "oct.pt", files / data_name, out, resume=True, allow_import=True,
+                                options=HealOptions(epochs=1, calibrate_bn=0))  # fmt: skip
+    with pytest.raises(octswap.InputError, match=message):  # force does not turn it into a new run
+        octswap.heal_checkpoint(files / "oct.pt", files / data_name, out, resume=True, force=True, allow_import=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_keeps_what_an_existing_output_holds(files, tmp_path):
+    """A finished run is returned as it is; a checkpoint that is not a healing run is refused."""
+    ckpt = octswap.read_checkpoint(files / "oct.pt")
+    finished, plain = tmp_path / "finished.pt", tmp_path / "plain.pt"
+    record = {"method": "distillation", "complete": True, "epochs_done": 1}
+    octswap.save(finished, octswap.load(files / "oct.pt", allow_import=True), ckpt.plan, source=ckpt.source,
+                 healing=record)  # fmt: skip
+    shutil.copy(files / "oct.pt", plain)
+    before = {p.name: p.read_bytes() for p in (finished, plain)}
+    outcome = octswap.heal_checkpoint(files / "oct.pt", files / "bars.pt", finished, resume=True, allow_import=True)
+    assert outcome.already_complete and outcome.result is None and outcome.healing == record
+    with pytest.raises(octswap.InputError, match=r"^resume=True but .*plain\.pt is not a healing run"):
+        octswap.heal_checkpoint(files / "oct.pt", files / "bars.pt", plain, resume=True, allow_import=True)
+    with pytest.raises(octswap.OutputExistsError, match=r"plain\.pt exists; pass force=True .* or resume=True"):
+        octswap.heal_checkpoint(files / "oct.pt", files / "bars.pt", plain, allow_import=True)
+    assert {p.name: p.read_bytes() for p in (finished, plain)} == before
 
 
 def octswap_cmd(*args, launcher=()):

@@ -26,7 +26,7 @@ from octswap.inference import (
     inplace_adds,
     optimize_for_inference,
 )
-from octswap.octave import OctaveBatchNorm2d, OctaveConv2d, OctaveConvBlock, fused_kernels, fused_kernels_available
+from octswap.layers import OctaveBatchNorm2d, OctaveConv2d, OctaveConvBlock, fused_kernels, fused_kernels_available
 from tests.nets import TinyResNet
 from tests.reference import ref_octave
 

@@ -1,4 +1,4 @@
-"""oneDNN inference kernels (octswap.kernels): packed conv weights.
+"""oneDNN inference kernels (octswap.layers.kernels): packed conv weights.
 
 Every packed result is compared with ``F.conv2d`` in double precision (the
 reference), or with the same model run through plain PyTorch ops.
@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import octswap
-from octswap import kernels
 from octswap.flops import count_cost
 from octswap.inference import InferenceOptions, optimize_for_inference
-from octswap.kernels import PackedConv2d, fused_kernels, fused_kernels_available, pack_convs
+from octswap.layers import kernels
+from octswap.layers.kernels import PackedConv2d, fused_kernels, fused_kernels_available, pack_convs
 from tests.nets import TinyResNet
 
 CL = torch.channels_last

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from octswap.octave import (
+from octswap.layers import (
     OctaveBatchNorm2d,
     OctaveConv2d,
     OctaveConvBlock,
@@ -230,3 +230,17 @@ def test_gradients_flow_to_all_paths():
     (y_h.sum() + y_l.sum()).backward()
     for name in ("h2h", "h2l", "l2h", "l2l"):
         assert getattr(octave, name).weight.grad.abs().sum() > 0
+
+
+def test_old_import_paths_still_work():
+    """octswap.octave and octswap.kernels re-export what they held before octswap.layers."""
+    import octswap.kernels
+    import octswap.layers
+    import octswap.octave
+
+    for name in [*octswap.octave.__all__, "CONVERTIBLE_CONVS", "conv_padding", "conv_weight", "is_convertible_conv",
+                 "module_type"]:  # fmt: skip
+        assert getattr(octswap.octave, name) is getattr(octswap.layers, name), name
+    assert octswap.octave.kernels is octswap.layers.kernels
+    for name in octswap.kernels.__all__:
+        assert getattr(octswap.kernels, name) is getattr(octswap.layers.kernels, name), name

@@ -1,4 +1,4 @@
-"""Per-branch pooling keeps the low map at ceil(high/2) at every size (octswap.pooling)."""
+"""Per-branch pooling keeps the low map at ceil(high/2) at every size (octswap.layers.pooling)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from octswap.pooling import pool_low, pool_parameters
+from octswap.layers.pooling import pool_low, pool_parameters
 
 # (op, kernel, stride, padding, dilation, ceil_mode): the pools of the torchvision zoo
 # (VGG/DenseNet 2x2, ResNet 3x3/2/1, AlexNet/Inception 3x3/2, SqueezeNet/GoogLeNet ceil,

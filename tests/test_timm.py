@@ -9,7 +9,7 @@ import torch
 import octswap
 from octswap.errors import ModelLoadError, WeightsError
 from octswap.models import default_input_shape
-from octswap.octave import OctaveChannelwise
+from octswap.layers import OctaveChannelwise
 
 timm = pytest.importorskip("timm")
 
@@ -168,7 +168,7 @@ def test_same_padding_convs_convert():
     strided ones land on ceil(H / 2), and tf_ models convert them."""
     from timm.layers import Conv2dSame
 
-    from octswap.octave import OctaveConv2d
+    from octswap.layers import OctaveConv2d
 
     for stride in (1, 2):
         conv = Conv2dSame(8, 16, 5, stride=stride).eval()
@@ -235,7 +235,7 @@ def test_weight_standardized_convs_convert_from_the_weight_they_apply():
     octave conv starts from that weight, so alpha 0 is exact and the convs convert."""
     from timm.layers import ScaledStdConv2d, StdConv2d
 
-    from octswap.octave import OctaveConv2d
+    from octswap.layers import OctaveConv2d
 
     for conv in (StdConv2d(16, 32, 3, padding=1), ScaledStdConv2d(16, 32, 3, padding=1, gain_init=0.7)):
         with torch.no_grad():

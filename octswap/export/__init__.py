@@ -11,7 +11,10 @@ Two formats, one registry (:data:`FORMATS`):
 Every export is of the *reference* computation (eval mode, BatchNorm folded into the
 convs, never the oneDNN inference kernels of :mod:`octswap.kernels`) and is validated
 before it is written (:mod:`octswap.export.validation`): the file is run on inputs at
-the probe size and at a size of the other parity and compared with the PyTorch model.
+the probe size and at a second shape (batch 1, or with dynamic height and width a size
+of the other parity) and compared with the PyTorch model. Height and width are fixed at
+the probe size unless ``dynamic=True``: ONNX Runtime runs such a file in its fast layout
+in any session.
 
 Example:
     >>> import octswap, torchvision
@@ -23,7 +26,9 @@ Example:
 
 from __future__ import annotations
 
-from octswap.export.exporting import FORMATS, ExportFormat, ExportResult, export_model, reference_model
+from octswap.export.exporting import (FORMATS, ExportFormat, ExportResult, check_export_options, export_model,
+                                      reference_model)  # fmt: skip
 from octswap.export.validation import Check, Validation
 
-__all__ = ["FORMATS", "Check", "ExportFormat", "ExportResult", "Validation", "export_model", "reference_model"]
+__all__ = ["FORMATS", "Check", "ExportFormat", "ExportResult", "Validation", "check_export_options", "export_model",
+           "reference_model"]  # fmt: skip

@@ -21,13 +21,15 @@ from octswap.export.onnx_file import require_onnx, run_onnx, runtime_name, write
 from octswap.export.program import run_program, write_program
 from octswap.export.validation import DEFAULT_TOLERANCE, Validation, validate, validation_inputs
 from octswap.inference import fold_batchnorm, unwrap_compiled
-from octswap.kernels import fused_kernels
+from octswap.layers import fused_kernels
 
 __all__ = [
     "FORMATS",
     "ExportFormat",
     "ExportResult",
+    "check_export_options",
     "export_model",
+    "newest_opset",
     "plan_metadata",
     "reference_model",
 ]
@@ -136,6 +138,44 @@ def plan_metadata(plan: Any, source: Any, report: Mapping[str, Any] | None = Non
     return meta
 
 
+def newest_opset() -> int:
+    """The newest ONNX opset the installed ``onnx`` package knows (``onnx.defs.onnx_opset_version()``):
+    the exporter silently writes its own default for any newer one asked for."""
+    try:
+        import onnx
+    except ImportError:  # the export extra is missing: require_onnx says so, in one line, later
+        return MIN_OPSET
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_export_options(format: str, *, batch: int | None = None, opset: int | None = None,
+                         tolerance: float = DEFAULT_TOLERANCE) -> ExportFormat:
+    """Check :func:`export_model`'s options before any work (a conversion, an export).
+
+    Returns:
+        The format's :class:`ExportFormat`.
+
+    Raises:
+        InputError: an unknown format, a batch below 1, an opset for a non-ONNX format or
+            outside ``MIN_OPSET`` .. :func:`newest_opset`, a tolerance not above 0.
+    """
+    fmt = FORMATS.get(format)
+    if fmt is None:
+        raise InputError(f"unknown export format {format!r} (known: {', '.join(FORMATS)})")
+    if batch is not None and batch < 1:
+        raise InputError(f"batch must be at least 1, got {batch}")
+    if opset is not None and format != "onnx":
+        raise InputError("--opset applies to ONNX files only")
+    if opset is not None and opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is older than the dynamo exporter writes (use {MIN_OPSET} or newer)")
+    if opset is not None and opset > newest_opset():
+        raise InputError(f"opset {opset} is newer than the installed onnx package writes "
+                         f"(use {MIN_OPSET} to {newest_opset()})")  # fmt: skip
+    if not 0 < tolerance:
+        raise InputError(f"tolerance must be positive, got {tolerance}")
+    return fmt
+
+
 def export_model(
     model: nn.Module,
     path: str | Path,
@@ -143,7 +183,7 @@ def export_model(
     format: str = "onnx",
     input_shape: tuple[int, int, int],
     batch: int | None = None,
-    dynamic: bool = True,
+    dynamic: bool = False,
     opset: int | None = None,
     metadata: Mapping[str, str] | None = None,
     validate_file: bool = True,
@@ -163,9 +203,10 @@ def export_model(
         format: A key of :data:`FORMATS` (``"onnx"``, ``"pt2"``).
         input_shape: ``(C, H, W)`` of the example input (the probe size).
         batch: Fix the batch dimension at this size; ``None`` keeps it dynamic.
-        dynamic: Keep height and width dynamic; ``False`` fixes them at ``input_shape``
-            (ONNX Runtime then keeps the octave resampling in its blocked layout without
-            session shape overrides).
+        dynamic: Keep height and width dynamic; ``False`` (the default) fixes them at
+            ``input_shape``: ONNX Runtime then keeps the octave resampling in its blocked
+            layout in any session, where a dynamic file is that fast only in a session
+            that fixes the free dimensions (README, "Export").
         opset: ONNX opset (ONNX only; default: the exporter's).
         metadata: Extra metadata (ONNX: ``metadata_props``; pt2: ``octswap.json``).
         validate_file: Run the checks (skip them with ``False``).
@@ -185,17 +226,7 @@ def export_model(
         >>> result.validation.checks[1].input_shape                                    # doctest: +SKIP
         (1, 3, 223, 223)
     """
-    fmt = FORMATS.get(format)
-    if fmt is None:
-        raise InputError(f"unknown export format {format!r} (known: {', '.join(FORMATS)})")
-    if batch is not None and batch < 1:
-        raise InputError(f"batch must be at least 1, got {batch}")
-    if opset is not None and format != "onnx":
-        raise InputError("--opset applies to ONNX files only")
-    if opset is not None and opset < MIN_OPSET:
-        raise InputError(f"opset {opset} is older than the dynamo exporter writes (use {MIN_OPSET} or newer)")
-    if not 0 < tolerance:
-        raise InputError(f"tolerance must be positive, got {tolerance}")
+    fmt = check_export_options(format, batch=batch, opset=opset, tolerance=tolerance)
     target = Path(path)
     if target.is_dir():
         raise InputError(f"{target} is a directory")
@@ -207,40 +238,70 @@ def export_model(
         axes.update({2: "height", 3: "width"})
     meta = {"octswap.version": octswap.__version__, "octswap.input_shape": json.dumps(list(input_shape)),
             "octswap.dynamic_axes": json.dumps({str(k): v for k, v in axes.items()}), **(metadata or {})}  # fmt: skip
-    reference = reference_model(model)
-    checked = unwrap_compiled(copy.deepcopy(model)).eval()
-    example = validation_inputs(input_shape, batch=batch, dynamic=False)[0]
-    timings: dict[str, float] = {}
-    facts: dict[str, Any] = {}
-    outcome: list[Validation | None] = [None]
+    job = _ExportJob(fmt, reference_model(model), unwrap_compiled(copy.deepcopy(model)).eval(), tuple(input_shape),
+                     batch, axes, opset, meta, rewrite, validate_file, tolerance, target)  # fmt: skip
+    written = atomic_write(target, job, force=force, suffix=".tmp" + fmt.suffix)
+    return ExportResult(written, format, tuple(input_shape), axes, job.validation, job.seconds.get("export", 0.0),
+                        job.seconds.get("validation", 0.0), job.facts)  # fmt: skip
 
-    def write(tmp: Path) -> None:
+
+@dataclass
+class _ExportJob:
+    """Writes one file (into the temporary path :func:`~octswap.checkpoint.atomic_write`
+    gives it), then validates it; what it learnt stays on the job."""
+
+    fmt: ExportFormat
+    reference: nn.Module  # what the file holds
+    checked: nn.Module  # what the file is compared with
+    input_shape: tuple[int, int, int]
+    batch: int | None
+    axes: dict[int, str]
+    opset: int | None
+    metadata: dict[str, str]
+    rewrite: bool
+    validate: bool
+    tolerance: float
+    target: Path
+    facts: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    validation: Validation | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return 2 in self.axes
+
+    def __call__(self, tmp: Path) -> None:
+        self.write(tmp)
+        if self.validate:
+            self.check(tmp)
+
+    def write(self, tmp: Path) -> None:
         start = time.perf_counter()
-        extra = {"rewrite": rewrite} if format == "onnx" else {}
+        extra = {"rewrite": self.rewrite} if self.fmt.name == "onnx" else {}
+        example = validation_inputs(self.input_shape, batch=self.batch, dynamic=False)[0]
         try:
             with fused_kernels(False):
-                facts.update(fmt.write(reference, example, tmp, dynamic_axes=axes, opset=opset, metadata=meta, **extra))
+                self.facts.update(self.fmt.write(self.reference, example, tmp, dynamic_axes=self.axes,
+                                                 opset=self.opset, metadata=self.metadata, **extra))  # fmt: skip
         except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError) as err:
             # The exporters raise their own subclasses of these for code they cannot capture,
             # wrapping the cause in a generic "failed at step 1/3" error: name the cause.
             root = _root_cause(err)
-            hint = " (if the model fixes its input size, --static exports it)" if dynamic else ""
-            raise ConversionError(f"{fmt.name} export failed: {type(root).__name__}: {one_line(root)}{hint}") from err
-        if opset is not None and facts.get("opset") not in (None, opset):
-            raise ConversionError(f"the exporter wrote opset {facts['opset']}, not the {opset} asked for")
-        timings["export"] = time.perf_counter() - start
-        if not validate_file:
-            return
-        start = time.perf_counter()
-        inputs = validation_inputs(input_shape, batch=batch, dynamic=dynamic)
-        with fused_kernels(False):
-            result = validate(checked, fmt.run(tmp), inputs, tolerance=tolerance, runtime=fmt.runtime())
-        timings["validation"] = time.perf_counter() - start
-        outcome[0] = result
-        if not result.passed:
-            raise ExportValidationError(f"validation failed: {result.failure()}; {target} was not written "
-                                        "(--no-validate writes it unchecked)")  # fmt: skip
+            hint = " (if the model fixes its input size, --static exports it)" if self.dynamic else ""
+            cause = f"{type(root).__name__}: {one_line(root)}"
+            raise ConversionError(f"{self.fmt.name} export failed: {cause}{hint}") from err
+        if self.opset is not None and self.facts.get("opset") not in (None, self.opset):
+            raise ConversionError(f"the exporter wrote opset {self.facts['opset']}, not the {self.opset} asked for")
+        self.seconds["export"] = time.perf_counter() - start
 
-    written = atomic_write(target, write, force=force, suffix=".tmp" + fmt.suffix)
-    return ExportResult(written, format, tuple(input_shape), axes, outcome[0], timings.get("export", 0.0),  # type: ignore[arg-type]
-                        timings.get("validation", 0.0), facts)  # fmt: skip
+    def check(self, tmp: Path) -> None:
+        start = time.perf_counter()
+        inputs = validation_inputs(self.input_shape, batch=self.batch, dynamic=self.dynamic)
+        with fused_kernels(False):
+            result = validate(self.checked, self.fmt.run(tmp), inputs, tolerance=self.tolerance,
+                              runtime=self.fmt.runtime())  # fmt: skip
+        self.seconds["validation"] = time.perf_counter() - start
+        self.validation = result
+        if not result.passed:
+            raise ExportValidationError(f"validation failed: {result.failure()}; {self.target} was not written "
+                                        "(--no-validate writes it unchecked)")  # fmt: skip

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from octswap.errors import ConversionError, MissingExtraError
-from octswap.octave import OctaveConv2d
+from octswap.layers import OctaveConv2d
 
 __all__ = [
     "NCHWC_BLOCK",

@@ -103,14 +103,17 @@ def other_parity(size: int) -> int:
 
 
 def validation_inputs(input_shape: tuple[int, int, int], *, batch: int | None, dynamic: bool) -> list[Tensor]:
-    """Seeded inputs: ``(batch or 2, *input_shape)``, and with dynamic height/width one at
-    the other parity (batch ``batch or 1``, so a dynamic batch is exercised too)."""
+    """Seeded inputs: ``(batch or 2, *input_shape)``, then a second shape for whatever the
+    file leaves free: with dynamic height/width one at the other parity (batch ``batch or
+    1``, so a dynamic batch is exercised too), else with a dynamic batch one of batch 1."""
     gen = torch.Generator().manual_seed(0)
     channels, height, width = input_shape
     inputs = [torch.randn(batch or 2, channels, height, width, generator=gen)]
     if dynamic:
         shape = (batch or 1, channels, other_parity(height), other_parity(width))
         inputs.append(torch.randn(*shape, generator=gen))
+    elif batch is None:
+        inputs.append(torch.randn(1, channels, height, width, generator=gen))
     return inputs
 
 

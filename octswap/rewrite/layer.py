@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from octswap.errors import ConversionError
-from octswap.octave import OctaveConvBlock, is_convertible_conv
+from octswap.layers import OctaveConvBlock, is_convertible_conv
 from octswap.plan import Plan
 from octswap.rewrite.registry import register_rewriter
 

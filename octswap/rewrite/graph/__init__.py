@@ -4,7 +4,7 @@ The model is traced with ``torch.fx``. One forward pass over the graph gives eve
 tensor a *state*: plain, or a pair with a channel :class:`Layout`. Convs the plan
 converts produce pairs; BatchNorm is split per branch; activations, dropout and
 pooling run per branch (the low branch's pooling lands on ``ceil(high / 2)`` at every
-input size: :mod:`octswap.pooling`); residual ``add``/``mul`` and channel ``cat`` combine pairs;
+input size: :mod:`octswap.layers.pooling`); residual ``add``/``mul`` and channel ``cat`` combine pairs;
 global average pooling pools each branch and concatenates (the official SE block).
 Where a pair meets anything else (flatten, attention, channel shuffle, a kept conv,
 the output) a merge is inserted: upsample the low branch, concatenate, restore the
@@ -14,17 +14,19 @@ becomes a "last" one (``alpha_out = 0``).
 
 Each per-op rule is a small handler in a registry keyed by module type, function or
 method name (like fvcore's op-handle table): :mod:`~octswap.rewrite.graph.passes` holds
-the pass and the registry, :mod:`~octswap.rewrite.graph.handlers` the handlers, one op
-family per module, :mod:`~octswap.rewrite.graph.planning` the two uses of the pass.
+the pass, :mod:`~octswap.rewrite.graph.handler_registry` the handler table,
+:mod:`~octswap.rewrite.graph.handlers` the handlers, one op family per module,
+:mod:`~octswap.rewrite.graph.planning` the two uses of the pass.
 """
 
 from __future__ import annotations
 
+from octswap.layers import merge_ordered, pooled_merge, split_ordered, stochastic_depth_pair, take_channels
+from octswap.rewrite.graph.handler_registry import register
 from octswap.rewrite.graph.layout import Layout
-from octswap.rewrite.graph.passes import ORIGIN, register
+from octswap.rewrite.graph.passes import ORIGIN
 from octswap.rewrite.graph.planning import plan_graph, rewrite_graph
 from octswap.rewrite.graph.tracing import trace
-from octswap.rewrite.graph.runtime import merge_ordered, pooled_merge, split_ordered, stochastic_depth_pair, take_channels
 
 __all__ = [
     "ORIGIN",

@@ -2,31 +2,28 @@
 
 Every node of the traced original is handled by a *handler* looked up by module type,
 function or method name (like fvcore's op-handle table). The handlers, one op family
-per module, live in :mod:`octswap.rewrite.graph.handlers` and register here with
-:func:`register`; an op without a handler takes plain tensors (pairs are merged first).
+per module, live in :mod:`octswap.rewrite.graph.handlers` and register in the handler
+table, :mod:`octswap.rewrite.graph.handler_registry`; an op without a handler takes plain
+tensors (pairs are merged first).
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import fx, nn
 
 from octswap.errors import ConversionError
-from octswap.octave import is_convertible_conv
+from octswap.layers import is_convertible_conv, merge_ordered
+from octswap.rewrite.graph.handler_registry import handler_for, is_passthrough
 from octswap.rewrite.graph.layout import Layout, inverse
-from octswap.rewrite.graph.runtime import merge_ordered
 from octswap.rewrite.graph.tracing import mutated_by
 from octswap.rewrite.layer import replace_module
 
-__all__ = [
-    "FUNCTION_HANDLERS", "METHOD_HANDLERS", "MODULE_HANDLERS", "ORIGIN", "GraphPass", "Handler", "Outcome", "Pair",
-    "MODULE_KINDS", "Target", "default", "describe", "handler_for", "op_name", "register", "register_kind", "shape_of",
-]  # fmt: skip
+__all__ = ["ORIGIN", "GraphPass", "Outcome", "Pair", "Target", "describe", "op_name", "shape_of"]
 
 #: ``node.meta`` key of the rewritten graph: which node of the traced original a node
 #: carries, as ``(original node name, role, restore)`` tuples; role ``plain``, ``high``
@@ -191,92 +188,3 @@ def group_granularity(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> dict
             result[prev.target] = math.lcm(result.get(prev.target, 1), size)
     return result
 
-
-# ---------------------------------------------------------------- registry
-Handler = Callable[["GraphPass", fx.Node], Any]
-MODULE_HANDLERS: dict[type[nn.Module], Handler] = {}
-FUNCTION_HANDLERS: dict[Any, Handler] = {}
-METHOD_HANDLERS: dict[str, Handler] = {}
-#: Ops that keep a conv's channels as they are (BatchNorm, activations): a grouped conv
-#: behind them still needs its producer's split on a group boundary.
-_PASSTHROUGH_MODULES: set[type[nn.Module]] = set()
-_PASSTHROUGH_FUNCTIONS: set[Any] = set()
-_PASSTHROUGH_METHODS: set[str] = set()
-
-
-def register(
-    *,
-    modules: Iterable[type[nn.Module]] = (),
-    functions: Iterable[Any] = (),
-    methods: Iterable[str] = (),
-    passthrough: bool = False,
-) -> Callable[[Handler], Handler]:
-    """Register a handler for module types, functions and method names (decorator).
-
-    ``passthrough``: the ops act channel by channel and keep the channel count.
-    """
-
-    def wrap(handler: Handler) -> Handler:
-        for cls in modules:
-            MODULE_HANDLERS[cls] = handler
-            if passthrough:
-                _PASSTHROUGH_MODULES.add(cls)
-        for fn in functions:
-            FUNCTION_HANDLERS[fn] = handler
-            if passthrough:
-                _PASSTHROUGH_FUNCTIONS.add(fn)
-        for name in methods:
-            METHOD_HANDLERS[name] = handler
-            if passthrough:
-                _PASSTHROUGH_METHODS.add(name)
-        return handler
-
-    return wrap
-
-
-#: Handlers for modules recognised by what they do rather than by type (a predicate on
-#: the module), tried in order when no type matches: ``(predicate, handler, passthrough)``.
-MODULE_KINDS: list[tuple[Callable[[nn.Module], bool], Handler, bool]] = []
-
-
-def register_kind(predicate: Callable[[nn.Module], bool], *, passthrough: bool = False) -> Callable[[Handler], Handler]:
-    """Register a handler for every module ``predicate`` accepts (decorator)."""
-
-    def wrap(handler: Handler) -> Handler:
-        MODULE_KINDS.append((predicate, handler, passthrough))
-        return handler
-
-    return wrap
-
-
-def _module_handler(module: nn.Module | None) -> tuple[Handler, bool]:
-    if type(module) in MODULE_HANDLERS:
-        return MODULE_HANDLERS[type(module)], type(module) in _PASSTHROUGH_MODULES
-    for predicate, handler, passthrough in MODULE_KINDS:
-        if module is not None and predicate(module):
-            return handler, passthrough
-    return default, False
-
-
-def is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return _module_handler(modules.get(node.target))[1]
-    if node.op == "call_function":
-        return node.target in _PASSTHROUGH_FUNCTIONS
-    return node.op == "call_method" and node.target in _PASSTHROUGH_METHODS
-
-
-def default(p: GraphPass, node: fx.Node) -> Any:
-    """Anything without a handler takes plain tensors: merge pairs before it."""
-    return p.copy_plain(node)
-
-
-def handler_for(node: fx.Node, modules: dict[str, nn.Module]) -> Handler:
-    """The registered handler for ``node`` (module type, function or method name); ``default`` otherwise."""
-    if node.op == "call_module":
-        return _module_handler(modules[node.target])[0]
-    if node.op == "call_function":
-        return FUNCTION_HANDLERS.get(node.target, default)
-    if node.op == "call_method":
-        return METHOD_HANDLERS.get(node.target, default)
-    return default

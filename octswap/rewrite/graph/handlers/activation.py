@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.ops.stochastic_depth import stochastic_depth as tv_stochastic_depth
 
-from octswap.rewrite.graph.passes import GraphPass, Pair, register
-from octswap.rewrite.graph.runtime import stochastic_depth_pair
+from octswap.layers import stochastic_depth_pair
+from octswap.rewrite.graph.handler_registry import register
+from octswap.rewrite.graph.passes import GraphPass, Pair
 
 __all__ = ["UNARY_FUNCTIONS", "UNARY_METHODS", "UNARY_MODULES", "stochastic_depth", "unary"]
 

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from octswap.rewrite.graph.passes import GraphPass, Pair, register, shape_of
-from octswap.rewrite.graph.runtime import split_ordered, take_channels
+from octswap.layers import split_ordered, take_channels
+from octswap.rewrite.graph.handler_registry import register
+from octswap.rewrite.graph.passes import GraphPass, Pair, shape_of
 
 __all__ = ["BINARY_FUNCTIONS", "BINARY_METHODS", "binary"]
 

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import fx
 
+from octswap.rewrite.graph.handler_registry import register
 from octswap.rewrite.graph.layout import Layout
-from octswap.rewrite.graph.passes import GraphPass, Pair, register, shape_of
+from octswap.rewrite.graph.passes import GraphPass, Pair, shape_of
 
 __all__ = ["cat"]
 

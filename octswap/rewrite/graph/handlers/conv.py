@@ -6,9 +6,10 @@ from typing import Any
 
 from torch import fx, nn
 
-from octswap.octave import OctaveConv2d
+from octswap.layers import OctaveConv2d
+from octswap.rewrite.graph.handler_registry import register, register_kind
 from octswap.rewrite.graph.layout import Layout
-from octswap.rewrite.graph.passes import GraphPass, Outcome, Pair, register, register_kind
+from octswap.rewrite.graph.passes import GraphPass, Outcome, Pair
 
 __all__ = ["conv"]
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from torch import fx, nn
 
-from octswap.octave import OctaveBatchNorm2d, OctaveChannelwise
-from octswap.rewrite.graph.passes import GraphPass, Pair, register, register_kind
+from octswap.layers import OctaveBatchNorm2d, OctaveChannelwise
+from octswap.rewrite.graph.handler_registry import register, register_kind
+from octswap.rewrite.graph.passes import GraphPass, Pair
 
 __all__ = ["batchnorm", "channelwise", "is_channelwise"]
 

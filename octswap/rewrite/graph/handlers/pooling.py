@@ -1,5 +1,5 @@
 """Pooling: per-branch max/average pooling (the low branch kept on ceil(high / 2) at every
-size, :mod:`octswap.pooling`) and global average pooling of each branch."""
+size, :mod:`octswap.layers.pooling`) and global average pooling of each branch."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from octswap.pooling import FUNCTION_OPS, MODULE_OPS, pool_low, pool_parameters
+from octswap.layers import pooled_merge
+from octswap.layers.pooling import FUNCTION_OPS, MODULE_OPS, pool_low, pool_parameters
+from octswap.rewrite.graph.handler_registry import register
 from octswap.rewrite.graph.layout import inverse
-from octswap.rewrite.graph.passes import GraphPass, Pair, op_name, register, shape_of
-from octswap.rewrite.graph.runtime import pooled_merge
+from octswap.rewrite.graph.passes import GraphPass, Pair, op_name, shape_of
 
 __all__ = ["global_pool", "pool"]
 
 
 @register(modules=MODULE_OPS, functions=FUNCTION_OPS)
 def pool(p: GraphPass, node: fx.Node) -> Any:
-    """Max/average pooling: per branch, the low branch through :func:`~octswap.pooling.pool_low`
+    """Max/average pooling: per branch, the low branch through :func:`~octswap.layers.pooling.pool_low`
     so that it stays ``ceil(high/2)`` at every input size (the high branch runs the op as is)."""
     x = p.value(node.args[0])
     out = shape_of(node)

@@ -15,8 +15,10 @@ from typing import Any
 
 from torch import fx
 
-from octswap.rewrite.graph.passes import GraphPass, Pair, register, shape_of
-from octswap.rewrite.graph.runtime import pair_shape, take_channels
+from octswap.layers import take_channels
+from octswap.rewrite.graph.handler_registry import register
+from octswap.rewrite.graph.passes import GraphPass, Pair, shape_of
+from octswap.rewrite.graph.runtime import pair_shape
 
 __all__ = ["dim", "expand_as", "metadata", "size"]
 

@@ -1,0 +1,180 @@
+"""``octswap heal``: distillation from the original brings a converted model back (runs under torchrun too)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from octswap.cli.options import (AllowImportOpt, BatchSizeOpt, CropOpt, DeviceOpt, ForceOpt, FormatOpt, LimitOpt,
+                                 MeanOpt, ResizeOpt, StdOpt, TeacherWeightsOpt, WorkersOpt, preprocessing)
+from octswap.cli.output import Format, Output, TableView, emit, err, note
+from octswap.cli.signals import stop_on_signal
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from octswap.healing import HealOutcome
+
+__all__ = ["command"]
+
+
+class BNMode(str, Enum):
+    train = "train"
+    frozen = "frozen"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
+def healing_view(healing: dict[str, Any]) -> TableView:
+    fidelity = healing.get("fidelity") or {}
+    labels = {"converted": "converted", "calibrated": "BatchNorm re-estimated", "healed": "healed"}
+    rows = [[label, _percent(f["agreement"]), _percent(f["accuracy_original"]), _percent(f["accuracy_converted"]),
+             f"{f['kl']:.4f}"]
+            for key, label in labels.items() if (f := fidelity.get(key)) is not None]
+    return TableView(["model", "agreement", "top-1 original", "top-1 this model", "KL"], rows,
+                     title=f"fidelity on {fidelity.get('data', 'the data')} (vs the original)")
+
+
+def _progress(epochs: int, *, main: bool) -> tuple[Progress, Any, Any]:
+    """A progress bar per epoch on stderr, and the callbacks that feed it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.0f} samples/s"),
+                        TimeRemainingColumn(), console=err, transient=True, disable=not main)
+    bars: dict[int, Any] = {}
+
+    def on_step(info: Any) -> None:
+        if info.epoch not in bars:
+            bars[info.epoch] = progress.add_task(f"epoch {info.epoch + 1}/{epochs}", total=info.steps, loss=0.0,
+                                                 speed=0.0)
+        progress.update(bars[info.epoch], completed=info.step, loss=info.loss, speed=info.samples_per_s)
+
+    def on_epoch(done: Any) -> None:
+        line = (f"epoch {done.epoch}/{epochs}: loss {done.loss:.4f}, {done.seconds:.1f} s, "
+                f"{done.samples / max(done.seconds, 1e-9):.0f} samples/s")
+        if done.fidelity is not None:
+            line += f"; validation {done.fidelity.summary()}"
+        progress.console.print(line, highlight=False, markup=False)
+
+    return progress, on_step, on_epoch
+
+
+def _report_written(outcome: HealOutcome, path: Path) -> None:
+    size = path.stat().st_size / 2**20
+    epochs_done = outcome.healing["epochs_done"]
+    note(f"wrote {path} ({size:.1f} MiB): {epochs_done} epoch{'s' * (epochs_done != 1)} of distillation")
+    calibrated, healed = outcome.fidelity("calibrated"), outcome.fidelity("healed")
+    if calibrated is not None and healed is not None and healed.agreement < calibrated.agreement:
+        note(f"warning: the healed model agrees less with the original than after BatchNorm re-estimation alone "
+             f"({healed.agreement * 100:.2f}% < {calibrated.agreement * 100:.2f}%): train longer (more --epochs or "
+             "data) or with a lower --lr")
+
+
+def _check_flags(output: Path, *, resume: bool, force: bool, target: float | None, val: Path | None) -> None:
+    """What the library checks too (naming its parameters), checked first here to name the flags."""
+    from octswap.errors import InputError, OutputExistsError
+
+    if resume and not output.exists():
+        raise InputError(f"--resume: {output} does not exist, so there is no run to continue "
+                         "(check --output, or drop --resume to start a new run)")
+    if output.exists() and not (resume or force):
+        raise OutputExistsError(f"{output} exists; pass --force to overwrite it, or --resume to continue it")
+    if target is not None and val is None:
+        raise InputError("--target needs --val data to measure agreement on")
+
+
+def _heal(checkpoint: Path, data: Path, output: Path, *, main: bool, options: Any, **given: Any) -> HealOutcome:
+    """:func:`octswap.healing.heal_checkpoint` with a progress bar, and Ctrl-C: the first stops
+    after the step in progress and saves, a second aborts (earlier epochs stay on disk)."""
+    from octswap.distillation import HealInterrupted
+    from octswap.healing import heal_checkpoint
+
+    progress, on_step, on_epoch = _progress(options.epochs, main=main)
+    try:
+        with stop_on_signal() as stop, progress:
+            return heal_checkpoint(checkpoint, data, output, options=options, on_step=on_step, on_epoch=on_epoch,
+                                   stop=stop, **given)
+    except HealInterrupted as stopped:
+        if main:
+            note(f"octswap: {stopped}; progress saved to {output} (continue with --resume)")
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        if main:
+            saved = (f"the last finished epoch is in {output} (continue with --resume)"
+                     if output.exists() else "nothing was written")
+            note(f"octswap: aborted; {saved}")
+        raise typer.Exit(130) from None
+
+
+def command(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by octswap convert.")],
+    data: Annotated[Path, typer.Option(
+        "--data", "-d", help="Training data: ImageFolder-style folder, flat folder of images, or .pt file.")],
+    val: Annotated[Optional[Path], typer.Option(
+        "--val", help="Validation data: fidelity after every epoch, before/after record.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Healed checkpoint [default: <checkpoint>-healed.pt].")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training data.")] = 3,
+    lr: Annotated[float, typer.Option(
+        "--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
+    batch_size: BatchSizeOpt = 64,
+    labels: Annotated[bool, typer.Option(
+        "--labels/--no-labels", help="Also learn from the data's labels (cross-entropy).")] = False,
+    label_weight: Annotated[float, typer.Option(
+        "--label-weight", min=0.0, max=1.0, help="Weight of the cross-entropy with --labels.")] = 0.5,
+    temperature: Annotated[float, typer.Option(
+        "--temperature", min=0.0, help="Distillation temperature T.")] = 4.0,
+    calibrate_bn: Annotated[int, typer.Option(
+        "--calibrate-bn", min=0, help="Batches of BatchNorm re-estimation before training (0: off).")] = 100,
+    bn: Annotated[BNMode, typer.Option(
+        "--bn", help="BatchNorm while training: batch statistics (train) or fixed running statistics (frozen).")
+    ] = BNMode.train,
+    target: Annotated[Optional[float], typer.Option(
+        "--target", min=0.0, max=1.0,
+        help="Stop once top-1 agreement on --val reaches this (0-1).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample order.")] = 0,
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last/--nchw", help="Memory format while training.")] = False,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    workers: WorkersOpt = None,
+    teacher_weights: TeacherWeightsOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the unfinished run saved in --output.")] = False,
+    force: ForceOpt = False,
+    allow_import: AllowImportOpt = False,
+    device: DeviceOpt = "cpu",
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Heal a converted model by distillation from its original (no labels needed); runs under torchrun too."""
+    from octswap.distillation import HealOptions
+    from octswap.distributed import is_main_process
+
+    main = is_main_process()
+    target_path = output if output is not None else checkpoint.with_name(f"{checkpoint.stem}-healed.pt")
+    _check_flags(target_path, resume=resume, force=force, target=target, val=val)
+    options = HealOptions(
+        epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
+        labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target,
+        seed=seed, channels_last=channels_last, workers=workers,
+    )
+    prep = preprocessing(mean, std, resize, crop)
+    outcome = _heal(checkpoint, data, target_path, main=main, options=options, val=val, preprocessing=prep,
+                    limit=limit, teacher_weights=teacher_weights, allow_import=allow_import, resume=resume,
+                    force=force, device=device)
+    if not main:
+        return
+    if outcome.already_complete:
+        note(f"{target_path} already holds a finished healing run; nothing to do")
+    emit(Output({"checkpoint": str(target_path), "healing": outcome.healing}, [healing_view(outcome.healing)]), fmt)
+    if not outcome.already_complete:
+        _report_written(outcome, target_path)
