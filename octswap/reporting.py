@@ -137,7 +137,8 @@ class Report:
             columns.append("value")  # fidelity rows: kind "fidelity", name the metric
         rows = [{k: v for k, v in row.to_dict().items() if k in columns} for row in self.rows(layers=layers)]
         if self.fidelity is not None:
-            rows += [{"kind": "fidelity", "name": metric, "value": value} for metric, value in _fidelity_values(self.fidelity)]
+            values = _fidelity_values(self.fidelity)
+            rows += [{"kind": "fidelity", "name": metric, "value": value} for metric, value in values]
         return csv_text(columns, rows)
 
     def to_markdown(self, *, layers: bool = True) -> str:
@@ -158,7 +159,8 @@ class Report:
         if self.memory_line():
             lines += ["", self.memory_line()]
         if self.uncounted:
-            lines += ["", "Uncounted ops (fvcore convention): " + ", ".join(f"`{k}` x{v}" for k, v in sorted(self.uncounted.items()))]
+            ops = ", ".join(f"`{k}` x{v}" for k, v in sorted(self.uncounted.items()))
+            lines += ["", f"Uncounted ops (fvcore convention): {ops}"]
         if self.fidelity is None:
             lines += ["", NOT_MEASURED + "."]
         else:
@@ -235,10 +237,10 @@ def make_report(
             note,
         )  # fmt: skip
 
-    layers = tuple(
-        row(d.name, "layer", f"octave a_in={d.alpha_in:g} a_out={d.alpha_out:g}" if d.action == "octave" else f"kept: {d.reason}")
-        for d in plan.layers
-    )
+    def decision(d: Any) -> str:
+        return f"octave a_in={d.alpha_in:g} a_out={d.alpha_out:g}" if d.action == "octave" else f"kept: {d.reason}"
+
+    layers = tuple(row(d.name, "layer", decision(d)) for d in plan.layers)
     stages = tuple(row(name, "stage") for name in stage_names(original, before.by_module))
     outside = Row("(outside stages)", "stage",
                   before.flops - sum(r.flops_before for r in stages), after.flops - sum(r.flops_after for r in stages),

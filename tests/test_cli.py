@@ -231,3 +231,20 @@ def test_public_api_names_resolve():
 
     assert callable(octswap.report) and callable(octswap.convert) and callable(octswap.load)
     assert set(octswap.__all__) <= set(dir(octswap))
+
+
+@pytest.mark.parametrize("command", ["convert", "report", "plan", "bench", "heal", "export", "zoo", "models"])
+def test_command_help_exits_0(runner, command):
+    """A command's own exit (typer.Exit is a RuntimeError) is not an error for the error map."""
+    result = run(runner, command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout and "error" not in result.stderr
+
+
+def test_python_dash_m_runs_the_cli():
+    """`torchrun ... -m octswap.cli heal ...` (README) needs the package to run as a module."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "octswap.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"octswap {octswap.__version__}"

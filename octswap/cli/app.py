@@ -38,8 +38,10 @@ class OctswapGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
-            raise  # stdout closed early (`octswap models | head`): typer exits quietly
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException, BrokenPipeError):
+            # A command's own exit (typer.Exit subclasses RuntimeError), click's usage errors and
+            # a closed stdout (`octswap models | head`) are typer's to handle.
+            raise
         except HANDLED as error:
             if ctx.meta.get("octswap.debug"):
                 raise
