@@ -12,28 +12,65 @@ from torch import nn
 
 from octswap.errors import ConversionError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
-from octswap.plan import Plan, example_input, output_signature, output_tensors, policy_plan
+from octswap.plan import Plan, example_input, output_signature, output_tensors, policy_plan, same_signature
 from octswap.policy import Policy
 from octswap.rewrite import apply_plan, rewriter
+from octswap.rewrite.regions.rewriter import LAYER_MODE
 
 __all__ = ["AUTO", "MODES", "convert", "make_plan", "verify"]
 
 logger = logging.getLogger(__name__)
 
-#: Graph mode where ``torch.fx`` can rewrite the model, else layer mode (with one warning).
+#: Graph mode where ``torch.fx`` can rewrite the model, else graph mode region by region
+#: (the submodules that trace), else layer mode (with one warning).
 AUTO = "auto"
 #: The modes :func:`convert` and :func:`make_plan` take.
-MODES = (AUTO, "graph", "layer")
+MODES = (AUTO, "graph", "regions", "layer")
+#: What auto mode tries, in order.
+_AUTO_ORDER = ("graph", "regions", "layer")
 
 
-def _fallback_warning(err: ConversionError) -> str:
-    why = f"it does not trace with torch.fx: {err.detail}" if isinstance(err, UntraceableError) else one_line(err)
-    return f"graph mode cannot convert this model ({why}); using layer mode instead"
+def _fallback_warning(err: ConversionError, mode: str) -> str:
+    if mode == "graph":
+        why = f"it does not trace with torch.fx: {err.detail}" if isinstance(err, UntraceableError) else one_line(err)
+        return f"graph mode cannot convert this model as a whole ({why})"
+    return f"{mode} mode cannot convert this model ({one_line(err)})"
 
 
 def _with_warning(plan: Plan, warning: str) -> Plan:
     logger.warning("%s", warning)
     return replace(plan, warnings=(*plan.warnings, warning))
+
+
+def _refined(model: nn.Module, plan: Plan, mode: str) -> Plan:
+    refine = rewriter(mode).refine
+    plan = replace(plan, mode=mode)
+    return refine(model, plan) if refine is not None else plan
+
+
+def _auto_plan(model: nn.Module, policy_decisions: Plan, modes: tuple[str, ...], notes: tuple[str, ...] = ()) -> Plan:
+    """The first of ``modes`` that can plan the model (layer mode always can); ``notes`` say
+    why earlier modes were left. Reasons for leaving a mode are logged."""
+    for mode in modes:
+        try:
+            plan = _refined(model, policy_decisions, mode)
+        except ConversionError as err:
+            notes = (*notes, _fallback_warning(err, mode))
+            logger.info("%s", notes[-1])
+            continue
+        return _summarised(plan, notes)
+    raise AssertionError("layer mode plans every model")  # pragma: no cover - layer mode has no refine step
+
+
+def _summarised(plan: Plan, notes: tuple[str, ...]) -> Plan:
+    """``plan`` with one warning saying which mode auto chose and why (none for graph mode)."""
+    if not notes:
+        return plan
+    if plan.mode == "regions":
+        outside = sum(d.action == "octave" and d.reason.startswith(LAYER_MODE) for d in plan.layers)
+        extra = f"; {outside} converted convs outside them use layer mode" if outside else ""
+        return _with_warning(plan, f"{notes[0]}; graph mode in {len(plan.regions)} regions that trace{extra}")
+    return _with_warning(plan, f"{'; '.join(notes)}; using layer mode instead")
 
 
 def make_plan(
@@ -50,10 +87,11 @@ def make_plan(
         model: Any module containing ``nn.Conv2d`` layers; not modified.
         policy: Defaults to ``Policy()`` (alpha 0.25 with the automatic guards).
         input_shape: ``(C, H, W)`` of one input sample for the shape probe.
-        mode: ``"graph"`` (pairs flow between layers), ``"layer"`` (self-contained blocks)
-            or ``"auto"`` (default): graph mode, else layer mode where graph mode cannot
-            plan the model (it does not trace); the plan's ``mode`` is the one used and
-            its ``warnings`` say why it fell back.
+        mode: ``"graph"`` (pairs flow between layers through the whole model),
+            ``"regions"`` (graph mode in each largest submodule that traces, layer mode
+            for convs outside them), ``"layer"`` (self-contained blocks) or ``"auto"``
+            (default): the first of graph, regions, layer that can plan the model; the
+            plan's ``mode`` is the one used and its ``warnings`` say why it fell back.
         strict: Make a rule that matches no conv an error instead of a warning.
 
     Example:
@@ -64,31 +102,17 @@ def make_plan(
     Raises:
         InputError: unknown mode, or the model does not run at ``input_shape``.
         PolicyError: with ``strict``, a rule matches no conv.
-        ConversionError: graph mode cannot plan the model (it does not trace).
+        ConversionError: graph mode cannot plan the model (it does not trace); regions
+            mode finds no part holding a conv that traces.
     """
-    wanted = "graph" if mode == AUTO else mode
-    refine = rewriter(wanted).refine  # an unknown mode fails before the probe
+    if mode != AUTO:
+        rewriter(mode)  # an unknown mode fails before the probe
     # The policy's own decisions, probed once (its warnings logged once) for either mode.
-    plan = policy_plan(model, policy if policy is not None else Policy(), input_shape=input_shape, mode=wanted, strict=strict)
-    if refine is None:
-        return plan
-    try:
-        layers, boundaries = refine(model, plan.layers, input_shape)
-    except ConversionError as err:
-        if mode != AUTO:
-            raise
-        return _with_warning(_layer_plan(model, plan), _fallback_warning(err))
-    return replace(plan, layers=layers, boundaries=boundaries)
-
-
-def _layer_plan(model: nn.Module, plan: Plan) -> Plan:
-    """``plan``'s policy decisions refined for layer mode."""
-    refine = rewriter("layer").refine
-    policy_layers = replace(plan, mode="layer")
-    if refine is None:
-        return policy_layers
-    layers, boundaries = refine(model, plan.layers, plan.input_shape)
-    return replace(policy_layers, layers=layers, boundaries=boundaries)
+    plan = policy_plan(model, policy if policy is not None else Policy(), input_shape=input_shape,
+                       mode="layer", strict=strict)  # fmt: skip
+    if mode == AUTO:
+        return _auto_plan(model, plan, _AUTO_ORDER)
+    return _refined(model, plan, mode)
 
 
 def convert(
@@ -110,11 +134,13 @@ def convert(
         alpha: Overrides the policy's global alpha (rules keep their own).
         input_shape: ``(C, H, W)`` of one sample, for the shape probe and check.
         mode: ``"graph"``: pairs flow between layers through an ``fx.GraphModule``, as
-            in the paper's networks; ``"layer"``: each conv becomes a self-contained
-            tensor-in/tensor-out block, for models ``torch.fx`` cannot trace; ``"auto"``
-            (default): graph mode, and layer mode where graph mode fails to plan, rewrite
-            or pass the check (not retried with ``inplace``). The returned plan's ``mode``
-            is the one used; its ``warnings`` say why it fell back.
+            in the paper's networks; ``"regions"``: the same inside each largest submodule
+            that traces (an encoder, a decoder, a detector's backbone and heads), merged at
+            its outputs, layer mode for convs outside them; ``"layer"``: each conv becomes a
+            self-contained tensor-in/tensor-out block; ``"auto"`` (default): the first of
+            graph, regions, layer that plans, rewrites and passes the check (not retried
+            with ``inplace``). The returned plan's ``mode`` is the one used; its
+            ``warnings`` say why it fell back.
         strict: A policy rule that matches no conv is an error.
         inplace: Modify ``model`` itself instead of a deep copy.
         check: Run the converted model once and compare its output shapes.
@@ -137,15 +163,18 @@ def convert(
     if alpha is not None:
         policy = policy.with_alpha(alpha)
     if mode == AUTO:
-        plan = make_plan(model, policy, input_shape=input_shape, mode=AUTO, strict=strict)  # graph, else layer
-        try:
-            return _apply(model, plan, inplace=inplace, check=check), plan
-        except ConversionError as err:
-            if plan.mode != "graph" or inplace:
-                raise  # layer mode failed too, or the model itself may be half rewritten
-            layer_plan = make_plan(model, policy, input_shape=input_shape, mode="layer", strict=strict)
-            layer_plan = _with_warning(layer_plan, _fallback_warning(err))
-            return _apply(model, layer_plan, inplace=inplace, check=check), layer_plan
+        plan = make_plan(model, policy, input_shape=input_shape, mode=AUTO, strict=strict)  # graph, regions, layer
+        notes: tuple[str, ...] = ()
+        while True:
+            try:
+                return _apply(model, plan, inplace=inplace, check=check), plan
+            except ConversionError as err:
+                if plan.mode == "layer" or inplace:
+                    raise  # layer mode failed too, or the model itself may be half rewritten
+                notes = (*notes, _fallback_warning(err, plan.mode))
+                rest = _AUTO_ORDER[_AUTO_ORDER.index(plan.mode) + 1 :]
+                decisions = policy_plan(model, policy, input_shape=input_shape, mode="layer", strict=strict)
+                plan = _auto_plan(model, decisions, rest, notes)
     plan = make_plan(model, policy, input_shape=input_shape, mode=mode, strict=strict)
     return _apply(model, plan, inplace=inplace, check=check), plan
 
@@ -164,7 +193,8 @@ def _finite(value: Any) -> bool:
 
 
 def verify(converted: nn.Module, plan: Plan) -> None:
-    """Run the converted model once; its outputs must have the original shapes and be finite.
+    """Run the converted model once; its outputs must have the original shapes and be finite
+    (per-image detections may differ in number: :func:`~octswap.plan.same_signature`).
 
     Raises:
         ConversionError: the forward pass fails, the shapes differ, or values are not finite.
@@ -175,7 +205,7 @@ def verify(converted: nn.Module, plan: Plan) -> None:
     except Exception as err:  # noqa: BLE001 - report any failure of the rewritten model
         raise ConversionError(f"the converted model fails to run: {type(err).__name__}: {err}") from err
     signature = output_signature(output)
-    if plan.output is not None and signature != plan.output:
+    if plan.output is not None and not same_signature(signature, plan.output):
         raise ConversionError(f"the converted model's output shapes {signature} differ from the original {plan.output}")
     if not _finite(output):
         raise ConversionError("the converted model produces non-finite values")

@@ -346,6 +346,17 @@ def _fold_sequentials(model: nn.Module) -> int:
     return folded
 
 
+def _fold_submodule_graphs(model: nn.Module) -> int:
+    """For models fx cannot trace as a whole: fold inside each ``GraphModule`` they hold
+    (the regions :mod:`octswap.rewrite.regions` converted in graph mode)."""
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, fx.GraphModule) and module is not model:
+            folded += _fold_graph(module)
+            inplace_adds(module)
+    return folded
+
+
 class _LeafTracer(fx.Tracer):
     # Octave modules take and return pairs; fx must call them, not trace into them.
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -360,7 +371,8 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     Handles plain convs, octave convs (their pair BatchNorm, or a plain one after a
     tensor output) and layer-mode octave blocks. Models are traced with ``torch.fx``
     (a ``GraphModule`` is edited directly); a model fx cannot trace gets the
-    ``nn.Sequential`` (conv, BatchNorm) pairs folded instead. Call it on a model in
+    ``nn.Sequential`` (conv, BatchNorm) pairs folded instead, and each ``GraphModule``
+    it holds (a region converted in graph mode) folded as a graph. Call it on a model in
     eval mode; a BatchNorm still in training mode is left alone. The graph also gets
     its residual adds back in place (:func:`inplace_adds`): tracing records eager
     ``out += identity`` as an out-of-place add, which would make a traced original
@@ -382,9 +394,9 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         try:
             graph = _LeafTracer().trace(target)
         except Exception as err:  # noqa: BLE001 - fx raises many types on untraceable code
-            logger.info("fold_batchnorm: %s cannot be traced (%s); folding nn.Sequential pairs only",
-                        type(target).__name__, type(err).__name__)  # fmt: skip
-            folded = _fold_sequentials(target)
+            logger.info("fold_batchnorm: %s cannot be traced (%s); folding its graph modules (regions) "
+                        "and nn.Sequential pairs", type(target).__name__, type(err).__name__)  # fmt: skip
+            folded = _fold_submodule_graphs(target) + _fold_sequentials(target)
         else:
             traced = fx.GraphModule(target, graph, class_name=type(target).__name__)
             traced.training = target.training

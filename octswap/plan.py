@@ -22,7 +22,8 @@ from octswap.eval_mode import eval_mode
 from octswap.layers import CONVERTIBLE_CONVS, check_geometry, conv_padding, low_channels, module_type
 from octswap.policy import Policy
 
-__all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "output_tensors", "policy_plan", "probe"]
+__all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "output_tensors", "policy_plan", "probe",
+           "same_signature"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ class Plan:
     boundaries: tuple[dict[str, str], ...] = field(default=())
     #: Output shapes of the original model at ``input_shape`` (see :func:`output_signature`).
     output: Any = None
+    #: Mode ``regions``: the submodules converted in graph mode on their own, as
+    #: :class:`octswap.rewrite.regions.Region` dicts (path, module_type, opaque, stopped, convs).
+    regions: tuple[dict[str, Any], ...] = field(default=())
 
     @property
     def octave_layers(self) -> tuple[LayerDecision, ...]:
@@ -141,6 +145,7 @@ class Plan:
             "warnings": list(self.warnings),
             "boundaries": [dict(b) for b in self.boundaries],
             "output": self.output,
+            "regions": [dict(r) for r in self.regions],
         }
 
     @classmethod
@@ -153,6 +158,7 @@ class Plan:
             warnings=tuple(data.get("warnings", ())),
             boundaries=tuple(dict(b) for b in data.get("boundaries", ())),
             output=data.get("output"),
+            regions=tuple(dict(r) for r in data.get("regions", ())),
         )
 
 
@@ -166,6 +172,27 @@ def output_signature(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [output_signature(v) for v in value]
     return type(value).__name__
+
+
+def same_signature(got: Any, want: Any, *, per_item: bool = False) -> bool:
+    """Whether two :func:`output_signature` results describe the same outputs.
+
+    Tensors in a dict inside a list -- per-image results, as torchvision's detectors return
+    (``[{"boxes": [N, 4], "scores": [N], ...}]``) -- may differ in their first dimension,
+    the number of detections, which depends on the values; everything else must match.
+    """
+    if isinstance(want, Mapping):
+        return isinstance(got, Mapping) and list(got) == list(want) and all(
+            same_signature(got[k], want[k], per_item=per_item) for k in want)  # fmt: skip
+    if isinstance(want, list) and want and all(isinstance(v, int) for v in want):  # a tensor's shape
+        if not isinstance(got, list) or len(got) != len(want):
+            return False
+        return got[1:] == want[1:] if per_item else got == want
+    if isinstance(want, list):
+        inner = any(isinstance(v, Mapping) for v in want)
+        return isinstance(got, list) and len(got) == len(want) and all(
+            same_signature(g, w, per_item=per_item or (inner and isinstance(w, Mapping))) for g, w in zip(got, want))  # fmt: skip
+    return got == want
 
 
 def output_tensors(value: Any) -> Iterator[torch.Tensor]:

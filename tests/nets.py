@@ -55,6 +55,109 @@ def gated(num_classes: int = 10) -> Gated:
     return Gated(num_classes)
 
 
+class GatedBlock(Block):
+    """A Block whose forward branches on the data."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y * 0 if y.mean() > 1e6 else y
+
+
+class Untraceable(Gated):
+    """Gated, and every block gated too: no part holding a conv traces (layer mode only)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(num_classes)
+        self.layer1 = GatedBlock(16, 32, 1)
+        self.layer2 = GatedBlock(32, 32, 2)
+
+
+def untraceable(num_classes: int = 10) -> Untraceable:
+    return Untraceable(num_classes)
+
+
+class SizeCheckedSegmenter(nn.Module):
+    """A small encoder-decoder whose top-level forward refuses sizes not divisible by 4
+    (as smp's models check theirs): the whole model does not trace with torch.fx.
+
+    The encoder returns a list of features; the decoder upsamples the deeper one to the
+    shallower one's size (``F.interpolate(size=...)``), adds a lateral 1x1 conv and
+    predicts ``classes`` maps at the input's size.
+    """
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.decoder = Decoder(classes)
+        self.stride = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise RuntimeError(f"input size {h}x{w} is not divisible by {self.stride}")
+        out = self.decoder(self.encoder(x))
+        return nn.functional.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.stage1 = Block(16, 32, 2)
+        self.stage2 = Block(32, 32, 2)
+        self.out_channels = (32, 32)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f1 = self.stage1(self.stem(x))
+        return [f1, self.stage2(f1)]
+
+
+class Decoder(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.lateral = nn.Conv2d(32, 32, 1)
+        self.smooth = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.classify = nn.Conv2d(32, classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        shallow, deep = features
+        up = nn.functional.interpolate(deep, size=shallow.shape[-2:], mode="nearest")
+        return self.classify(self.smooth(up + self.lateral(shallow)))
+
+
+def size_checked_segmenter(classes: int = 4) -> SizeCheckedSegmenter:
+    return SizeCheckedSegmenter(classes)
+
+
+class SharedHead(nn.Module):
+    """A detection-style head: the same two convs run on every level of a feature list."""
+
+    def __init__(self, channels: int = 32, outputs: int = 6) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU())
+        self.predict = nn.Conv2d(channels, outputs, 3, padding=1)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.predict(self.conv(f)) for f in features]
+
+
+class PyramidDetector(nn.Module):
+    """Encoder features -> shared head, with Python over the batch at the top (untraceable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.head = SharedHead()
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        levels = self.head(self.encoder(x))
+        return [{f"level{i}": level[n] for i, level in enumerate(levels)} for n in range(len(x))]
+
+
+def pyramid_detector() -> PyramidDetector:
+    return PyramidDetector()
+
+
 def dies_on_build() -> nn.Module:
     """A factory whose process is killed while building (a crash or OOM kill, in tests)."""
     import os

@@ -14,6 +14,8 @@ from octswap.policy import Policy, Rule
 # torchvision's own model tests cap size and time the same way: everything runs, the
 # big ones only under the `slow` marker (make test-slow).
 SMALL_PARAMS = 30_000_000
+#: GFLOPS per image at 224 (torchvision's ``_ops``) above which a model is only swept under `slow`.
+SMALL_GFLOPS = 3
 
 
 def _classification_models() -> list:
@@ -23,7 +25,7 @@ def _classification_models() -> list:
     for mode in ("graph", "layer"):
         for name in torchvision.models.list_models(module=torchvision.models):
             weights = torchvision.models.get_model_weights(name).DEFAULT
-            heavy = weights.meta["num_params"] > SMALL_PARAMS or weights.meta["_ops"] > 6 or mode == "layer"
+            heavy = weights.meta["num_params"] > SMALL_PARAMS or weights.meta["_ops"] > SMALL_GFLOPS or mode == "layer"
             params.append(pytest.param(name, mode, marks=pytest.mark.slow, id=f"{mode}-{name}") if heavy
                           else pytest.param(name, mode, id=f"{mode}-{name}"))  # fmt: skip
     return params

@@ -116,7 +116,8 @@ def test_onnx_round_trip_small_nets(case, tmp_path):
         _scaled_close(_onnx_outputs(result.path, x), expected)
 
 
-@pytest.mark.parametrize(("name", "alpha"), [("resnet18", 0.25), ("mobilenet_v2", 0.5)])
+@pytest.mark.parametrize(("name", "alpha"), [("resnet18", 0.25),
+                                             pytest.param("mobilenet_v2", 0.5, marks=pytest.mark.slow)])  # ~1 min
 def test_onnx_round_trip_zoo(name, alpha, tmp_path):
     original = _randomize_bn(torchvision.models.get_model(name))
     shape = (3, 64, 64)

@@ -1,4 +1,5 @@
-"""Conversion modes: graph, layer, and auto (graph where fx can rewrite the model, else layer)."""
+"""Conversion modes: graph, layer, and auto (graph where fx can rewrite the model, else regions, else layer);
+regions mode itself: tests/test_regions.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 import octswap
 from octswap.cli import app
 from octswap.errors import UntraceableError
-from tests.nets import gated, tiny_resnet
+from tests.nets import gated, tiny_resnet, untraceable
 
 SHAPE = (3, 16, 16)
 
@@ -29,7 +30,7 @@ def test_graph_mode_refuses_an_untraceable_model_with_fx_reason():
 
 
 def test_auto_falls_back_to_layer_mode_with_one_warning(caplog):
-    model = gated().eval()
+    model = untraceable().eval()
     with caplog.at_level(logging.WARNING, logger="octswap"):
         converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
     assert plan.mode == "layer" and not isinstance(converted, torch.fx.GraphModule)
@@ -45,14 +46,16 @@ def test_auto_falls_back_to_layer_mode_with_one_warning(caplog):
 
 
 def test_auto_plan_records_the_mode_used():
-    plan = octswap.make_plan(gated(), octswap.Policy(alpha=0.5), input_shape=SHAPE)
+    plan = octswap.make_plan(untraceable(), octswap.Policy(alpha=0.5), input_shape=SHAPE)
     assert plan.mode == "layer" and any("does not trace" in w for w in plan.warnings)
+    plan = octswap.make_plan(gated(), octswap.Policy(alpha=0.5), input_shape=SHAPE)
+    assert plan.mode == "regions" and any("does not trace" in w for w in plan.warnings)
     assert octswap.make_plan(tiny_resnet(), octswap.Policy(alpha=0.5), input_shape=SHAPE).mode == "graph"
 
 
 def test_cli_default_mode_falls_back_and_says_so(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["plan", "tests.nets:gated", "--input-size", "16", "--format", "json"])
+    result = runner.invoke(app, ["plan", "tests.nets:untraceable", "--input-size", "16", "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["mode"] == "layer" and any("layer mode" in w for w in data["warnings"])
@@ -63,10 +66,11 @@ def test_cli_default_mode_falls_back_and_says_so(tmp_path):
 
 
 def test_checkpoint_of_a_fallback_reloads_in_layer_mode(tmp_path):
-    model = gated().eval()
+    model = untraceable().eval()
     converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
-    path = tmp_path / "gated.pt"
-    octswap.save(path, converted, plan, source=octswap.ModelSource(kind="import", name="tests.nets:gated"))
+    assert plan.mode == "layer"
+    path = tmp_path / "untraceable.pt"
+    octswap.save(path, converted, plan, source=octswap.ModelSource(kind="import", name="tests.nets:untraceable"))
     loaded = octswap.load(path, allow_import=True)
     x = torch.randn(1, *SHAPE)
     with torch.no_grad():
@@ -76,7 +80,7 @@ def test_checkpoint_of_a_fallback_reloads_in_layer_mode(tmp_path):
 def test_auto_fallback_probes_once_and_warns_once(caplog):
     policy = octswap.Policy(alpha=0.5, rules=(octswap.Rule(name="nowhere", alpha=0.25),))
     with caplog.at_level(logging.WARNING, logger="octswap"):
-        plan = octswap.make_plan(gated(), policy, input_shape=SHAPE)
+        plan = octswap.make_plan(untraceable(), policy, input_shape=SHAPE)
     messages = [r.getMessage() for r in caplog.records]
     assert plan.mode == "layer"
     assert sum("matches no conv" in m for m in messages) == 1 and sum("layer mode" in m for m in messages) == 1

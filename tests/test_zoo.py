@@ -249,9 +249,9 @@ def test_shards_merged_equal_one_run(tmp_path):
     assert _stable(got["results"]) == _stable(expected["results"])  # same records, manifest order
     assert got["counts"] == expected["counts"] and got["manifest_hash"] == expected["manifest_hash"]
     by_model = {r["model"]: r for r in got["results"]}
-    assert by_model["tests.nets:gated"]["mode"] == "auto" and by_model["tests.nets:gated"]["mode_used"] == "layer"
+    assert by_model["tests.nets:gated"]["mode"] == "auto" and by_model["tests.nets:gated"]["mode_used"] == "regions"
     assert by_model["tests.nets:tiny_resnet"]["mode_used"] == "graph"
-    assert "auto (layer)" in (tmp_path / "merged" / "summary.md").read_text()
+    assert "auto (regions)" in (tmp_path / "merged" / "summary.md").read_text()
 
     # A missing shard is an error, not a smaller table; so are conflicts and other manifests.
     missing = run("zoo", "merge", tmp_path / "s1", "--out", tmp_path / "m2")

@@ -24,6 +24,7 @@ __all__ = ["Mode", "parse_batches", "parse_model_args", "preprocessing"]
 class Mode(str, Enum):
     auto = "auto"
     graph = "graph"
+    regions = "regions"
     layer = "layer"
 
 
@@ -42,8 +43,9 @@ InputSizeOpt = Annotated[Optional[str], typer.Option(
 ModelArgOpt = Annotated[Optional[list[str]], typer.Option(
     "--model-arg", "-m", help="Builder argument KEY=VALUE (repeatable), e.g. num_classes=10.")]
 ModeOpt = Annotated[Mode, typer.Option(
-    "--mode", help="graph: pairs flow between layers (the paper's networks); layer: self-contained blocks, for "
-    "models fx cannot trace; auto: graph, else layer (one warning says why).")]
+    "--mode", help="graph: pairs flow between layers through the whole model (the paper's networks); regions: "
+    "the same inside each largest part that traces (encoder, decoder, heads), layer mode outside them; layer: "
+    "self-contained blocks; auto: the first of graph, regions, layer that works (one warning says why).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="A policy rule that matches no conv is an error.")]
 AllowImportOpt = Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]

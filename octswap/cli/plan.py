@@ -38,6 +38,11 @@ def plan_output(plan: Plan, model: str) -> Output:
     layers = TableView(COLUMNS, [[str(r[c]) for c in COLUMNS] for r in rows], title=title, align=align,
                        styles=[None if r["action"] == "octave" else "dim" for r in rows])
     blocks = [layers]
+    if plan.regions:
+        regions = [[r["path"] or "(whole model)", r["module_type"], str(r["convs"]), ", ".join(r["opaque"]) or "-",
+                    r["stopped"] or "-"] for r in plan.regions]  # fmt: skip
+        blocks.append(TableView(["region", "module", "octave convs", "opaque calls", "why the module above is not traced"],
+                                regions, title="graph-mode regions (pairs flow inside, merged at their outputs)"))
     if plan.boundaries:
         boundaries = [[b["kind"], b["after"], b["before"], b["reason"]] for b in plan.boundaries]
         blocks.append(TableView(["boundary", "after", "before", "reason"], boundaries,

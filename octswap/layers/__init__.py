@@ -11,7 +11,7 @@ low-frequency branch at half resolution; octave modules take and give such
 * :mod:`~octswap.layers.conv`: :class:`OctaveConv2d`, its two path layouts and its
   reference forward; :mod:`~octswap.layers.fused` its fused forward for CPU inference,
   on the oneDNN kernels of :mod:`~octswap.layers.kernels`.
-* :mod:`~octswap.layers.norm`: :class:`OctaveBatchNorm2d`, :class:`OctaveChannelwise`.
+* :mod:`~octswap.layers.norm`: :class:`OctaveBatchNorm2d`, :class:`OctaveChannelwise`, :func:`split_group_norm`.
 * :mod:`~octswap.layers.block`: :class:`OctaveConvBlock`, tensor in, tensor out.
 * :mod:`~octswap.layers.pooling`: max/average pooling of a pair at any input size.
 * :mod:`~octswap.layers.drop`: stochastic depth of a pair.
@@ -34,7 +34,7 @@ from octswap.layers.convertible import (
 )
 from octswap.layers.drop import stochastic_depth_pair
 from octswap.layers.kernels import PackedConv2d, fused_kernels, fused_kernels_available, pack_convs
-from octswap.layers.norm import OctaveBatchNorm2d, OctaveChannelwise
+from octswap.layers.norm import OctaveBatchNorm2d, OctaveChannelwise, split_group_norm
 from octswap.layers.pooling import pool_low, pool_parameters
 from octswap.layers.resample import (
     downsample,
@@ -73,6 +73,7 @@ __all__ = [
     "pool_parameters",
     "pooled_merge",
     "split_frequencies",
+    "split_group_norm",
     "split_ordered",
     "stochastic_depth_pair",
     "take_channels",

@@ -2,7 +2,8 @@
 
 :class:`OctaveBatchNorm2d` splits a trained ``BatchNorm2d``; :class:`OctaveChannelwise`
 splits any module that acts channel by channel (a norm with its activation, a frozen
-BatchNorm...).
+BatchNorm...); :func:`split_group_norm` splits a ``GroupNorm`` whose groups each lie in
+one branch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from octswap.layers.split import OctaveInput
 
-__all__ = ["OctaveBatchNorm2d", "OctaveChannelwise"]
+__all__ = ["OctaveBatchNorm2d", "OctaveChannelwise", "split_group_norm"]
 
 
 class OctaveBatchNorm2d(nn.Module):
@@ -134,3 +135,35 @@ def _channel_slice(module: nn.Module, channels: int, index: list[int]) -> nn.Mod
             if getattr(sub, "num_features", None) == channels:
                 sub.num_features = len(index)
     return part
+
+
+def split_group_norm(gn: nn.GroupNorm, *, low: int) -> OctaveChannelwise:
+    """A ``GroupNorm`` for a pair whose last ``low`` channels are the low branch, each
+    group lying in one branch: the high branch keeps the first groups, the low branch the
+    last ``low / group size``, each normalised over its own branch's positions.
+
+    A low-branch pixel stands for the 2x2 pixels of the map the pair represents (nearest
+    upsampling, Chen et al. 2019), so a group's mean and variance over the low map are
+    those over the merged map at even sizes (at odd sizes the cropped last row and column
+    count once instead of twice): per branch, the norm sees what it saw on the merged map.
+
+    Raises:
+        ValueError: ``low`` is not a whole number of groups, or not in ``[1, channels)``.
+
+    Example:
+        >>> split = split_group_norm(nn.GroupNorm(8, 32), low=16)
+        >>> h, l = split((torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4)))
+    """
+    size = gn.num_channels // gn.num_groups
+    if not 0 < low < gn.num_channels or low % size:
+        raise ValueError(f"low={low} must be a whole number of groups of {size} in (0, {gn.num_channels})")
+    parts = []
+    for first, count in ((0, gn.num_channels - low), (gn.num_channels - low, low)):
+        part = nn.GroupNorm(count // size, count, eps=gn.eps, affine=gn.affine)
+        if gn.affine:
+            with torch.no_grad():
+                part.weight.copy_(gn.weight[first : first + count])
+                part.bias.copy_(gn.bias[first : first + count])
+            part.to(gn.weight.device, gn.weight.dtype)
+        parts.append(part.train(gn.training))
+    return OctaveChannelwise(parts[0], parts[1])

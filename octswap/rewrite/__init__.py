@@ -7,7 +7,7 @@ and returns the model; the registry is :mod:`octswap.rewrite.registry`.
 from __future__ import annotations
 
 # Imported for their registrations.
-from octswap.rewrite import graph, layer  # noqa: F401
+from octswap.rewrite import graph, layer, regions  # noqa: F401
 from octswap.rewrite.registry import REWRITERS, Rewriter, apply_plan, register_rewriter, rewriter
 
 __all__ = ["REWRITERS", "Rewriter", "apply_plan", "register_rewriter", "rewriter"]

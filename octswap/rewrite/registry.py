@@ -6,22 +6,19 @@ only :mod:`octswap.plan`, so rewriters can import it without a cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
 from octswap.errors import ConversionError, InputError
-from octswap.plan import LayerDecision, Plan
+from octswap.plan import Plan
 
 __all__ = ["REWRITERS", "Refine", "Rewriter", "apply_plan", "register_rewriter", "rewriter"]
 
 Apply = Callable[[nn.Module, Plan], nn.Module]
-#: ``(model, policy decisions, input shape) -> (decisions, boundaries)``.
-Refine = Callable[
-    [nn.Module, Sequence[LayerDecision], tuple[int, int, int]],
-    tuple[tuple[LayerDecision, ...], tuple[dict[str, str], ...]],
-]
+#: ``(model, the policy's plan) -> the mode's plan`` (decisions, boundaries, regions).
+Refine = Callable[[nn.Module, Plan], Plan]
 
 
 @dataclass(frozen=True)

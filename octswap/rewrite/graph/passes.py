@@ -58,6 +58,7 @@ class Outcome:
     out_low: int = 0
     reason: str = ""
     in_order: tuple[int, ...] | None = None
+    in_layout: Layout | None = None  # the pair it takes (a shared conv's later calls take the same)
 
 
 def shape_of(node: Any) -> tuple[int, ...] | None:
@@ -68,7 +69,8 @@ def shape_of(node: Any) -> tuple[int, ...] | None:
 class GraphPass:
     """One forward pass over the traced graph, building the rewritten graph."""
 
-    def __init__(self, gm: fx.GraphModule, targets: dict[str, Target], *, root: nn.Module | None) -> None:
+    def __init__(self, gm: fx.GraphModule, targets: dict[str, Target], *, root: nn.Module | None,
+                 inconsistent: dict[str, str] | None = None) -> None:  # fmt: skip
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.targets = targets
@@ -79,6 +81,8 @@ class GraphPass:
         self.outcomes: dict[str, Outcome] = {}
         self.boundaries: list[dict[str, str]] = []
         self.useful: set[str] = set()
+        #: Shared convs whose calls get differently split inputs, with why (kept plain when planning).
+        self.inconsistent: dict[str, str] = dict(inconsistent or {})
         calls: dict[str, int] = {}
         for node in gm.graph.nodes:
             if node.op == "call_module":
@@ -173,18 +177,20 @@ def describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
 
 
 def group_granularity(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> dict[str, int]:
-    """For convs feeding a grouped conv (through BN/activations): the group size their low
-    channel count must be a multiple of, so the pair reaches the grouped conv aligned."""
+    """For convs feeding a grouped conv or a GroupNorm (through BN/activations): the group
+    size their low channel count must be a multiple of, so the pair reaches it aligned."""
     result: dict[str, int] = {}
     for node in gm.graph.nodes:
-        conv = modules.get(node.target) if node.op == "call_module" else None
-        if conv is None or not is_convertible_conv(conv) or conv.groups == 1 or conv.groups == conv.in_channels:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, nn.GroupNorm):
+            size = module.num_channels // module.num_groups
+        elif module is not None and is_convertible_conv(module) and 1 < module.groups < module.in_channels:
+            size = module.in_channels // module.groups
+        else:
             continue
-        size = conv.in_channels // conv.groups
         prev = node.args[0]
         while isinstance(prev, fx.Node) and is_passthrough(prev, modules):
             prev = prev.args[0]
         if isinstance(prev, fx.Node) and prev.op == "call_module" and is_convertible_conv(modules.get(prev.target)):
             result[prev.target] = math.lcm(result.get(prev.target, 1), size)
     return result
-

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -11,13 +13,14 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from octswap.errors import ConversionError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
-from octswap.plan import LayerDecision, Plan, example_input, output_tensors
+from octswap.plan import LayerDecision, Plan, output_tensors
+from octswap.rewrite.calls import Call, concrete_args, probe_call
 from octswap.rewrite.graph import handlers  # noqa: F401 - registers the handlers
 from octswap.rewrite.graph.passes import GraphPass, Target
 from octswap.rewrite.graph.tracing import trace
 from octswap.rewrite.registry import register_rewriter
 
-__all__ = ["plan_graph", "rewrite_graph"]
+__all__ = ["plan_graph", "plan_traced", "rewrite_graph", "rewrite_traced", "traced_with_shapes"]
 
 
 def _targets(decisions: Sequence[LayerDecision]) -> dict[str, Target]:
@@ -27,26 +30,47 @@ def _targets(decisions: Sequence[LayerDecision]) -> dict[str, Target]:
     }
 
 
-def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, int, int], *, compare: bool = False) -> fx.GraphModule:
-    """The traced graph with shapes propagated; with ``compare``, checked to compute what the
-    model computes at the probe input (a trace can freeze Python that depends on values)."""
-    gm = trace(model)
-    x = example_input(input_shape)
+def traced_with_shapes(
+    model: nn.Module, call: Call, *, opaque: tuple[str, ...] = (), compare: bool = False
+) -> fx.GraphModule:
+    """``model`` traced as it was called in ``call``, with shapes propagated; with ``compare``,
+    checked to compute what the model computes there (a trace can freeze Python that
+    depends on values). ``opaque``: submodules called as one node (see :func:`trace`).
+
+    Raises:
+        UntraceableError: it does not trace, or the graph fails on the call's arguments.
+        ConversionError: the graph computes something else than the model.
+    """
+    try:
+        structure = concrete_args(model, call) or None
+    except TypeError as err:
+        raise UntraceableError(str(err)) from None
+    gm = trace(model, concrete_args=structure, opaque=opaque)
     try:
         # The graph shares the model's submodules: eval mode for both (BatchNorm running
         # statistics are neither used nor updated).
         with eval_mode(model), eval_mode(gm), torch.no_grad():
-            traced = ShapeProp(gm).propagate(x)
+            traced = ShapeProp(gm).propagate(*call.positional(model))
     except Exception as err:  # noqa: BLE001 - the trace froze shape-dependent Python the probe contradicts
         raise UntraceableError(f"the traced graph fails at the probe input: {type(err).__name__}: {one_line(err)}") from err
     if compare:
-        with eval_mode(model), torch.no_grad():
-            eager = model(x)
-        for got, want in zip(output_tensors(traced), output_tensors(eager)):
-            if isinstance(want, torch.Tensor) and want.is_floating_point():
-                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
-                    raise ConversionError("the torch.fx trace computes something else than the model at the probe input")
+        if call.output is None:
+            with eval_mode(model), torch.no_grad():
+                eager = call.run(model)
+        else:
+            eager = call.output
+        _check_same(traced, eager)
     return gm
+
+
+def _check_same(traced: Any, eager: Any) -> None:
+    got, want = list(output_tensors(traced)), list(output_tensors(eager))
+    if len(got) != len(want):
+        raise ConversionError("the torch.fx trace returns other outputs than the model at the probe input")
+    for a, b in zip(got, want):
+        if isinstance(b, torch.Tensor) and b.is_floating_point():
+            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
+                raise ConversionError("the torch.fx trace computes something else than the model at the probe input")
 
 
 def _unreached(name: str, gm: fx.GraphModule) -> str:
@@ -59,27 +83,39 @@ def _unreached(name: str, gm: fx.GraphModule) -> str:
     return f"inside {leaf} ({type(modules[leaf]).__name__}), a module torch.fx does not trace into (timm's leaf modules)"
 
 
-def plan_graph(
-    model: nn.Module, decisions: Sequence[LayerDecision], input_shape: tuple[int, int, int]
+def plan_graph(model: nn.Module, plan: Plan) -> Plan:
+    """Turn the policy's decisions into graph-mode decisions for the whole model."""
+    layers, boundaries = plan_traced(model, plan.layers, probe_call(plan.input_shape))
+    return replace(plan, layers=layers, boundaries=boundaries)
+
+
+def plan_traced(
+    model: nn.Module, decisions: Sequence[LayerDecision], call: Call, *, opaque: tuple[str, ...] = ()
 ) -> tuple[tuple[LayerDecision, ...], tuple[dict[str, str], ...]]:
     """Turn policy decisions into graph-mode decisions: first/last/octave per conv, boundaries.
 
+    ``model`` is traced as called in ``call`` (``opaque`` submodules as single nodes).
     A conv whose octave output would only be merged again (no octave conv consumes it)
     stays plain; the pass repeats until no such conv is left.
     """
-    gm = _traced_with_shapes(model, input_shape, compare=True)
+    gm = traced_with_shapes(model, call, opaque=opaque, compare=True)
     targets = _targets(decisions)
     islands: dict[str, str] = {}
+    inconsistent: dict[str, str] = {}
     for _ in range(len(decisions) + 1):
-        p = GraphPass(gm, targets, root=None)
+        p = GraphPass(gm, targets, root=None, inconsistent=inconsistent)
         p.run()
         lonely = [name for name, o in p.outcomes.items() if o.out_low > 0 and name not in p.useful]
-        if not lonely:
+        mixed = {name: why for name, why in p.inconsistent.items() if targets[name].accepts_pair}
+        if not lonely and not mixed:
             break
         for name in lonely:
             islands[name] = "no octave conv consumes its output"
             t = targets[name]
             targets[name] = Target(0, t.accepts_pair, t.reason)
+        for name, why in mixed.items():
+            inconsistent[name] = why
+            targets[name] = Target(0, False, why)
     final = []
     for d in decisions:
         outcome = p.outcomes.get(d.name)
@@ -88,7 +124,8 @@ def plan_graph(
             final.append(replace(d, action="keep", alpha_in=0.0, alpha_out=0.0, in_low=0, out_low=0, reason=why))
             continue
         in_low, out_low = outcome.in_low, outcome.out_low
-        why = f"{islands[d.name]}; {outcome.reason}" if d.name in islands else outcome.reason
+        noted = d.name in islands and d.name not in inconsistent
+        why = f"{islands[d.name]}; {outcome.reason}" if noted else outcome.reason
         if in_low == 0 and out_low == 0:
             final.append(replace(d, action="keep", alpha_in=0.0, alpha_out=0.0, in_low=0, out_low=0, reason=why))
             continue
@@ -103,17 +140,27 @@ def plan_graph(
 @register_rewriter("graph", refine=plan_graph)
 def rewrite_graph(model: nn.Module, plan: Plan) -> fx.GraphModule:
     """Rebuild ``model`` as an ``fx.GraphModule`` in which pairs flow between layers."""
-    gm = _traced_with_shapes(model, plan.input_shape)
-    targets = {
-        d.name: Target(out_low=d.out_low, accepts_pair=d.action == "octave", reason=d.reason) for d in plan.layers
-    }
+    return rewrite_traced(model, plan.layers, probe_call(plan.input_shape))
+
+
+def rewrite_traced(
+    model: nn.Module, layers: Sequence[LayerDecision], call: Call, *, opaque: tuple[str, ...] = ()
+) -> fx.GraphModule:
+    """Rebuild ``model``, traced as called in ``call``, with the graph-mode decisions ``layers``.
+
+    Raises:
+        ConversionError: the graph does not give a conv the low channels ``layers`` expect.
+    """
+    gm = traced_with_shapes(model, call, opaque=opaque)
+    targets = {d.name: Target(out_low=d.out_low, accepts_pair=d.action == "octave", reason=d.reason) for d in layers}
     # Octave modules replace convs and BatchNorms inside the traced module (which holds
     # the model's own submodules and fx's tensor constants); the new GraphModule then
     # takes its submodules from it by qualified name.
     root = gm
     p = GraphPass(gm, targets, root=root)
     graph = p.run()
-    for d in plan.layers:
+    graph._codegen = copy.deepcopy(gm.graph._codegen)  # the call's structure (lists, dicts of tensors)
+    for d in layers:
         outcome = p.outcomes.get(d.name)
         got = (outcome.in_low, outcome.out_low) if outcome else (0, 0)
         want = (d.in_low, d.out_low) if d.action == "octave" else (0, 0)

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pair_shape"]
+__all__ = ["low_size", "pair_shape"]
 
 
 def pair_shape(high: torch.Tensor, channels: int) -> torch.Size:
     """The shape of the tensor a pair stands for: the high branch's, with all ``channels``."""
     return torch.Size((high.shape[0], channels, *high.shape[2:]))
+
+
+def low_size(high: torch.Tensor) -> tuple[int, int]:
+    """The low branch's height and width for a high branch: ``ceil(size / 2)``, as pooling
+    keeps it (:mod:`octswap.layers.pooling`); symbolic sizes stay symbolic."""
+    height, width = high.shape[-2:]
+    return ((height + 1) // 2, (width + 1) // 2)

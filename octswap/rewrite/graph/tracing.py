@@ -33,16 +33,21 @@ class Tracer(fx.Tracer):
     """``fx.Tracer`` that also treats ``leaf_types`` and every ``nn.Conv2d`` subclass as
     leaves (not traced into): a conv stays one node whatever its forward does (timm's
     ``Conv2dSame`` pads first, weight-standardized convs rescale their weight). Module
-    instances in ``trace_into`` (by ``id``) are traced into although their type is a leaf."""
+    instances in ``trace_into`` (by ``id``) are traced into although their type is a leaf;
+    those in ``opaque`` (by ``id``) are leaves whatever their type (one call each: a
+    submodule whose own forward does not trace, see :mod:`octswap.rewrite.regions`)."""
 
     def __init__(self, *, leaf_types: frozenset[type[nn.Module]] = frozenset(),
                  autowrap_functions: tuple[Callable[..., Any], ...] = (),
-                 trace_into: frozenset[int] = frozenset()) -> None:  # fmt: skip
+                 trace_into: frozenset[int] = frozenset(), opaque: frozenset[int] = frozenset()) -> None:  # fmt: skip
         super().__init__(autowrap_functions=autowrap_functions)
         self.leaf_types = leaf_types
         self.trace_into = trace_into
+        self.opaque = opaque
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if id(m) in self.opaque:
+            return True
         if id(m) in self.trace_into:
             return False
         return (type(m) in self.leaf_types or isinstance(m, nn.Conv2d)
@@ -188,12 +193,19 @@ def _timm_conventions() -> tuple[frozenset[type[nn.Module]], tuple[Callable[...,
     return leaves, functions
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(
+    model: nn.Module, *, concrete_args: dict[str, Any] | None = None, opaque: tuple[str, ...] = ()
+) -> fx.GraphModule:
     """Trace ``model`` in eval mode (timm's leaf modules and autowrapped functions included).
 
     Traces a shallow copy: fx stores tensor constants (``_tensor_constant0``...) on the
     root it traces, and they must be numbered the same on every trace (checkpoint replay).
     The graph comes back with its in-place ops made out-of-place (:func:`functionalize_inplace`).
+
+    ``concrete_args`` is ``fx.Tracer.trace``'s: an argument's structure with ``fx.PH`` for
+    each tensor (``{"x": [fx.PH, fx.PH]}`` for a list of two maps) traces a forward that
+    takes lists or dicts; the graph module then takes the same structure. ``opaque`` names
+    submodules (dotted, relative to ``model``) called as one node, not traced into.
 
     Raises:
         UntraceableError: the model does not trace, with fx's first line.
@@ -204,8 +216,9 @@ def trace(model: nn.Module) -> fx.GraphModule:
         with eval_mode(model):
             root = copy.copy(model)  # inside eval_mode: the copy's own `training` flag is False
             into = _leaves_to_trace_into(root, leaves, functions) if leaves else frozenset()
-            tracer = Tracer(leaf_types=leaves, autowrap_functions=functions, trace_into=into)
-            graph = tracer.trace(root)
+            hidden = frozenset(id(root.get_submodule(name)) for name in opaque)
+            tracer = Tracer(leaf_types=leaves, autowrap_functions=functions, trace_into=into, opaque=hidden)
+            graph = tracer.trace(root, concrete_args=concrete_args)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
         raise UntraceableError(f"{type(err).__name__}: {one_line(err)}") from err
     return functionalize_inplace(fx.GraphModule(tracer.root, graph, type(model).__name__))

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from octswap.rewrite.graph.handlers import activation, arithmetic, concat, conv, norm, pooling, shape
+from octswap.rewrite.graph.handlers import activation, arithmetic, concat, conv, norm, pooling, resize, shape
 
-__all__ = ["activation", "arithmetic", "concat", "conv", "norm", "pooling", "shape"]
+__all__ = ["activation", "arithmetic", "concat", "conv", "norm", "pooling", "resize", "shape"]

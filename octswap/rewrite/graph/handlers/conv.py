@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from torch import fx, nn
 
-from octswap.layers import OctaveConv2d
+from octswap.layers import OctaveConv2d, split_ordered
 from octswap.rewrite.graph.handler_registry import register, register_kind
 from octswap.rewrite.graph.layout import Layout
 from octswap.rewrite.graph.passes import GraphPass, Outcome, Pair
@@ -27,16 +28,19 @@ def conv(p: GraphPass, node: fx.Node) -> Any:
     conv = p.modules[name]
     target = p.targets.get(name)
     x = p.value(node.args[0])
-    if target is None or not target.accepts_pair or name in p.shared or name in p.read_directly:
-        if name in p.shared:
-            reason = f"called {p.shared[name]} times in one forward pass (shared weights)"
+    if name in p.shared and name in p.outcomes:
+        return _repeated_call(p, node, p.outcomes[name])
+    if target is None or not target.accepts_pair or name in p.read_directly:
+        if name in p.inconsistent:
+            reason = p.inconsistent[name]
         elif name in p.read_directly:
             reason = f"its parameters are also used directly by the forward ({p.read_directly[name]})"
         else:
             reason = target.reason if target else "not planned"
         p.outcomes[name] = Outcome(reason=reason)
         return p.copy_plain(node, f"{name} stays plain ({reason})")
-    outcome = Outcome(reason=target.reason)
+    shared = f"; called {p.shared[name]} times per forward (shared weights), same split each time" if name in p.shared else ""
+    outcome = Outcome(reason=target.reason + shared)
     source = x
     if isinstance(x, Pair):
         gin = conv.in_channels // conv.groups
@@ -44,6 +48,7 @@ def conv(p: GraphPass, node: fx.Node) -> Any:
         if aligned:
             outcome.in_low = len(x.layout.low)
             outcome.in_order = None if x.layout.is_standard else x.layout.order
+            outcome.in_layout = x.layout
             p.useful |= x.origins
         else:
             source = p.plain(node.args[0], node, f"grouped conv {name} needs its split on a group boundary")
@@ -61,3 +66,33 @@ def conv(p: GraphPass, node: fx.Node) -> Any:
     if outcome.out_low == 0:
         return call
     return p.pair_from_tuple(call, Layout.standard(conv.out_channels, outcome.out_low), frozenset({name}))
+
+
+def _repeated_call(p: GraphPass, node: fx.Node, first: Outcome) -> Any:
+    """A later call of a conv called several times per forward (a detection head shared by
+    the pyramid levels): the module the first call made, its input merged or split to the
+    first call's layout where this call's differs (recorded as a boundary)."""
+    name, conv = node.target, p.modules[node.target]
+    x = p.value(node.args[0])
+    if first.in_low == 0 and first.out_low == 0:
+        return p.copy_plain(node, f"{name} stays plain ({first.reason})")
+    layout = first.in_layout
+    if layout is None and isinstance(x, Pair) or layout is not None and (not isinstance(x, Pair) or x.layout != layout):
+        # Planning keeps such a conv plain (see plan_traced): merging or splitting for it
+        # would cost more than it saves.
+        p.inconsistent[name] = (f"called {p.shared[name]} times in one forward pass (shared weights), "
+                                "with differently split inputs")  # fmt: skip
+    if layout is None:
+        arg: Any = p.plain(node.args[0], node, f"shared conv {name} takes a plain input at its first call")
+    elif isinstance(x, Pair) and x.layout == layout:
+        arg = (x.high, x.low)
+        p.useful |= x.origins
+    else:
+        why = f"shared conv {name} takes the split of its first call"
+        split = p.graph.call_function(split_ordered, (p.plain(node.args[0], node, why), layout.high, layout.low))
+        p.boundaries.append({"kind": "split", "after": str(node.args[0]), "before": node.name, "reason": why})
+        arg = (p.graph.call_function(operator.getitem, (split, 0)), p.graph.call_function(operator.getitem, (split, 1)))
+    call = p.graph.call_module(name, (arg,))
+    if first.out_low == 0:
+        return call
+    return p.pair_from_tuple(call, Layout.standard(conv.out_channels, first.out_low), frozenset({name}))

@@ -1,6 +1,7 @@
 """Per-channel normalisation split per branch: BatchNorm, and modules that act channel by
 channel like it (timm's BatchNormAct2d and its frozen/sync variants, torchvision's
-FrozenBatchNorm2d), recognised by what they are, not one class at a time."""
+FrozenBatchNorm2d), recognised by what they are, not one class at a time; GroupNorm
+(FPN and segmentation decoders) where the split falls on a group boundary."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from typing import Any
 
 from torch import fx, nn
 
-from octswap.layers import OctaveBatchNorm2d, OctaveChannelwise
+from octswap.layers import OctaveBatchNorm2d, OctaveChannelwise, split_group_norm
 from octswap.rewrite.graph.handler_registry import register, register_kind
 from octswap.rewrite.graph.passes import GraphPass, Pair
 
-__all__ = ["batchnorm", "channelwise", "is_channelwise"]
+__all__ = ["batchnorm", "channelwise", "group_norm", "is_channelwise"]
 
 #: Per-channel activations and dropout a norm module may carry (timm's ``act``/``drop``).
 _ELEMENTWISE = (
@@ -54,5 +55,21 @@ def channelwise(p: GraphPass, node: fx.Node) -> Any:
         module = p.modules[node.target]
         split = OctaveChannelwise.from_module(module, channels=x.layout.channels, high=x.layout.high, low=x.layout.low)
         p.set_module(node.target, split.train(module.training))
+    call = p.graph.call_module(node.target, ((x.high, x.low),))
+    return p.pair_from_tuple(call, x.layout, x.origins)
+
+
+@register(modules=(nn.GroupNorm,), passthrough=True)
+def group_norm(p: GraphPass, node: fx.Node) -> Any:
+    """GroupNorm per branch (:func:`~octswap.layers.split_group_norm`) when the pair is in
+    the original channel order and its low channels are whole groups; the planner aligns
+    the producing conv's split to the group size (:func:`~octswap.rewrite.graph.passes.group_granularity`)."""
+    x = p.value(node.args[0])
+    gn = p.modules[node.target]
+    size = gn.num_channels // gn.num_groups
+    if not isinstance(x, Pair) or node.target in p.shared or not x.layout.is_standard or len(x.layout.low) % size:
+        return p.copy_plain(node)
+    if p.root is not None:
+        p.set_module(node.target, split_group_norm(gn, low=len(x.layout.low)))
     call = p.graph.call_module(node.target, ((x.high, x.low),))
     return p.pair_from_tuple(call, x.layout, x.origins)

@@ -1,0 +1,182 @@
+"""Mode ``regions``: models that do not trace as a whole are converted in graph mode part by part."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import octswap
+from octswap.cli import app
+from octswap.flops import count_cost
+from tests.nets import Block, GatedBlock, TinyResNet, pyramid_detector, size_checked_segmenter, untraceable
+
+SHAPE = (3, 32, 32)
+SIZES = ((32, 32), (48, 64), (64, 40))  # all divisible by the segmenter's stride 4
+
+
+def _layer_mode(plan: octswap.Plan) -> list[str]:
+    return [d.name for d in plan.octave_layers if d.reason.startswith("layer mode")]
+
+
+def test_a_size_checked_model_converts_region_by_region(caplog):
+    model = size_checked_segmenter().eval()
+    with caplog.at_level(logging.WARNING, logger="octswap"):
+        converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "regions"
+    assert [r["path"] for r in plan.regions] == ["encoder", "decoder"]
+    assert all("control flow" in r["stopped"] for r in plan.regions)
+    assert not _layer_mode(plan) and len(plan.octave_layers) >= 6
+    assert isinstance(converted.encoder, torch.fx.GraphModule) and isinstance(converted.decoder, torch.fx.GraphModule)
+    warnings = [r.getMessage() for r in caplog.records if "regions" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0] in plan.warnings
+    # The parent reads the region's attributes; the model keeps its own size check.
+    assert converted.encoder.out_channels == (32, 32)
+    with torch.no_grad():
+        for h, w in SIZES:
+            x = torch.randn(2, 3, h, w)
+            assert converted(x).shape == model(x).shape == (2, 4, h, w)
+        with pytest.raises(RuntimeError, match="not divisible by 4"):
+            converted(torch.randn(1, 3, 30, 30))
+    x = torch.randn(1, 3, 64, 64)
+    assert count_cost(converted, x).flops < 0.8 * count_cost(model, x).flops
+
+
+def test_a_region_computes_what_its_module_converted_alone_computes():
+    """The encoder region against graph mode on the encoder as a model of its own."""
+    model = size_checked_segmenter().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    alone, alone_plan = octswap.convert(model.encoder, alpha=0.5, input_shape=SHAPE, mode="graph")
+    regional = [d for d in plan.layers if d.name.startswith("encoder.")]
+    assert [(d.name.removeprefix("encoder."), d.in_low, d.out_low) for d in regional] == [
+        (d.name, d.in_low, d.out_low) for d in alone_plan.layers
+    ]
+    x = torch.randn(2, 3, 40, 48)
+    with torch.no_grad():
+        for got, want in zip(converted.encoder(x), alone(x)):
+            torch.testing.assert_close(got, want)
+
+
+def test_a_shared_head_converts_once_with_the_same_split_at_every_level():
+    model = pyramid_detector().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "regions" and [r["path"] for r in plan.regions] == ["encoder", "head"]
+    head = {d.name: d for d in plan.layers if d.name.startswith("head.")}
+    assert set(head) == {"head.conv.0", "head.predict"}
+    assert all(d.action == "octave" and d.site.calls == 2 for d in head.values())
+    assert head["head.conv.0"].out_low == head["head.predict"].in_low > 0
+    first, predict = converted.head.get_submodule("conv.0"), converted.head.get_submodule("predict")
+    assert isinstance(first, octswap.OctaveConv2d) and isinstance(predict, octswap.OctaveConv2d)
+    features = [torch.randn(1, 32, 16, 16), torch.randn(1, 32, 8, 8)]
+    with torch.no_grad():
+        levels = converted.head(features)
+        for level, f in zip(levels, features):
+            high, low = first(f)  # reference: the same two octave modules, level by level
+            torch.testing.assert_close(level, predict((torch.relu(high), torch.relu(low))))
+        for h, w in SIZES:
+            x = torch.randn(2, 3, h, w)
+            got, want = converted(x), model(x)
+            assert [{k: v.shape for k, v in d.items()} for d in got] == [{k: v.shape for k, v in d.items()} for d in want]
+
+
+class GatedMiddle(TinyResNet):
+    """A traceable top level around one block that does not trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer1 = GatedBlock(16, 32, 1)
+        self.layer2 = Block(32, 32, 2)
+
+
+def test_the_parent_is_traced_around_a_child_that_does_not_trace():
+    model = GatedMiddle().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "regions" and [(r["path"], r["opaque"]) for r in plan.regions] == [("", ["layer1"])]
+    assert isinstance(converted, torch.fx.GraphModule) and isinstance(converted.layer1, GatedBlock)
+    assert sorted(_layer_mode(plan)) == ["layer1.conv1", "layer1.conv2", "layer1.shortcut"]
+    assert all("layer1 does not trace" in d.reason for d in plan.layers if d.name.startswith("layer1."))
+    graph = [d for d in plan.octave_layers if d.name.startswith("layer2.")]
+    assert graph and all(not d.reason.startswith("layer mode") for d in graph)
+    with torch.no_grad():
+        for h, w in ((16, 16), (17, 23), (32, 9)):
+            assert converted(torch.randn(2, 3, h, w)).shape == (2, 10)
+
+
+def test_nothing_traceable_falls_back_to_layer_mode_with_one_warning(caplog):
+    model = untraceable().eval()
+    with caplog.at_level(logging.WARNING, logger="octswap"):
+        converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "layer" and not plan.regions and plan.octave_layers
+    messages = [r.getMessage() for r in caplog.records if "layer mode" in r.getMessage()]
+    assert len(messages) == 1 and "no part of the model that holds a conv traces" in messages[0]
+    with torch.no_grad():
+        assert converted(torch.randn(1, *SHAPE)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("factory", ["size_checked_segmenter", "pyramid_detector"])
+def test_checkpoints_replay_the_regions_exactly(tmp_path, factory):
+    model, source = octswap.load_model(f"tests.nets:{factory}")
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    path = octswap.save(tmp_path / "m.pt", converted, plan, source=source)
+    loaded = octswap.load(path, allow_import=True)
+    assert octswap.checkpoint.read(path).plan.regions == plan.regions
+    x = torch.randn(2, 3, 48, 32)
+    with torch.no_grad():
+        got, want = loaded(x), converted.eval()(x)
+    for a, b in zip(octswap.plan.output_tensors(got), octswap.plan.output_tensors(want)):
+        assert torch.equal(a, b)
+
+
+def test_cli_plan_lists_the_regions_and_graph_mode_still_means_the_whole_model():
+    runner = CliRunner()
+    result = runner.invoke(app, ["plan", "tests.nets:size_checked_segmenter", "--input-size", "32", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "regions" and [r["path"] for r in data["regions"]] == ["encoder", "decoder"]
+    assert all(r["convs"] > 0 for r in data["regions"])
+    table = runner.invoke(app, ["plan", "tests.nets:size_checked_segmenter", "--input-size", "32"])
+    assert table.exit_code == 0 and "graph-mode regions" in table.stdout
+    graph = runner.invoke(app, ["plan", "tests.nets:size_checked_segmenter", "--input-size", "32", "--mode", "graph"])
+    assert graph.exit_code == 1 and "does not trace with torch.fx" in graph.stderr
+
+
+def test_regions_mode_refuses_a_model_where_nothing_traces():
+    with pytest.raises(octswap.ConversionError, match="no part of the model"):
+        octswap.convert(untraceable().eval(), alpha=0.5, input_shape=SHAPE, mode="regions")
+
+
+class Lister(nn.Module):
+    """A parent whose forward hands a child a dict of maps (torchvision's FPN takes one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 3, padding=1)
+        self.b = DictBody()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = {"p": self.a(x)}
+        out = self.b(feats)
+        return out if out.mean() < 1e6 else out * 0  # data-dependent: the top level does not trace
+
+
+class DictBody(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(32, 32, 3, padding=1)
+        self.d = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.d(torch.relu(self.c(feats["p"])))
+
+
+def test_a_region_taking_a_dict_traces_with_its_structure():
+    model = Lister().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "regions" and [r["path"] for r in plan.regions] == ["b"]
+    assert {d.name: (d.in_low, d.out_low) for d in plan.octave_layers} == {"b.c": (0, 16), "b.d": (16, 0)}
+    with torch.no_grad():
+        assert converted(torch.randn(1, 3, 20, 12)).shape == (1, 32, 20, 12)
