@@ -1,8 +1,9 @@
 """Benchmark: segmentation and detection models converted in auto mode -- regions, FLOPs, latency.
 
 For each model (segmentation_models_pytorch architectures with a resnet34 and a
-mobilenet_v2 encoder at 256x256; torchvision's segmentation models at 256x256 and
-detection models built with ``min_size=max_size=320``, so the network runs at 320x320),
+mobilenet_v2 encoder at 256x256; every torchvision segmentation model at 256x256 and every
+detection model built with ``min_size=max_size=320``, so the network runs at 320x320 --
+SSDs at their own 300 or 320),
 converted at --alpha (default 0.5) with the default policy:
 
 - mode and graph-mode regions (auto: the whole model, else its parts that trace);
@@ -40,12 +41,14 @@ from octswap.plan import example_input
 
 SMP_ARCHS = ("Unet", "FPN", "DeepLabV3Plus", "UnetPlusPlus", "PSPNet", "Linknet")
 SMP = [f"smp:{arch}:{encoder}" for arch in SMP_ARCHS for encoder in ("resnet34", "mobilenet_v2")]
-TORCHVISION = [
-    "tv:deeplabv3_mobilenet_v3_large", "tv:lraspp_mobilenet_v3_large", "tv:fcn_resnet50", "tv:deeplabv3_resnet50",
-    "tv:fasterrcnn_mobilenet_v3_large_fpn", "tv:fasterrcnn_mobilenet_v3_large_320_fpn", "tv:retinanet_resnet50_fpn",
-    "tv:fcos_resnet50_fpn", "tv:fasterrcnn_resnet50_fpn", "tv:maskrcnn_resnet50_fpn", "tv:ssdlite320_mobilenet_v3_large",
-    "tv:ssd300_vgg16",
-]  # fmt: skip
+
+
+def _torchvision() -> list[str]:
+    import torchvision
+
+    names = [*torchvision.models.list_models(module=torchvision.models.segmentation),
+             *torchvision.models.list_models(module=torchvision.models.detection)]  # fmt: skip
+    return [f"tv:{name}" for name in names]
 
 
 def build(spec: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
@@ -61,7 +64,8 @@ def build(spec: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     builder = torchvision.models.get_model_builder(rest)
     kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None}
     if rest in torchvision.models.list_models(module=torchvision.models.detection):
-        kwargs.update(min_size=320, max_size=320)
+        if not rest.startswith("ssd"):  # SSDs resize to their own 300 or 320
+            kwargs.update(min_size=320, max_size=320)
         return builder(**kwargs).eval(), (3, 320, 320)
     return builder(**kwargs).eval(), (3, 256, 256)
 
@@ -106,7 +110,7 @@ def _cell(value: Any, fmt: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(SMP + TORCHVISION))
+    parser.add_argument("--models", default=None, help="comma-separated (default: every smp and torchvision one)")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -114,6 +118,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.models = args.models or ",".join(SMP + _torchvision())
     if args.worker:
         torch.set_num_threads(args.threads)
         import logging

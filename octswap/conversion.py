@@ -68,8 +68,9 @@ def _summarised(plan: Plan, notes: tuple[str, ...]) -> Plan:
         return plan
     if plan.mode == "regions":
         outside = sum(d.action == "octave" and d.reason.startswith(LAYER_MODE) for d in plan.layers)
-        extra = f"; {outside} converted convs outside them use layer mode" if outside else ""
-        return _with_warning(plan, f"{notes[0]}; graph mode in {len(plan.regions)} regions that trace{extra}")
+        extra = f"; {outside} converted convs outside the regions use layer mode" if outside else ""
+        count = f"{len(plan.regions)} region{'s' if len(plan.regions) != 1 else ''}"
+        return _with_warning(plan, f"{notes[0]}; graph mode region by region ({count}){extra}")
     return _with_warning(plan, f"{'; '.join(notes)}; using layer mode instead")
 
 

@@ -424,11 +424,36 @@ class SharedBlock(nn.Module):
         return self.out(self.block(self.block(self.stem(x))))
 
 
-def test_shared_block_is_kept_and_says_why():
+def test_a_shared_block_converts_once_with_the_same_split_at_both_calls():
     converted, plan = convert(_randomize_bn(SharedBlock()), ANY, (3, 8, 8))
-    kept = by_name(plan)["block.0"]
+    shared = by_name(plan)["block.0"]
+    assert shared.action == "octave" and shared.in_low == shared.out_low > 0
+    assert "called 2 times per forward (shared weights), same split each time" in shared.reason
+    assert not plan.boundaries
+    x = torch.randn(1, 3, 9, 7)
+    with torch.no_grad():
+        assert converted(x).shape == (1, 16, 9, 7)
+
+
+class MixedShared(nn.Module):
+    """A shared conv called on a pair, then on a tensor an unknown op (flip) made plain."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.shared = nn.Conv2d(16, 16, 3, padding=1)
+        self.out = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        y = self.shared(self.stem(x))
+        return self.out(self.shared(y.flip(-1)))
+
+
+def test_a_shared_conv_with_differently_split_inputs_is_kept_and_says_why():
+    converted, plan = convert(MixedShared(), ANY, (3, 8, 8))
+    kept = by_name(plan)["shared"]
     assert kept.action == "keep"
-    assert kept.reason.startswith("called 2 times in one forward pass (shared weights)")
+    assert kept.reason.startswith("called 2 times in one forward pass (shared weights), with differently split inputs")
     assert "global alpha" not in kept.reason
     x = torch.randn(1, 3, 9, 7)
     with torch.no_grad():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import octswap
 from octswap.cli import app
 from octswap.flops import count_cost
-from tests.nets import Block, GatedBlock, TinyResNet, pyramid_detector, size_checked_segmenter, untraceable
+from tests.nets import Block, Encoder, GatedBlock, TinyResNet, pyramid_detector, size_checked_segmenter, untraceable
 
 SHAPE = (3, 32, 32)
 SIZES = ((32, 32), (48, 64), (64, 40))  # all divisible by the segmenter's stride 4
@@ -98,7 +98,8 @@ def test_the_parent_is_traced_around_a_child_that_does_not_trace():
     assert plan.mode == "regions" and [(r["path"], r["opaque"]) for r in plan.regions] == [("", ["layer1"])]
     assert isinstance(converted, torch.fx.GraphModule) and isinstance(converted.layer1, GatedBlock)
     assert sorted(_layer_mode(plan)) == ["layer1.conv1", "layer1.conv2", "layer1.shortcut"]
-    assert all("layer1 does not trace" in d.reason for d in plan.layers if d.name.startswith("layer1."))
+    layer1 = [d for d in plan.layers if d.name.startswith("layer1.")]
+    assert all("layer1 stays out of graph mode (TraceError" in d.reason for d in layer1)
     graph = [d for d in plan.octave_layers if d.name.startswith("layer2.")]
     assert graph and all(not d.reason.startswith("layer mode") for d in graph)
     with torch.no_grad():
@@ -180,3 +181,93 @@ def test_a_region_taking_a_dict_traces_with_its_structure():
     assert {d.name: (d.in_low, d.out_low) for d in plan.octave_layers} == {"b.c": (0, 16), "b.d": (16, 0)}
     with torch.no_grad():
         assert converted(torch.randn(1, 3, 20, 12)).shape == (1, 32, 20, 12)
+
+
+@pytest.mark.parametrize("model", ["tests.nets:size_checked_segmenter", "tests.nets:pyramid_detector"])
+def test_bench_and_report_latency_work_on_dense_outputs(tmp_path, model):
+    """Outputs that are maps at the input size, or lists of dicts; a checkpoint of them too."""
+    runner = CliRunner()
+    bench = runner.invoke(app, ["bench", model, "-s", "32", "-a", "0.5", "--batch", "1", "--rounds", "1", "-f", "json"])
+    assert bench.exit_code == 0, bench.output
+    data = json.loads(bench.stdout)
+    assert data["latency"][0]["ratio"] > 0 and 0 < data["flops_ratio"] < 1
+    ckpt = tmp_path / "m.pt"
+    assert runner.invoke(app, ["convert", model, "-s", "32", "-a", "0.5", "-o", str(ckpt)]).exit_code == 0
+    report = runner.invoke(app, ["report", str(ckpt), "--allow-import", "--latency", "--batch", "1", "--rounds", "1",
+                                 "-f", "json", "--no-layers"])  # fmt: skip
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.stdout)["latency"][0]["ratio"] > 0
+
+
+class NormedHead(nn.Module):
+    """FCOS-style: conv -> GroupNorm -> ReLU -> predict, all shared by every level of a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(32, 32, 3, padding=1)
+        self.norm = nn.GroupNorm(4, 32)
+        self.predict = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.predict(torch.relu(self.norm(self.conv(f)))) for f in features]
+
+
+class NormedDetector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.head = NormedHead()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        levels = self.head(self.encoder(x))
+        return [] if levels[0].mean() > 1e6 else levels  # data-dependent: the top level does not trace
+
+
+def test_a_shared_norm_runs_per_branch_at_every_level():
+    model = NormedDetector().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "regions"
+    head = {d.name: d for d in plan.layers if d.name.startswith("head.")}
+    assert head["head.conv"].out_low == head["head.predict"].in_low == 16
+    assert isinstance(converted.head.get_submodule("norm"), octswap.layers.OctaveChannelwise)
+    assert not [b for b in plan.boundaries if b["before"].startswith("head.")], plan.boundaries
+    with torch.no_grad():
+        for h, w in SIZES:
+            x = torch.randn(1, 3, h, w)
+            assert [t.shape for t in converted(x)] == [t.shape for t in model(x)]
+
+
+class Zeroing(nn.Module):
+    """Traces, but writes into a conv's output in place: the graph pass cannot keep that on a pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(32, 32, 3, padding=1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y.zero_()  # no out-of-place form
+        return self.b(y)
+
+
+class TwoParts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = Block(3, 32, 1)
+        self.second = Zeroing()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.second(self.first(x))
+        return y if y.mean() < 1e6 else y * 0  # data-dependent: the top level does not trace
+
+
+def test_a_region_the_graph_pass_cannot_rewrite_goes_to_layer_mode_alone():
+    model = TwoParts().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "regions" and [r["path"] for r in plan.regions] == ["first"]
+    second = [d for d in plan.octave_layers if d.name.startswith("second.")]
+    assert second and all("second stays out of graph mode" in d.reason and "in-place" in d.reason for d in second)
+    x = torch.randn(1, 3, 20, 12)
+    with torch.no_grad():
+        assert converted(x).shape == model(x).shape

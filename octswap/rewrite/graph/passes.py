@@ -17,7 +17,7 @@ from typing import Any
 from torch import fx, nn
 
 from octswap.errors import ConversionError
-from octswap.layers import is_convertible_conv, merge_ordered
+from octswap.layers import is_convertible_conv, merge_ordered, split_ordered
 from octswap.rewrite.graph.handler_registry import handler_for, is_passthrough
 from octswap.rewrite.graph.layout import Layout, inverse
 from octswap.rewrite.graph.tracing import mutated_by
@@ -83,6 +83,8 @@ class GraphPass:
         self.useful: set[str] = set()
         #: Shared convs whose calls get differently split inputs, with why (kept plain when planning).
         self.inconsistent: dict[str, str] = dict(inconsistent or {})
+        #: Shared norm modules: the layout their first call got (None: plain), which later calls take.
+        self.first_layouts: dict[str, Layout | None] = {}
         calls: dict[str, int] = {}
         for node in gm.graph.nodes:
             if node.op == "call_module":
@@ -132,6 +134,17 @@ class GraphPass:
         high = self.graph.call_function(operator.getitem, (node, 0))
         low = self.graph.call_function(operator.getitem, (node, 1))
         return Pair(high, low, layout, origins)
+
+    def as_layout(self, arg: fx.Node, consumer: fx.Node, layout: Layout, why: str) -> Pair:
+        """``arg`` as a pair with ``layout``: as it is when it has that layout, else merged
+        (if a pair) and split again, recorded as a boundary."""
+        value = self.env[arg]
+        if isinstance(value, Pair) and value.layout == layout:
+            return value
+        split = self.graph.call_function(split_ordered, (self.plain(arg, consumer, why), layout.high, layout.low))
+        self.boundaries.append({"kind": "split", "after": arg.name, "before": consumer.name, "reason": why})
+        origins = value.origins if isinstance(value, Pair) else frozenset()
+        return self.pair_from_tuple(split, layout, origins)
 
     def set_module(self, name: str, module: nn.Module) -> None:
         if self.root is not None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch import fx, nn
 
-from octswap.errors import ConversionError
+from octswap.errors import ConversionError, one_line
 from octswap.plan import LayerDecision, Plan
 from octswap.rewrite.calls import record_calls
 from octswap.rewrite.graph.planning import plan_traced, rewrite_traced
@@ -52,7 +52,12 @@ def plan_regions(model: nn.Module, plan: Plan) -> Plan:
         mine = [d for d in plan.layers if _owner(d.name, regions) is region]
         local = [replace(d, name=relative(d.name, region.path)) for d in mine]
         module = model.get_submodule(region.path)
-        layers, found = plan_traced(module, local, calls[region.path], opaque=region.opaque_relative())
+        try:
+            layers, found = plan_traced(module, local, calls[region.path], opaque=region.opaque_relative())
+        except ConversionError as err:  # the graph pass cannot rewrite it (an in-place op on a pair...)
+            failures[region.path] = one_line(err)
+            logger.info("region %s stays out of graph mode: %s", region.path or "<model>", one_line(err))
+            continue
         for original, refined in zip(mine, layers):
             decided[original.name] = replace(refined, name=original.name)
         prefix = f"{region.path}." if region.path else ""
@@ -60,6 +65,8 @@ def plan_regions(model: nn.Module, plan: Plan) -> Plan:
             reason = f"output of region {region.path or 'the model'}" if b["reason"] == "model output" else b["reason"]
             boundaries.append({**b, "after": prefix + b["after"], "before": prefix + b["before"], "reason": reason})
         counted.append(replace(region, convs=sum(d.action == "octave" for d in layers)))
+    if not counted:
+        raise ConversionError(f"no traced part of the model can be rewritten in graph mode ({failures[regions[0].path]})")
     layers = tuple(decided.get(d.name) or _outside(d, failures) for d in plan.layers)
     return replace(plan, layers=layers, boundaries=tuple(boundaries), regions=tuple(r.to_dict() for r in counted))
 
@@ -70,7 +77,7 @@ def _outside(decision: LayerDecision, failures: dict[str, str]) -> LayerDecision
         return decision
     parents = [p for p in failures if not p or decision.name.startswith(p + ".")]
     nearest = max(parents, key=len, default=None)
-    why = f": {nearest or 'the model'} does not trace ({failures[nearest]})" if nearest is not None else ""
+    why = f": {nearest or 'the model'} stays out of graph mode ({failures[nearest]})" if nearest is not None else ""
     return replace(decision, reason=f"{LAYER_MODE}{why}; {decision.reason}")
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 from torch import fx, nn
 
-from octswap.layers import OctaveConv2d, split_ordered
+from octswap.layers import OctaveConv2d
 from octswap.rewrite.graph.handler_registry import register, register_kind
 from octswap.rewrite.graph.layout import Layout
 from octswap.rewrite.graph.passes import GraphPass, Outcome, Pair
@@ -84,14 +83,10 @@ def _repeated_call(p: GraphPass, node: fx.Node, first: Outcome) -> Any:
                                 "with differently split inputs")  # fmt: skip
     if layout is None:
         arg: Any = p.plain(node.args[0], node, f"shared conv {name} takes a plain input at its first call")
-    elif isinstance(x, Pair) and x.layout == layout:
-        arg = (x.high, x.low)
-        p.useful |= x.origins
     else:
-        why = f"shared conv {name} takes the split of its first call"
-        split = p.graph.call_function(split_ordered, (p.plain(node.args[0], node, why), layout.high, layout.low))
-        p.boundaries.append({"kind": "split", "after": str(node.args[0]), "before": node.name, "reason": why})
-        arg = (p.graph.call_function(operator.getitem, (split, 0)), p.graph.call_function(operator.getitem, (split, 1)))
+        pair = p.as_layout(node.args[0], node, layout, f"shared conv {name} takes the split of its first call")
+        p.useful |= pair.origins
+        arg = (pair.high, pair.low)
     call = p.graph.call_module(name, (arg,))
     if first.out_low == 0:
         return call

@@ -22,11 +22,35 @@ _ELEMENTWISE = (
 )  # fmt: skip
 
 
+def _later_call(p: GraphPass, node: fx.Node) -> Any:
+    """A later call of a norm module called several times per forward (a detection head's
+    norm, shared by the pyramid levels): the way its first call ran -- plain, or per branch
+    with the input brought to the first call's layout. None for a first or only call."""
+    name = node.target
+    if name not in p.shared or name not in p.first_layouts:
+        return None
+    layout = p.first_layouts[name]
+    if layout is None:
+        return p.copy_plain(node, f"shared {name} takes a plain input at its first call")
+    pair = p.as_layout(node.args[0], node, layout, f"shared {name} takes the split of its first call")
+    call = p.graph.call_module(name, ((pair.high, pair.low),))
+    return p.pair_from_tuple(call, layout, pair.origins)
+
+
+def _first_call(p: GraphPass, node: fx.Node, layout: Any) -> None:
+    if node.target in p.shared:
+        p.first_layouts[node.target] = layout
+
+
 @register(modules=(nn.BatchNorm2d,), passthrough=True)
 def batchnorm(p: GraphPass, node: fx.Node) -> Any:
     x = p.value(node.args[0])
-    if not isinstance(x, Pair) or node.target in p.shared:
+    if (later := _later_call(p, node)) is not None:
+        return later
+    if not isinstance(x, Pair):
+        _first_call(p, node, None)
         return p.copy_plain(node)
+    _first_call(p, node, x.layout)
     if p.root is not None:
         bn = p.modules[node.target]
         order = None if x.layout.is_standard else x.layout.order
@@ -49,8 +73,12 @@ def is_channelwise(module: nn.Module) -> bool:
 @register_kind(is_channelwise, passthrough=True)
 def channelwise(p: GraphPass, node: fx.Node) -> Any:
     x = p.value(node.args[0])
-    if not isinstance(x, Pair) or node.target in p.shared or len(node.args) != 1 or node.kwargs:
+    if (later := _later_call(p, node)) is not None:
+        return later
+    if not isinstance(x, Pair) or len(node.args) != 1 or node.kwargs:
+        _first_call(p, node, None)
         return p.copy_plain(node)
+    _first_call(p, node, x.layout)
     if p.root is not None:
         module = p.modules[node.target]
         split = OctaveChannelwise.from_module(module, channels=x.layout.channels, high=x.layout.high, low=x.layout.low)
@@ -67,8 +95,12 @@ def group_norm(p: GraphPass, node: fx.Node) -> Any:
     x = p.value(node.args[0])
     gn = p.modules[node.target]
     size = gn.num_channels // gn.num_groups
-    if not isinstance(x, Pair) or node.target in p.shared or not x.layout.is_standard or len(x.layout.low) % size:
+    if (later := _later_call(p, node)) is not None:
+        return later
+    if not isinstance(x, Pair) or not x.layout.is_standard or len(x.layout.low) % size:
+        _first_call(p, node, None)
         return p.copy_plain(node)
+    _first_call(p, node, x.layout)
     if p.root is not None:
         p.set_module(node.target, split_group_norm(gn, low=len(x.layout.low)))
     call = p.graph.call_module(node.target, ((x.high, x.low),))
