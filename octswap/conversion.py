@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from octswap.errors import ConversionError, UntraceableError, one_line
+from octswap.errors import ConversionError, InputError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
 from octswap.plan import Plan, example_input, output_signature, output_tensors, policy_plan, same_signature
 from octswap.policy import Policy
@@ -74,6 +74,15 @@ def _summarised(plan: Plan, notes: tuple[str, ...]) -> Plan:
     return _with_warning(plan, f"{'; '.join(notes)}; using layer mode instead")
 
 
+def _check_arguments(mode: str, input_shape: Any) -> None:
+    """Refuse an unknown mode or a malformed input shape before the probe (InputError)."""
+    if mode not in MODES:
+        raise InputError(f"unknown conversion mode {mode!r} (known: {', '.join(MODES)})")
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or not all(isinstance(v, int) and v > 0 for v in input_shape)):  # fmt: skip
+        raise InputError(f"input_shape must be (C, H, W) of positive integers, got {input_shape!r}")
+
+
 def make_plan(
     model: nn.Module,
     policy: Policy | None = None,
@@ -106,8 +115,7 @@ def make_plan(
         ConversionError: graph mode cannot plan the model (it does not trace); regions
             mode finds no part holding a conv that traces.
     """
-    if mode != AUTO:
-        rewriter(mode)  # an unknown mode fails before the probe
+    _check_arguments(mode, input_shape)
     # The policy's own decisions, probed once (its warnings logged once) for either mode.
     plan = policy_plan(model, policy if policy is not None else Policy(), input_shape=input_shape,
                        mode="layer", strict=strict)  # fmt: skip

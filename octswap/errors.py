@@ -72,7 +72,9 @@ class UntraceableError(ConversionError):
     """
 
     def __init__(self, detail: str) -> None:
-        super().__init__(f"the model does not trace with torch.fx ({detail}); use --mode layer or --mode auto")
+        super().__init__(
+            f"the model does not trace with torch.fx ({detail}); use --mode auto, --mode regions or --mode layer"
+        )
         self.detail = detail
 
 

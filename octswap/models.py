@@ -165,6 +165,11 @@ def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Mo
         raise ModelLoadError(f"cannot build {name}: {err}") from None
 
 
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (a factory's message may list every choice it has)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
@@ -195,6 +200,9 @@ def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
         model = obj(**kwargs)
     except TypeError as err:  # e.g. an unknown --model-arg
         raise ModelLoadError(f"cannot build {path} with {kwargs}: {one_line(err)}") from None
+    except (KeyError, ValueError, LookupError, AttributeError, RuntimeError) as err:  # a bad value the factory rejects
+        why = f"{type(err).__name__}: {_short(one_line(err))}"
+        raise ModelLoadError(f"cannot build {path} with {kwargs}: {why}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path} returned a {type(model).__name__}, not an nn.Module")
     return model

@@ -158,6 +158,11 @@ def pyramid_detector() -> PyramidDetector:
     return PyramidDetector()
 
 
+def picky(name: str = "tiny") -> nn.Module:
+    """A factory that rejects an unknown ``name`` with a KeyError (as smp does for encoders)."""
+    return {"tiny": TinyResNet}[name]()
+
+
 def dies_on_build() -> nn.Module:
     """A factory whose process is killed while building (a crash or OOM kill, in tests)."""
     import os

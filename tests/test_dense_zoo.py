@@ -56,7 +56,8 @@ SMP_SLOW = [(arch, encoder) for arch in ("Unet", "FPN", "DeepLabV3Plus", "UnetPl
             for encoder in ("resnet34", "mobilenet_v2") if (arch, encoder) not in SMP_FAST]  # fmt: skip
 
 
-@pytest.mark.parametrize(("arch", "encoder"), [*SMP_FAST, *(pytest.param(*c, marks=pytest.mark.slow) for c in SMP_SLOW)])
+@pytest.mark.parametrize(("arch", "encoder"),
+                         [*SMP_FAST, *(pytest.param(*c, marks=pytest.mark.slow) for c in SMP_SLOW)])  # fmt: skip
 def test_smp_models_convert_with_pairs_through_encoder_and_decoder(arch, encoder, tmp_path):
     kwargs = {"encoder_name": encoder, "encoder_weights": None, "classes": 3}
     source = octswap.ModelSource(kind="import", name=f"segmentation_models_pytorch:{arch}", kwargs=kwargs)

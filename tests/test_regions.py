@@ -80,7 +80,8 @@ def test_a_shared_head_converts_once_with_the_same_split_at_every_level():
         for h, w in SIZES:
             x = torch.randn(2, 3, h, w)
             got, want = converted(x), model(x)
-            assert [{k: v.shape for k, v in d.items()} for d in got] == [{k: v.shape for k, v in d.items()} for d in want]
+            shapes = [[{k: v.shape for k, v in d.items()} for d in out] for out in (got, want)]
+            assert shapes[0] == shapes[1]
 
 
 class GatedMiddle(TinyResNet):
@@ -271,3 +272,13 @@ def test_a_region_the_graph_pass_cannot_rewrite_goes_to_layer_mode_alone():
     x = torch.randn(1, 3, 20, 12)
     with torch.no_grad():
         assert converted(x).shape == model(x).shape
+
+
+def test_bad_arguments_are_one_line_input_errors():
+    with pytest.raises(octswap.InputError, match=r"known: auto, graph, regions, layer"):
+        octswap.convert(size_checked_segmenter(), mode="fast")
+    with pytest.raises(octswap.InputError, match=r"input_shape must be \(C, H, W\)"):
+        octswap.make_plan(size_checked_segmenter(), input_shape=(224, 224))  # type: ignore[arg-type]
+    result = CliRunner().invoke(app, ["plan", "tests.nets:picky", "--model-arg", "name=huge"])
+    assert result.exit_code == 2 and "cannot build tests.nets:picky" in result.stderr and "KeyError" in result.stderr
+    assert "Traceback" not in result.output

@@ -76,7 +76,7 @@ def test_expand_models_globs_and_excludes():
         ({"models": [{"name": "resnet18", "polcy": "x.yaml"}]}, "unknown key 'polcy' (did you mean 'policy'?)"),
         ({"models": [{"name": "resnet18", "policy": "missing.yaml"}]}, "policy file not found"),
         ({"models": ["nosuchnet*"]}, "no torchvision classification model matches"),
-        ({"models": [{"name": "resnet18", "mode": "fast"}]}, "mode must be one of 'auto', 'graph', 'layer', got 'fast'"),
+        ({"models": [{"name": "resnet18", "mode": "fast"}]}, "mode must be one of 'auto', 'graph', 'regions', 'layer', got 'fast'"),
         ({"defaults": {"alpha": 0.5}, "models": ["resnet18"]}, "unknown key 'alpha' (did you mean 'alphas'?)"),
     ],
 )

@@ -61,7 +61,9 @@ def _detached(value: Any) -> Any:
     return tree_map(lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v, value)
 
 
-def record_calls(model: nn.Module, input_shape: tuple[int, int, int], paths: Iterable[str] | None = None) -> dict[str, Call]:
+def record_calls(
+    model: nn.Module, input_shape: tuple[int, int, int], paths: Iterable[str] | None = None
+) -> dict[str, Call]:
     """Run ``model`` once on the probe input and record the first call of each submodule.
 
     Args:
@@ -142,6 +144,8 @@ def concrete_args(module: nn.Module, call: Call) -> dict[str, Any]:
             continue
         structure = _placeholders(value)
         if structure is None and value is not None:
-            raise TypeError(f"takes a {type(value).__name__} ({name}), which torch.fx cannot trace as an input")
+            kind = type(value).__name__
+            article = "an" if kind[:1].lower() in "aeiou" else "a"
+            raise TypeError(f"takes {article} {kind} ({name}), which torch.fx cannot trace as an input")
         result[name] = structure
     return result

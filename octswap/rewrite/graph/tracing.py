@@ -183,6 +183,13 @@ def mutated_by(node: fx.Node) -> Any:
     return None
 
 
+def first_sentence(text: str) -> str:
+    """fx's messages go on to explain fx (``Proxy object cannot be iterated. This can be
+    attempted when...``): their first sentence says what stopped the trace."""
+    head, sep, _ = text.partition(". ")
+    return head if sep else text
+
+
 def _timm_conventions() -> tuple[frozenset[type[nn.Module]], tuple[Callable[..., Any], ...]]:
     """timm's leaf modules and autowrapped functions, if timm has been imported (else none)."""
     registry = sys.modules.get("timm.layers._fx")
@@ -220,5 +227,5 @@ def trace(
             tracer = Tracer(leaf_types=leaves, autowrap_functions=functions, trace_into=into, opaque=hidden)
             graph = tracer.trace(root, concrete_args=concrete_args)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
-        raise UntraceableError(f"{type(err).__name__}: {one_line(err)}") from err
+        raise UntraceableError(f"{type(err).__name__}: {first_sentence(one_line(err))}") from err
     return functionalize_inplace(fx.GraphModule(tracer.root, graph, type(model).__name__))

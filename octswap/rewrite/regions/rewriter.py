@@ -66,7 +66,8 @@ def plan_regions(model: nn.Module, plan: Plan) -> Plan:
             boundaries.append({**b, "after": prefix + b["after"], "before": prefix + b["before"], "reason": reason})
         counted.append(replace(region, convs=sum(d.action == "octave" for d in layers)))
     if not counted:
-        raise ConversionError(f"no traced part of the model can be rewritten in graph mode ({failures[regions[0].path]})")
+        why = failures[regions[0].path]
+        raise ConversionError(f"no traced part of the model can be rewritten in graph mode ({why})")
     layers = tuple(decided.get(d.name) or _outside(d, failures) for d in plan.layers)
     return replace(plan, layers=layers, boundaries=tuple(boundaries), regions=tuple(r.to_dict() for r in counted))
 
@@ -121,7 +122,8 @@ def rewrite_regions(model: nn.Module, plan: Plan) -> nn.Module:
     outside = tuple(d for d in plan.layers if _owner(d.name, regions) is None)
     model = convert_layers(model, replace(plan, layers=outside))
     for region in sorted(regions, key=lambda r: -r.depth):
-        local = [replace(d, name=relative(d.name, region.path)) for d in plan.layers if _owner(d.name, regions) is region]
+        mine = [d for d in plan.layers if _owner(d.name, regions) is region]
+        local = [replace(d, name=relative(d.name, region.path)) for d in mine]
         module = model.get_submodule(region.path)
         new = rewrite_traced(module, local, calls[region.path], opaque=region.opaque_relative())
         carry_attributes(module, new)

@@ -38,7 +38,9 @@ def conv(p: GraphPass, node: fx.Node) -> Any:
             reason = target.reason if target else "not planned"
         p.outcomes[name] = Outcome(reason=reason)
         return p.copy_plain(node, f"{name} stays plain ({reason})")
-    shared = f"; called {p.shared[name]} times per forward (shared weights), same split each time" if name in p.shared else ""
+    shared = ""
+    if name in p.shared:
+        shared = f"; called {p.shared[name]} times per forward (shared weights), same split each time"
     outcome = Outcome(reason=target.reason + shared)
     source = x
     if isinstance(x, Pair):

@@ -28,8 +28,8 @@ def _options(p: GraphPass, node: fx.Node) -> dict[str, Any]:
     """The resize's options by name (from the call, or from the ``nn.Upsample`` module)."""
     if node.op == "call_module":
         module = p.modules[node.target]
-        return {"size": module.size, "scale_factor": module.scale_factor, "mode": module.mode,
-                "align_corners": module.align_corners, "recompute_scale_factor": module.recompute_scale_factor}  # fmt: skip
+        names = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")
+        return {name: getattr(module, name) for name in names}
     options = dict(zip(_PARAMETERS, node.args[1:]))
     options.update({k: v for k, v in node.kwargs.items() if k != "input"})
     return options
