@@ -184,9 +184,10 @@ def test_a_region_taking_a_dict_traces_with_its_structure():
         assert converted(torch.randn(1, 3, 20, 12)).shape == (1, 32, 20, 12)
 
 
-@pytest.mark.parametrize("model", ["tests.nets:size_checked_segmenter", "tests.nets:pyramid_detector"])
+@pytest.mark.parametrize("model", [pytest.param("tests.nets:size_checked_segmenter", marks=pytest.mark.slow),
+                                   "tests.nets:pyramid_detector"])  # fmt: skip
 def test_bench_and_report_latency_work_on_dense_outputs(tmp_path, model):
-    """Outputs that are maps at the input size, or lists of dicts; a checkpoint of them too."""
+    """Outputs that are lists of dicts (maps at the input size under `slow`); a checkpoint of them too."""
     runner = CliRunner()
     bench = runner.invoke(app, ["bench", model, "-s", "32", "-a", "0.5", "--batch", "1", "--rounds", "1", "-f", "json"])
     assert bench.exit_code == 0, bench.output

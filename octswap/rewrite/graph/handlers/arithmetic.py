@@ -40,10 +40,7 @@ def binary(p: GraphPass, node: fx.Node) -> Any:
             why = (f"operands have different channel splits: {len(a.layout.low)} low of {a.layout.channels} from "
                    f"{', '.join(sorted(a.origins))} vs {len(b.layout.low)} low of {b.layout.channels} from "
                    f"{', '.join(sorted(b.origins))}; give these convs the same alpha to keep both")  # fmt: skip
-            split = p.graph.call_function(split_ordered, (p.plain(b_node, node, why), a.layout.high, a.layout.low))
-            p.boundaries.append({"kind": "split", "after": b_node.name, "before": node.name, "reason": why})
-            b = Pair(p.graph.call_function(operator.getitem, (split, 0)),
-                     p.graph.call_function(operator.getitem, (split, 1)), a.layout, b.origins)  # fmt: skip
+            b = p.as_layout(b_node, node, a.layout, why)
         pair, other_high, other_low = a, b.high, b.low
         origins = a.origins | b.origins
     else:
