@@ -29,10 +29,10 @@ run: $(STAMP)
 	$(BIN)/octswap convert resnet50 --alpha 0.25 --no-layers --output $(OUT)/resnet50-oct0.25.pt --force
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n auto --dist loadfile
 
 # The whole torchvision classification zoo in both modes, big models included, and at every
 # tested input size (~1 h on 2 cores).

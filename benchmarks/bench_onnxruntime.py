@@ -20,6 +20,11 @@ octswap's export (exact-size nearest resizes, no rewrites; height and width fixe
 "default" is `octswap export` (height and width fixed at the input size, dynamic batch)
 and "dynamic" is `octswap export --dynamic`.
 
+--sessions times the default files of the original and the converted model (one model and
+alpha) in plain sessions (`onnxruntime.InferenceSession(path)`, --threads intra-op threads)
+and in plain sessions that also fix the batch (`add_free_dimension_override_by_name("batch",
+N)`), all four in one process and in interleaved rounds: what a dynamic batch costs each model.
+
 --profile runs ONNX Runtime's profiler on both files of the first model, alpha, channel
 multiple and batch given, and prints the kernel time per operator type (median of 5 runs
 after a warm-up), and the conv MACs per second.
@@ -29,7 +34,9 @@ Usage:
         [--rounds 7] [--processes 3] [--dynamic] [--models resnet50,mobilenet_v2]
         [--alphas 0.125,0.25,0.5] [--channel-multiples 1,16]
     .venv/bin/python benchmarks/bench_onnxruntime.py --forms [--models resnet50 --alphas 0.5] [--plain-sessions]
+    .venv/bin/python benchmarks/bench_onnxruntime.py --sessions [--models resnet50 --alphas 0.5 --batches 8]
     .venv/bin/python benchmarks/bench_onnxruntime.py --profile --models resnet50 --alphas 0.5 --batches 8
+        [--plain-sessions]
 """
 
 from __future__ import annotations
@@ -68,14 +75,18 @@ def main() -> None:
     parser.add_argument("--channel-multiples", default="1,16", help="policy channel_multiple values to compare")
     parser.add_argument("--min-round-time", type=float, default=0.5, help="seconds per round and model")
     parser.add_argument("--forms", action="store_true", help="compare the export forms (see above)")
+    parser.add_argument("--sessions", action="store_true", help="plain sessions with and without the batch fixed")
     parser.add_argument("--profile", action="store_true", help="time per operator type (see above)")
     parser.add_argument("--plain-sessions", action="store_true",
-                        help="with --forms: open each file as a user would, onnxruntime.InferenceSession(path) with "
+                        help="with --forms or --profile: open each file as a user would, onnxruntime.InferenceSession(path) with "
                         "--threads intra-op threads and nothing else (no dimensions fixed in the session)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.forms:
         compare_forms(args)
+        return
+    if args.sessions:
+        compare_sessions(args)
         return
     if args.profile:
         profile(args)
@@ -189,10 +200,7 @@ def compare_forms(args: argparse.Namespace) -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             fixed = {"batch": batch, "height": shape[1], "width": shape[2]}
             if args.plain_sessions:
-                options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = args.threads
-                sessions = [onnxruntime.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                            for p in paths.values()]  # fmt: skip
+                sessions = [plain_session(p, args.threads) for p in paths.values()]
             else:
                 sessions = [onnxruntime_session(p, threads=args.threads, fixed_dims=fixed) for p in paths.values()]
             x = torch.randn(batch, *shape).numpy()
@@ -201,6 +209,51 @@ def compare_forms(args: argparse.Namespace) -> None:
             base = timings[0].median
             print(f"| {batch} | " + " | ".join(f"{t.median * 1e3:.1f} ms ({t.median / base:.2f})" for t in timings)
                   + " |", flush=True)  # fmt: skip
+
+
+def plain_session(path: object, threads: int, *, fixed: dict[str, int] | None = None,
+                  profile: str | None = None) -> object:
+    """A session as a user opens the file: only the intra-op threads set (and what is asked here)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    for name, value in (fixed or {}).items():
+        options.add_free_dimension_override_by_name(name, value)
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_sessions(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from octswap.export import export_model
+    from octswap.latency import _session_forward, _side_by_side
+
+    shape = (3, 224, 224)
+    name, alpha = args.models.split(",")[0], float(args.alphas.split(",")[-1])
+    model, _ = octswap.load_model(name)
+    converted, _ = octswap.convert(model, octswap.load_policy(MODELS[name]), alpha=alpha, input_shape=shape)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / "original.onnx", Path(folder) / "converted.onnx"]
+        for net, path in zip((model, converted), paths):
+            export_model(net, path, input_shape=shape)  # the default file: dynamic batch, 224x224
+        print(f"{name} alpha {alpha}, default export: latency under ONNX Runtime, {args.threads} threads, "
+              f"median of {args.rounds} interleaved rounds")
+        print("| batch | session | original | converted | ratio |\n|---|---|---|---|---|")
+        for batch in (int(b) for b in args.batches.split(",")):
+            kinds = {"plain": None, "plain, batch fixed": {"batch": batch}}
+            sessions = [plain_session(p, args.threads, fixed=fixed) for fixed in kinds.values() for p in paths]
+            x = torch.randn(batch, *shape).numpy()
+            timings = _side_by_side([_session_forward(s, x) for s in sessions], args.threads, rounds=args.rounds,
+                                    min_round_time=args.min_round_time)
+            for index, kind in enumerate(kinds):
+                original, ours = (t.median for t in timings[2 * index:2 * index + 2])
+                print(f"| {batch} | {kind} | {original * 1e3:.1f} ms | {ours * 1e3:.1f} ms | {ours / original:.2f} |",
+                      flush=True)
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -224,8 +277,11 @@ def profile(args: argparse.Namespace) -> None:
         for label, net in (("original", model), ("converted", converted)):
             path = Path(folder) / f"{label}.onnx"
             export_model(net, path, input_shape=shape, dynamic=False)
-            session = onnxruntime_session(path, threads=args.threads, fixed_dims={"batch": batch},
-                                          profile=Path(folder) / label)  # fmt: skip
+            if args.plain_sessions:  # the batch stays dynamic, as a user who just opens the file gets it
+                session = plain_session(path, args.threads, profile=str(Path(folder) / label))
+            else:
+                session = onnxruntime_session(path, threads=args.threads, fixed_dims={"batch": batch},
+                                              profile=Path(folder) / label)  # fmt: skip
             feed = {session.get_inputs()[0].name: x}
             for _ in range(6):
                 session.run(None, feed)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from tests.nets import TinyResNet
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist (`make test` runs two workers on two cores) each worker computes on one
+    # thread, so that the workers do not fight over the cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -38,6 +38,16 @@ TIMES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _two_threads():
+    """The goldens were recorded with torch on 2 threads, and float sums depend on the split of the
+    work: keep 2 here also under pytest-xdist, whose workers otherwise compute on 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 def zoo_times(text: str) -> str:
     """The zoo summary's per-task "time (s)" column (the 10th) masked."""
     lines = []

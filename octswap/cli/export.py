@@ -105,7 +105,8 @@ def command(
         "--dynamic/--static", help="Dynamic height and width, or fixed at the input size (the default: ONNX Runtime "
         "then runs the octave resampling in its fast layout in any session).")] = False,
     batch: Annotated[Optional[int], typer.Option(
-        "--batch", "-b", min=1, help="Fix the batch size [default: dynamic].")] = None,
+        "--batch", "-b", min=1, help="Fix the batch size (ONNX Runtime runs an octave model faster with a fixed batch) "
+        "[default: dynamic].")] = None,
     validate: Annotated[bool, typer.Option(
         "--validate/--no-validate", help="Run the file at two input shapes (with --dynamic, one of the other "
         "parity) and compare with PyTorch before writing it.")] = True,
