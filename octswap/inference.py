@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -222,13 +222,18 @@ def _producer_of(bn_node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     return source, items
 
 
-def _fold_graph(gm: fx.GraphModule) -> int:
+def _fold_candidates(gm: fx.GraphModule) -> Iterator[tuple[fx.Node, fx.Node, list[fx.Node], Folder]]:
+    """Each (BatchNorm node, producer node, getitem nodes between, folder) that can fold.
+
+    A BatchNorm folds when it is called once, reads only one conv's output (a tensor, or
+    both halves of a pair) and that conv is called once and read by nothing else.
+    Yields lazily, so a caller may edit the graph around the pair it was given.
+    """
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    folded = 0
     for bn_node in list(gm.graph.nodes):
         if bn_node.op != "call_module" or calls.get(bn_node.target) != 1:
             continue
@@ -238,10 +243,15 @@ def _fold_graph(gm: fx.GraphModule) -> int:
         producer_node, items = found
         if calls.get(producer_node.target) != 1:  # a shared conv cannot take one caller's BatchNorm
             continue
-        producer, bn = modules[producer_node.target], modules[bn_node.target]
-        folder = _foldable(producer, bn)
-        if folder is None:
-            continue
+        folder = _foldable(modules[producer_node.target], modules[bn_node.target])
+        if folder is not None:
+            yield bn_node, producer_node, items, folder
+
+
+def _fold_graph(gm: fx.GraphModule) -> int:
+    folded = 0
+    for bn_node, producer_node, items, folder in _fold_candidates(gm):
+        producer, bn = gm.get_submodule(producer_node.target), gm.get_submodule(bn_node.target)
         replace_module(gm, producer_node.target, folder(producer, bn))
         bn_node.replace_all_uses_with(producer_node)
         gm.graph.erase_node(bn_node)
@@ -252,6 +262,21 @@ def _fold_graph(gm: fx.GraphModule) -> int:
         gm.graph.lint()
         gm.delete_all_unused_submodules()
         gm.recompile()
+    return folded
+
+
+def _fold_traced(module: nn.Module, gm: fx.GraphModule) -> int:
+    """Fold in ``module`` itself the pairs its trace ``gm`` shows (the BatchNorm becomes an identity).
+
+    The module keeps its own class and eager ``forward``: only the conv's weights change
+    and the BatchNorm's slot holds ``nn.Identity``, which passes a tensor or a pair through.
+    """
+    folded = 0
+    for bn_node, producer_node, _, folder in _fold_candidates(gm):
+        producer, bn = module.get_submodule(producer_node.target), module.get_submodule(bn_node.target)
+        replace_module(module, producer_node.target, folder(producer, bn))
+        replace_module(module, bn_node.target, nn.Identity())
+        folded += 1
     return folded
 
 
@@ -326,34 +351,54 @@ def inplace_adds(gm: fx.GraphModule) -> int:
     return changed
 
 
-def _fold_sequentials(model: nn.Module) -> int:
-    """Fallback for models fx cannot trace: adjacent (conv, BatchNorm) in ``nn.Sequential``s."""
+def _fold_adjacent(container: nn.Sequential) -> int:
+    """Adjacent (conv, BatchNorm) children of an ``nn.Sequential``, which runs them in order."""
     folded = 0
-    for container in list(model.modules()):
-        if not isinstance(container, nn.Sequential):
+    names = list(container._modules)
+    for first, second in zip(names, names[1:]):
+        producer, bn = container._modules[first], container._modules[second]
+        if producer is None or bn is None:
             continue
-        names = list(container._modules)
-        for first, second in zip(names, names[1:]):
-            producer, bn = container._modules[first], container._modules[second]
-            if producer is None or bn is None:
-                continue
-            folder = _foldable(producer, bn)
-            if folder is None:
-                continue
-            container._modules[first] = folder(producer, bn)
-            container._modules[second] = nn.Identity()
-            folded += 1
+        folder = _foldable(producer, bn)
+        if folder is None:
+            continue
+        container._modules[first] = folder(producer, bn)
+        container._modules[second] = nn.Identity()
+        folded += 1
     return folded
 
 
-def _fold_submodule_graphs(model: nn.Module) -> int:
-    """For models fx cannot trace as a whole: fold inside each ``GraphModule`` they hold
-    (the regions :mod:`octswap.rewrite.regions` converted in graph mode)."""
+_NORMS = (nn.BatchNorm2d, OctaveBatchNorm2d)
+
+
+def _fold_parts(module: nn.Module) -> int:
+    """For a model fx cannot trace as a whole: fold inside each part that traces.
+
+    Walks the module tree top-down. A ``GraphModule`` (a region converted in graph mode) is
+    folded as a graph; any other child that fx traces is folded in place by its trace
+    (:func:`_fold_traced`), so that an original detector's backbone folds as the converted
+    one's region does; a child that does not trace is walked in turn, and an
+    ``nn.Sequential`` among those gets its adjacent (conv, BatchNorm) children folded.
+    """
     folded = 0
-    for module in list(model.modules()):
-        if isinstance(module, fx.GraphModule) and module is not model:
-            folded += _fold_graph(module)
-            inplace_adds(module)
+    for child in module.children():
+        if isinstance(child, fx.GraphModule):
+            folded += _fold_graph(child)
+            inplace_adds(child)
+            continue
+        if not any(isinstance(m, (*_NORMS, fx.GraphModule)) for m in child.modules()):
+            continue
+        try:
+            graph = _LeafTracer().trace(child)
+        except Exception:  # noqa: BLE001 - fx raises many types on untraceable code
+            folded += _fold_parts(child)
+            continue
+        folded += _fold_traced(child, fx.GraphModule(child, graph))
+        for region in child.modules():
+            if isinstance(region, fx.GraphModule):
+                inplace_adds(region)
+    if isinstance(module, nn.Sequential):
+        folded += _fold_adjacent(module)
     return folded
 
 
@@ -371,8 +416,9 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     Handles plain convs, octave convs (their pair BatchNorm, or a plain one after a
     tensor output) and layer-mode octave blocks. Models are traced with ``torch.fx``
     (a ``GraphModule`` is edited directly); a model fx cannot trace gets the
-    ``nn.Sequential`` (conv, BatchNorm) pairs folded instead, and each ``GraphModule``
-    it holds (a region converted in graph mode) folded as a graph. Call it on a model in
+    parts that trace folded instead (each ``GraphModule`` it holds, a region converted in
+    graph mode, as a graph; any other traceable submodule in place; adjacent pairs in an
+    ``nn.Sequential`` that does not trace). Call it on a model in
     eval mode; a BatchNorm still in training mode is left alone. The graph also gets
     its residual adds back in place (:func:`inplace_adds`): tracing records eager
     ``out += identity`` as an out-of-place add, which would make a traced original
@@ -394,9 +440,9 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         try:
             graph = _LeafTracer().trace(target)
         except Exception as err:  # noqa: BLE001 - fx raises many types on untraceable code
-            logger.info("fold_batchnorm: %s cannot be traced (%s); folding its graph modules (regions) "
-                        "and nn.Sequential pairs", type(target).__name__, type(err).__name__)  # fmt: skip
-            folded = _fold_submodule_graphs(target) + _fold_sequentials(target)
+            logger.info("fold_batchnorm: %s cannot be traced (%s); folding the parts that trace",
+                        type(target).__name__, type(err).__name__)  # fmt: skip
+            folded = _fold_parts(target)
         else:
             traced = fx.GraphModule(target, graph, class_name=type(target).__name__)
             traced.training = target.training

@@ -354,3 +354,28 @@ def test_compiled_model_matches_eager():
     x = torch.randn(2, 3, 16, 16).contiguous(memory_format=CL)
     with torch.inference_mode():
         torch.testing.assert_close(compiled(x), converted(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batchnorm_folds_the_parts_of_a_model_fx_cannot_trace_whole():
+    # The root checks its input size (untraceable); the encoder's blocks keep their BatchNorms as
+    # attributes (bn1, bn2), not in nn.Sequential pairs, and the decoder unpacks a list.
+    from tests.nets import SizeCheckedSegmenter
+
+    net = SizeCheckedSegmenter().eval()
+    for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    with pytest.raises(fx.proxy.TraceError):
+        fx.symbolic_trace(net)
+    folded = fold_batchnorm(net)
+    assert type(folded) is SizeCheckedSegmenter and type(folded.encoder.stage1) is type(net.encoder.stage1)
+    assert norms == 6 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
+        with pytest.raises(RuntimeError, match="not divisible"):  # its own eager checks stay
+            folded(torch.randn(1, 3, 30, 30))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == norms  # the input is untouched
