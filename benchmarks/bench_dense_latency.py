@@ -9,8 +9,9 @@ converted at --alpha (default 0.5) with the default policy:
 - mode and graph-mode regions (auto: the whole model, else its parts that trace);
 - convs converted of all convs;
 - FLOPs ratio (fvcore, whole model; ``-`` where fvcore cannot trace the model);
-- share of the converted convs' FLOPs inside graph-mode regions (the rest is layer mode),
-  FLOPs per conv from fvcore on the original;
+- share of the converted convs' FLOPs inside graph-mode regions with pairs flowing in and out
+  (the rest is layer mode: convs outside every region, and heavy convs alone in their graph,
+  converted in layer form), FLOPs per conv from fvcore on the original;
 - latency ratio converted / original (``octswap.measure_latency``: both prepared alike,
   BatchNorm folded, channels-last, weights packed; --batch 1, --threads 2, median of
   interleaved rounds), and the same for the model converted in layer mode (what auto mode
@@ -38,6 +39,8 @@ import octswap
 from octswap.flops import count_cost
 from octswap.latency import measure_latency
 from octswap.plan import example_input
+from octswap.rewrite.graph.planning import is_alone
+from octswap.rewrite.regions.rewriter import LAYER_MODE
 
 SMP_ARCHS = ("Unet", "FPN", "DeepLabV3Plus", "UnetPlusPlus", "PSPNet", "Linknet")
 SMP = [f"smp:{arch}:{encoder}" for arch in SMP_ARCHS for encoder in ("resnet34", "mobilenet_v2")]
@@ -84,7 +87,9 @@ def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     layered, _ = octswap.convert(model, alpha=args.alpha, input_shape=shape, mode="layer")
     base, cost = _flops(model, x), _flops(converted, x)
     octave = plan.octave_layers
-    in_graph = [d for d in octave if not d.reason.startswith("layer mode")]
+    # Pairs flow into and out of these: not the convs outside every region (layer mode) nor those
+    # alone in their graph, which are split and merged around (layer form).
+    in_graph = [d for d in octave if not d.reason.startswith(LAYER_MODE) and not is_alone(d)]
     share = None
     if base is not None:
         total = sum(base.by_module.get(d.name, 0) for d in octave)

@@ -219,3 +219,23 @@ def trained_tiny(x: torch.Tensor, y: torch.Tensor, *, steps: int = 60, seed: int
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+class LoneConvs(nn.Module):
+    """Two convs with no octave conv next to them: each reads a plain map and feeds an op that
+    mixes channels (softmax, mean). The first is heavy (128->128 3x3: 0.34 GMAC at 48x48), the
+    second light (128->32 1x1: 0.01 GMAC). The stem (3 input channels) stays plain under the default policy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 128, 3, padding=1)
+        self.heavy = nn.Conv2d(128, 128, 3, padding=1)
+        self.light = nn.Conv2d(128, 32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.softmax(self.heavy(torch.relu(self.stem(x))), dim=1)
+        return self.light(y).mean((2, 3))
+
+
+def lone_convs() -> LoneConvs:
+    return LoneConvs()

@@ -629,3 +629,34 @@ def test_in_place_ops_graph_mode_cannot_keep_fall_back(how, message):
     with torch.no_grad():
         torch.testing.assert_close(exact(x), net(x.clone()))
         assert converted(x).shape == net(x.clone()).shape
+
+
+@pytest.mark.parametrize("mode", ["graph", "auto"])
+def test_a_heavy_conv_alone_is_converted_in_layer_form_and_a_light_one_stays_plain(tmp_path, mode):
+    from octswap.layers import OctaveConvBlock
+    from octswap.rewrite.graph.planning import ALONE
+    from tests.nets import LoneConvs
+
+    model, source = octswap.load_model("tests.nets:lone_convs")
+    shape = (3, 48, 48)
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=shape, mode=mode)
+    layers = by_name(plan)
+    heavy, light = layers["heavy"], layers["light"]
+    assert heavy.action == "octave" and heavy.reason.startswith(ALONE) and (heavy.in_low, heavy.out_low) == (64, 64)
+    assert light.action == "keep" and "no octave conv consumes its output" in light.reason
+    assert layers["stem"].action == "keep"
+    assert isinstance(converted.get_submodule("heavy"), OctaveConvBlock)
+    assert type(converted.get_submodule("light")) is nn.Conv2d
+    # The same as the model with that one conv replaced by its layer-mode block, at any size.
+    reference = LoneConvs()
+    reference.load_state_dict(model.state_dict())
+    reference.heavy = OctaveConvBlock.from_conv(model.heavy, alpha_in=0.5, alpha_out=0.5)
+    for size in ((48, 48), (33, 47), (16, 20)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(converted.eval()(x), reference.eval()(x))
+    path = octswap.save(tmp_path / "m.pt", converted, plan, source=source)
+    loaded = octswap.load(path, allow_import=True)
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), converted(x))

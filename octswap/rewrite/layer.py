@@ -7,14 +7,16 @@ split and merge around each one cost time: the graph mode keeps pairs flowing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from octswap.errors import ConversionError
 from octswap.layers import OctaveConvBlock, is_convertible_conv
-from octswap.plan import Plan
+from octswap.plan import LayerDecision, Plan
 from octswap.rewrite.registry import register_rewriter
 
-__all__ = ["convert_layers", "replace_module"]
+__all__ = ["convert_decisions", "convert_layers", "replace_module"]
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -29,7 +31,17 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 @register_rewriter("layer")
 def convert_layers(model: nn.Module, plan: Plan) -> nn.Module:
     """Replace every conv the plan converts by an :class:`OctaveConvBlock`, weights sliced in."""
-    for decision in plan.octave_layers:
+    return convert_decisions(model, plan.octave_layers)
+
+
+def convert_decisions(model: nn.Module, decisions: Sequence[LayerDecision]) -> nn.Module:
+    """Replace the conv each decision names by an :class:`OctaveConvBlock` (split its input,
+    octave conv, merge its output), with the decision's split; returns ``model``, edited.
+
+    Raises:
+        ConversionError: a decision names a module the model lacks, or one that is not a conv.
+    """
+    for decision in decisions:
         try:
             conv = model.get_submodule(decision.name)
         except AttributeError:

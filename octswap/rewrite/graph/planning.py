@@ -18,9 +18,37 @@ from octswap.rewrite.calls import Call, concrete_args, probe_call
 from octswap.rewrite.graph import handlers  # noqa: F401 - registers the handlers
 from octswap.rewrite.graph.passes import GraphPass, Target
 from octswap.rewrite.graph.tracing import trace
+from octswap.rewrite.layer import convert_decisions
 from octswap.rewrite.registry import register_rewriter
 
-__all__ = ["plan_graph", "plan_traced", "rewrite_graph", "rewrite_traced", "traced_with_shapes"]
+__all__ = ["ALONE", "ALONE_MIN_MACS", "is_alone", "plan_graph", "plan_traced", "rewrite_graph", "rewrite_traced",
+           "traced_with_shapes"]
+
+#: Reason prefix of a conv converted in layer form inside a graph (see :data:`ALONE_MIN_MACS`).
+ALONE = "layer form (alone in the graph, split and merged around it)"
+
+#: A conv that the policy converts but no octave conv sits next to (plain input, and no octave
+#: conv reads its output: an SSD's box heads) would only be split and merged again; graph mode
+#: keeps it plain unless it costs at least this many multiply-adds per image at the probe size,
+#: and then converts it in layer form. Measured on the development VM (batch 1, 2 threads, one
+#: conv, layer form against plain, ``octswap.measure_latency``): 512->364 3x3 at 38x38 (2.4 G)
+#: 0.57; 128->128 3x3 at 38x38 (0.21 G) 0.82; 64->64 3x3 at 64x64 (0.15 G) 1.14; 256->256 1x1
+#: at 38x38 (0.09 G) 1.31; 256->24 3x3 at 19x19 (0.02 G) 3.03: the split and merge cost about
+#: a millisecond whatever the conv.
+ALONE_MIN_MACS = 200_000_000
+
+
+def is_alone(decision: LayerDecision) -> bool:
+    """Whether graph mode converts this conv in layer form (see :data:`ALONE_MIN_MACS`)."""
+    return decision.action == "octave" and decision.reason.startswith(ALONE)
+
+
+def _macs(decision: LayerDecision) -> int:
+    site = decision.site
+    if site.output_size is None:
+        return 0
+    kernel = site.kernel_size[0] * site.kernel_size[1] * (site.in_channels // site.groups)
+    return site.output_size[0] * site.output_size[1] * site.out_channels * kernel
 
 
 def _targets(decisions: Sequence[LayerDecision]) -> dict[str, Target]:
@@ -96,7 +124,8 @@ def plan_traced(
 
     ``model`` is traced as called in ``call`` (``opaque`` submodules as single nodes).
     A conv whose octave output would only be merged again (no octave conv consumes it)
-    stays plain; the pass repeats until no such conv is left.
+    stays plain; the pass repeats until no such conv is left. Such a conv with a plain input
+    is converted in layer form where it is heavy enough to pay for that (:data:`ALONE_MIN_MACS`).
     """
     gm = traced_with_shapes(model, call, opaque=opaque, compare=True)
     targets = _targets(decisions)
@@ -127,6 +156,9 @@ def plan_traced(
         noted = d.name in islands and d.name not in inconsistent
         why = f"{islands[d.name]}; {outcome.reason}" if noted else outcome.reason
         if in_low == 0 and out_low == 0:
+            if noted and d.action == "octave" and (d.in_low or d.out_low) and _macs(d) >= ALONE_MIN_MACS:
+                final.append(replace(d, reason=f"{ALONE}: {_macs(d) / 1e9:.2f} GMAC per image; {d.reason}"))
+                continue
             final.append(replace(d, action="keep", alpha_in=0.0, alpha_out=0.0, in_low=0, out_low=0, reason=why))
             continue
         role = "first: plain input; " if in_low == 0 else "last: " if out_low == 0 else ""
@@ -152,7 +184,10 @@ def rewrite_traced(
         ConversionError: the graph does not give a conv the low channels ``layers`` expect.
     """
     gm = traced_with_shapes(model, call, opaque=opaque)
-    targets = {d.name: Target(out_low=d.out_low, accepts_pair=d.action == "octave", reason=d.reason) for d in layers}
+    alone = [d for d in layers if is_alone(d)]
+    paired = {d.name: d.action == "octave" and not is_alone(d) for d in layers}
+    targets = {d.name: Target(out_low=d.out_low if paired[d.name] else 0, accepts_pair=paired[d.name],
+                              reason=d.reason) for d in layers}  # fmt: skip
     # Octave modules replace convs and BatchNorms inside the traced module (which holds
     # the model's own submodules and fx's tensor constants); the new GraphModule then
     # takes its submodules from it by qualified name.
@@ -163,11 +198,12 @@ def rewrite_traced(
     for d in layers:
         outcome = p.outcomes.get(d.name)
         got = (outcome.in_low, outcome.out_low) if outcome else (0, 0)
-        want = (d.in_low, d.out_low) if d.action == "octave" else (0, 0)
+        want = (d.in_low, d.out_low) if paired[d.name] else (0, 0)
         if got != want:
             raise ConversionError(f"{d.name}: the plan expects {want[0]}/{want[1]} low channels, the graph gives {got[0]}/{got[1]}")
     graph.lint()
     new = fx.GraphModule(root, graph, class_name=f"Octave{type(model).__name__}")
+    convert_decisions(new, alone)  # plain in the graph, a split-octave-merge block in its place
     new.recompile()
     new.training = model.training  # submodules keep their own flags (frozen BatchNorm stays frozen)
     return new
