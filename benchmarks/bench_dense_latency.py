@@ -4,7 +4,7 @@ For each model (segmentation_models_pytorch architectures with a resnet34 and a
 mobilenet_v2 encoder at 256x256; every torchvision segmentation model at 256x256 and every
 detection model built with ``min_size=max_size=320``, so the network runs at 320x320 --
 SSDs at their own 300 or 320),
-converted at --alpha (default 0.5) with the default policy:
+converted at --alpha (default 0.5) with the default policy (or --policy's rules):
 
 - mode and graph-mode regions (auto: the whole model, else its parts that trace);
 - convs converted of all convs;
@@ -19,7 +19,8 @@ converted at --alpha (default 0.5) with the default policy:
 
 Usage:
     .venv/bin/python benchmarks/bench_dense_latency.py [--models smp:FPN:mobilenet_v2,...]
-        [--alpha 0.5] [--processes 3] [--rounds 7] [--threads 2] [--batch 1]
+        [--alpha 0.5] [--policy configs/depthwise-plain.yaml] [--processes 3] [--rounds 7] [--threads 2]
+        [--batch 1]
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def _flops(model: torch.nn.Module, x: torch.Tensor) -> Any:
 def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     model, shape = build(spec)
     x = example_input(shape)
-    converted, plan = octswap.convert(model, alpha=args.alpha, input_shape=shape)
-    layered, _ = octswap.convert(model, alpha=args.alpha, input_shape=shape, mode="layer")
+    policy = octswap.load_policy(args.policy) if args.policy else None
+    converted, plan = octswap.convert(model, policy, alpha=args.alpha, input_shape=shape)
+    layered, _ = octswap.convert(model, policy, alpha=args.alpha, input_shape=shape, mode="layer")
     base, cost = _flops(model, x), _flops(converted, x)
     octave = plan.octave_layers
     # Pairs flow into and out of these: not the convs outside every region (layer mode) nor those
@@ -117,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=None, help="comma-separated (default: every smp and torchvision one)")
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--policy", default=None, help="a policy YAML (its alpha replaced by --alpha)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
@@ -140,6 +143,7 @@ def main() -> None:
     for spec in args.models.split(","):
         argv = ["--models", spec, "--alpha", str(args.alpha), "--batch", str(args.batch), "--threads",
                 str(args.threads), "--rounds", str(args.rounds), "--worker"]  # fmt: skip
+        argv += ["--policy", args.policy] if args.policy else []
         runs = []
         for _ in range(args.processes):
             done = subprocess.run([sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True, env=env)
