@@ -152,6 +152,16 @@ def run_model(args: argparse.Namespace) -> None:
                                   "converted_ms": result.converted.median * 1e3}), flush=True)  # fmt: skip
 
 
+def _first_pair(args: argparse.Namespace) -> tuple[str, float, tuple[int, int, int], torch.nn.Module,
+                                                    torch.nn.Module]:
+    """The first --models model and the last --alphas alpha: name, alpha, input shape, original, converted."""
+    shape = (3, 224, 224)
+    name, alpha = args.models.split(",")[0], float(args.alphas.split(",")[-1])
+    model, _ = octswap.load_model(name)
+    converted, _ = octswap.convert(model, octswap.load_policy(MODELS[name]), alpha=alpha, input_shape=shape)
+    return name, alpha, shape, model, converted
+
+
 def compare_forms(args: argparse.Namespace) -> None:
     import tempfile
     from pathlib import Path
@@ -166,10 +176,7 @@ def compare_forms(args: argparse.Namespace) -> None:
     from octswap.export.onnx_file import onnxruntime_session
     from octswap.latency import _session_forward, _side_by_side
 
-    shape = (3, 224, 224)
-    name, alpha = args.models.split(",")[0], float(args.alphas.split(",")[-1])
-    model, _ = octswap.load_model(name)
-    converted, _ = octswap.convert(model, octswap.load_policy(MODELS[name]), alpha=alpha, input_shape=shape)
+    name, alpha, shape, model, converted = _first_pair(args)
     with tempfile.TemporaryDirectory() as folder:
         paths = {"original": Path(folder) / "original.onnx"}
         export_model(model, paths["original"], input_shape=shape, dynamic=False)
@@ -233,10 +240,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
     from octswap.export import export_model
     from octswap.latency import _session_forward, _side_by_side
 
-    shape = (3, 224, 224)
-    name, alpha = args.models.split(",")[0], float(args.alphas.split(",")[-1])
-    model, _ = octswap.load_model(name)
-    converted, _ = octswap.convert(model, octswap.load_policy(MODELS[name]), alpha=alpha, input_shape=shape)
+    name, alpha, shape, model, converted = _first_pair(args)
     with tempfile.TemporaryDirectory() as folder:
         paths = [Path(folder) / "original.onnx", Path(folder) / "converted.onnx"]
         for net, path in zip((model, converted), paths):
