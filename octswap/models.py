@@ -161,13 +161,26 @@ def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Mo
             return models.get_model(name, weights=weights, **kwargs)
     except TypeError as err:
         raise ModelLoadError(f"cannot build {name} with {kwargs}: {err}") from None
-    except ValueError as err:
-        raise ModelLoadError(f"cannot build {name}: {err}") from None
+    except (ValueError, LookupError) as err:  # LookupError: a weights enum name it does not know
+        raise ModelLoadError(f"cannot build {name}: {_short(one_line(err))}") from None
 
 
 def _short(text: str, limit: int = 200) -> str:
     """``text`` cut to ``limit`` characters (a factory's message may list every choice it has)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _without_pretrained_encoder(factory: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``encoder_weights=None`` unless given: segmentation_models_pytorch's models fetch ImageNet
+    encoder weights by default (from the Hugging Face hub), and octswap never downloads."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C factory without a signature
+        return kwargs
+    if "encoder_weights" in parameters and "encoder_weights" not in kwargs:
+        logger.info("building with encoder_weights=None (random encoder; octswap never downloads)")
+        return {"encoder_weights": None, **kwargs}
+    return kwargs
 
 
 def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -196,8 +209,10 @@ def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelLoadError(f"{path} is not callable")
+    kwargs = _without_pretrained_encoder(obj, kwargs)
     try:
-        model = obj(**kwargs)
+        with _no_downloads():
+            model = obj(**kwargs)
     except TypeError as err:  # e.g. an unknown --model-arg
         raise ModelLoadError(f"cannot build {path} with {kwargs}: {one_line(err)}") from None
     except (KeyError, ValueError, LookupError, AttributeError, RuntimeError) as err:  # a bad value the factory rejects

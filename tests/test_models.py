@@ -144,3 +144,22 @@ def test_files_are_recorded_by_absolute_path(tmp_path, monkeypatch):
     assert source.name == f"{tmp_path / 'net.py'}:tiny_resnet" and source.weights == str(tmp_path / "w.pt")
     monkeypatch.chdir("/")
     assert isinstance(source.load(), TinyResNet)
+
+
+def test_smp_models_by_import_path_are_built_without_pretrained_encoders(monkeypatch):
+    # smp fetches ImageNet encoder weights from the Hugging Face hub unless told not to; any
+    # download attempt here fails the test (the hub's downloader is replaced).
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    model, source = load_model("segmentation_models_pytorch:Unet", kwargs={"encoder_name": "resnet18"})
+    assert isinstance(model, smp.Unet) and source.kwargs == {"encoder_name": "resnet18"}
+
+
+def test_a_value_a_torchvision_builder_rejects_is_a_model_error():
+    with pytest.raises(ModelLoadError, match="cannot build fasterrcnn_mobilenet_v3_large_320_fpn"):
+        load_model("fasterrcnn_mobilenet_v3_large_320_fpn", kwargs={"weights_backbone": "bogus"})

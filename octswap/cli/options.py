@@ -41,7 +41,8 @@ InputSizeOpt = Annotated[Optional[str], typer.Option(
     "--input-size", "-s",
     help="Probe input: N, HxW or CxHxW [default: a timm model's own input size, else 224].")]
 ModelArgOpt = Annotated[Optional[list[str]], typer.Option(
-    "--model-arg", "-m", help="Builder argument KEY=VALUE (repeatable), e.g. num_classes=10.")]
+    "--model-arg", "-m", help="Builder argument KEY=VALUE (repeatable; VALUE in YAML, None or null for None), e.g. "
+    "num_classes=10.")]
 ModeOpt = Annotated[Mode, typer.Option(
     "--mode", help="graph: pairs flow between layers through the whole model (the paper's networks); regions: "
     "the same inside each largest part that traces (encoder, decoder, heads), layer mode outside them; layer: "
@@ -93,13 +94,14 @@ TeacherWeightsOpt = Annotated[Optional[str], typer.Option(
 
 
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:
-    """``["num_classes=10", "pretrained=false"]`` -> ``{"num_classes": 10, "pretrained": False}`` (YAML values)."""
+    """``["num_classes=10", "pretrained=false"]`` -> ``{"num_classes": 10, "pretrained": False}`` (YAML values;
+    Python's ``None`` is taken for YAML's ``null``, as users write it)."""
     kwargs: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise InputError(f"--model-arg: expected KEY=VALUE, got {item!r}")
-        kwargs[key] = yaml.safe_load(value) if value else None
+        kwargs[key] = yaml.safe_load(value) if value and value != "None" else None
     return kwargs
 
 
