@@ -28,7 +28,7 @@ __all__ = ["ALONE", "ALONE_MIN_MACS", "is_alone", "plan_graph", "plan_traced", "
 ALONE = "layer form (alone in the graph, split and merged around it)"
 
 #: A conv that the policy converts but no octave conv sits next to (plain input, and no octave
-#: conv reads its output: an SSD's box heads) would only be split and merged again; graph mode
+#: conv reads its output: SSD300's class heads) would only be split and merged again; graph mode
 #: keeps it plain unless it costs at least this many multiply-adds per image at the probe size,
 #: and then converts it in layer form. Measured on the development VM (batch 1, 2 threads, one
 #: conv, layer form against plain, ``octswap.measure_latency``): 512->364 3x3 at 38x38 (2.4 G)
@@ -156,8 +156,9 @@ def plan_traced(
         noted = d.name in islands and d.name not in inconsistent
         why = f"{islands[d.name]}; {outcome.reason}" if noted else outcome.reason
         if in_low == 0 and out_low == 0:
-            if noted and d.action == "octave" and (d.in_low or d.out_low) and _macs(d) >= ALONE_MIN_MACS:
-                final.append(replace(d, reason=f"{ALONE}: {_macs(d) / 1e9:.2f} GMAC per image; {d.reason}"))
+            macs = _macs(d)
+            if noted and d.action == "octave" and (d.in_low or d.out_low) and macs >= ALONE_MIN_MACS:
+                final.append(replace(d, reason=f"{ALONE}: {macs / 1e9:.2f} GMAC per image; {d.reason}"))
                 continue
             final.append(replace(d, action="keep", alpha_in=0.0, alpha_out=0.0, in_low=0, out_low=0, reason=why))
             continue
