@@ -174,7 +174,7 @@ def compare_forms(args: argparse.Namespace) -> None:
     import octswap.layers.resample
     from octswap.export import export_model, reference_model
     from octswap.export.onnx_file import onnxruntime_session
-    from octswap.latency import _session_forward, _side_by_side
+    from octswap.latency import session_forward, side_by_side
 
     name, alpha, shape, model, converted = _first_pair(args)
     with tempfile.TemporaryDirectory() as folder:
@@ -211,7 +211,7 @@ def compare_forms(args: argparse.Namespace) -> None:
             else:
                 sessions = [onnxruntime_session(p, threads=args.threads, fixed_dims=fixed) for p in paths.values()]
             x = torch.randn(batch, *shape).numpy()
-            timings = _side_by_side([_session_forward(s, x) for s in sessions], args.threads, rounds=args.rounds,
+            timings = side_by_side([session_forward(s, x) for s in sessions], args.threads, rounds=args.rounds,
                                     min_round_time=args.min_round_time)  # fmt: skip
             base = timings[0].median
             print(f"| {batch} | " + " | ".join(f"{t.median * 1e3:.1f} ms ({t.median / base:.2f})" for t in timings)
@@ -238,7 +238,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from octswap.export import export_model
-    from octswap.latency import _session_forward, _side_by_side
+    from octswap.latency import session_forward, side_by_side
 
     name, alpha, shape, model, converted = _first_pair(args)
     with tempfile.TemporaryDirectory() as folder:
@@ -252,7 +252,7 @@ def compare_sessions(args: argparse.Namespace) -> None:
             kinds = {"plain": None, "plain, batch fixed": {"batch": batch}}
             sessions = [plain_session(p, args.threads, fixed=fixed) for fixed in kinds.values() for p in paths]
             x = torch.randn(batch, *shape).numpy()
-            timings = _side_by_side([_session_forward(s, x) for s in sessions], args.threads, rounds=args.rounds,
+            timings = side_by_side([session_forward(s, x) for s in sessions], args.threads, rounds=args.rounds,
                                     min_round_time=args.min_round_time)
             for index, kind in enumerate(kinds):
                 original, ours = (t.median for t in timings[2 * index:2 * index + 2])

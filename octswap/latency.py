@@ -28,7 +28,8 @@ from torch import nn
 from octswap.errors import InputError
 from octswap.inference import InferenceOptions
 
-__all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency"]
+__all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency", "session_forward",
+           "side_by_side"]
 
 #: Runtimes ``octswap bench --runtime`` times models in.
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -165,7 +166,7 @@ def measure_latency(
         peaks: list[int | None] = [None, None]
         if memory and not options.compile:
             peaks = [measure_activations(m, x).peak for m in models]
-        timings = _side_by_side([_forward(m, x) for m in models], threads, rounds=rounds,
+        timings = side_by_side([_forward(m, x) for m in models], threads, rounds=rounds,
                                 min_round_time=min_round_time)  # fmt: skip
         results.append(LatencyResult(batch, threads, str(dev), options, timings[0], timings[1], peaks[0], peaks[1]))
     return results
@@ -179,7 +180,7 @@ def _forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return forward
 
 
-def _side_by_side(forwards: Sequence[Callable[[], None]], threads: int, *, rounds: int,
+def side_by_side(forwards: Sequence[Callable[[], None]], threads: int, *, rounds: int,
                   min_round_time: float) -> list[Timing]:  # fmt: skip
     """Time each forward in alternating rounds (``torch.utils.benchmark.Timer``)."""
     # torch.utils.benchmark imports cpp_extension, which warns about a missing CUDA
@@ -264,14 +265,14 @@ def measure_onnxruntime_latency(
             fixed = {"batch": batch, "height": input_shape[1], "width": input_shape[2]}
             sessions = [onnxruntime_session(p, threads=threads, device=str(dev), fixed_dims=fixed) for p in paths]
             x = torch.randn(batch, *input_shape).numpy()
-            forwards = [_session_forward(session, x) for session in sessions]
-            timings = _side_by_side(forwards, threads, rounds=rounds, min_round_time=min_round_time)
+            forwards = [session_forward(session, x) for session in sessions]
+            timings = side_by_side(forwards, threads, rounds=rounds, min_round_time=min_round_time)
             results.append(LatencyResult(batch, threads, str(dev), InferenceOptions(True, False, False, False),
                                          timings[0], timings[1], runtime="onnxruntime", export=shape))  # fmt: skip
     return results
 
 
-def _session_forward(session: Any, x: Any) -> Callable[[], None]:
+def session_forward(session: Any, x: Any) -> Callable[[], None]:
     name = session.get_inputs()[0].name
 
     def forward() -> None:

@@ -22,7 +22,7 @@ from octswap.eval_mode import eval_mode
 from octswap.layers import CONVERTIBLE_CONVS, check_geometry, conv_padding, low_channels, module_type
 from octswap.policy import Policy
 
-__all__ = ["ConvSite", "LayerDecision", "Plan", "example_input", "output_signature", "output_tensors", "policy_plan", "probe",
+__all__ = ["ConvSite", "LayerDecision", "Plan", "decide", "example_input", "output_signature", "output_tensors", "policy_plan", "probe",
            "same_signature"]
 
 logger = logging.getLogger(__name__)
@@ -278,7 +278,14 @@ def probe(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[Con
 
 
 # ------------------------------------------------------------------ decisions
-def _decide(site: ConvSite, policy: Policy) -> LayerDecision:
+def decide(site: ConvSite, policy: Policy) -> LayerDecision:
+    """What ``policy`` asks for one probed conv, judged on its own (the layer-mode decision).
+
+    Example:
+        >>> sites, _ = probe(torchvision.models.resnet18(), (3, 64, 64))  # doctest: +SKIP
+        >>> decide(sites[1], Policy(alpha=0.5)).out_low                    # doctest: +SKIP
+        32
+    """
     def keep(reason: str, a_in: float = 0.0, a_out: float = 0.0, *, accepts_pair: bool = False) -> LayerDecision:
         return LayerDecision(site.name, "keep", a_in, a_out, 0, 0, reason, site, accepts_pair)
 
@@ -336,7 +343,7 @@ def policy_plan(
         PolicyError: with ``strict``, a rule matches no conv.
     """
     sites, output = probe(model, input_shape)
-    layers = tuple(_decide(site, policy) for site in sites)
+    layers = tuple(decide(site, policy) for site in sites)
     warnings = []
     for index, rule in enumerate(policy.rules):
         if not any(rule.selects(site) for site in sites):

@@ -239,3 +239,46 @@ class LoneConvs(nn.Module):
 
 def lone_convs() -> LoneConvs:
     return LoneConvs()
+
+
+def _conv(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups)
+
+
+class UnitsNet(nn.Module):
+    """Convs whose tuning units are known by construction (input 3x32x32).
+
+    A residual stage: ``a2``, the projection ``proj`` and ``b2`` meet at adds (one unit);
+    the inner convs ``a1``, ``b1`` each alone; ``left`` and ``right`` are concatenated (a
+    concatenation keeps each split: two units); ``mix`` feeds a grouped conv; ``p`` and
+    ``q`` both feed the shared conv ``shared`` (one unit); ``head`` reads the sum of the
+    shared conv's two outputs.
+    """
+
+    UNITS = ({"a1"}, {"a2", "proj", "b2"}, {"b1"}, {"left"}, {"right"}, {"mix"}, {"grouped"}, {"p", "q"},
+             {"shared"}, {"head"})  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _conv(3, 32)  # 3 input channels: kept plain (min_channels)
+        self.a1, self.a2, self.proj = _conv(32, 32), _conv(32, 32), _conv(32, 32, 1)
+        self.b1, self.b2 = _conv(32, 32), _conv(32, 32)
+        self.left, self.right = _conv(32, 16, 1), _conv(32, 16)
+        self.mix = _conv(32, 32, 1)
+        self.grouped = _conv(32, 32, 3, groups=4)
+        self.p, self.q = _conv(32, 32), _conv(32, 32)
+        self.shared = _conv(32, 32)
+        self.head = _conv(32, 32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.a2(torch.relu(self.a1(x))) + self.proj(x))
+        y = torch.relu(self.b2(torch.relu(self.b1(y))) + y)
+        z = torch.cat([self.left(y), self.right(y)], dim=1)
+        z = torch.relu(self.grouped(torch.relu(self.mix(z))))
+        s = self.shared(torch.relu(self.p(z))) + self.shared(torch.relu(self.q(z)))
+        return self.head(torch.relu(s)).mean(dim=(2, 3))
+
+
+def units_net() -> UnitsNet:
+    return UnitsNet()

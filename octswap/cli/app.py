@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from octswap import __version__
-from octswap.cli import bench, convert, export, heal, models, plan, report, zoo
+from octswap.cli import bench, convert, export, heal, models, plan, report, tune, zoo
 from octswap.cli.errors import HANDLED, exit_code_for
 from octswap.cli.output import out
 
@@ -58,7 +58,7 @@ app = typer.Typer(
     # Plain click-style usage errors: a few lines ending in one "Error: ..." line, no boxes.
     rich_markup_mode=None,
 )
-for module in (convert, report, plan, zoo, bench, heal, export, models):
+for module in (convert, report, plan, tune, zoo, bench, heal, export, models):
     app.command(name=module.__name__.rpartition(".")[2])(module.command)
 
 

@@ -73,9 +73,14 @@ def is_checkpoint(target: str) -> bool:
 
 def default_output(model: str, alpha: float) -> Path:
     """``resnet50`` at 0.25 -> ``resnet50-oct0.25.pt``; an import path keeps its factory's name."""
+    return Path(f"{model_stem(model)}-oct{alpha:g}.pt")
+
+
+def model_stem(model: str) -> str:
+    """A file-name stem for a model: ``resnet50``; an import path's factory name."""
     from octswap.models import file_stem
 
-    return Path(f"{file_stem(model.rpartition(':')[2] or model).removesuffix('.py')}-oct{alpha:g}.pt")
+    return file_stem(model.rpartition(":")[2] or model).removesuffix(".py")
 
 
 def refuse_with_checkpoint(options: ModelChoice, *, keep: tuple[str, ...] = ()) -> None:

@@ -81,6 +81,11 @@ class GraphPass:
         self.outcomes: dict[str, Outcome] = {}
         self.boundaries: list[dict[str, str]] = []
         self.useful: set[str] = set()
+        #: Sets of convs whose octave outputs meet (two pairs added or multiplied, the inputs of
+        #: one shared conv): one split for all of them keeps the pairs flowing (the tuner's units).
+        self.joins: list[frozenset[str]] = []
+        #: Shared convs: the convs whose outputs reached their first call.
+        self.first_origins: dict[str, frozenset[str]] = {}
         #: Shared convs whose calls get differently split inputs, with why (kept plain when planning).
         self.inconsistent: dict[str, str] = dict(inconsistent or {})
         #: Shared norm modules: the layout their first call got (None: plain), which later calls take.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,8 +21,8 @@ from octswap.rewrite.graph.tracing import trace
 from octswap.rewrite.layer import convert_decisions
 from octswap.rewrite.registry import register_rewriter
 
-__all__ = ["ALONE", "ALONE_MIN_MACS", "is_alone", "plan_graph", "plan_traced", "rewrite_graph", "rewrite_traced",
-           "traced_with_shapes"]
+__all__ = ["ALONE", "ALONE_MIN_MACS", "Refined", "is_alone", "plan_graph", "plan_traced", "refine_traced", "rewrite_graph",
+           "rewrite_traced", "traced_with_shapes"]
 
 #: Reason prefix of a conv converted in layer form inside a graph (see :data:`ALONE_MIN_MACS`).
 ALONE = "layer form (alone in the graph, split and merged around it)"
@@ -128,12 +128,32 @@ def plan_traced(
     is converted in layer form where it is heavy enough to pay for that (:data:`ALONE_MIN_MACS`).
     """
     gm = traced_with_shapes(model, call, opaque=opaque, compare=True)
+    refined = refine_traced(gm, decisions)
+    return refined.layers, refined.boundaries
+
+
+@dataclass(frozen=True)
+class Refined:
+    """Graph-mode decisions for one traced graph (see :func:`refine_traced`)."""
+
+    layers: tuple[LayerDecision, ...]
+    boundaries: tuple[dict[str, str], ...]
+    #: Sets of convs whose octave outputs meet (at an add or multiply of two pairs, or as the
+    #: inputs of one shared conv): their splits must agree, or a merge and split goes between.
+    joins: tuple[frozenset[str], ...]
+
+
+def refine_traced(gm: fx.GraphModule, decisions: Sequence[LayerDecision]) -> Refined:
+    """:func:`plan_traced` on a graph already traced with shapes (:func:`traced_with_shapes`):
+    cheap enough to call once per candidate policy (the tuner does)."""
     targets = _targets(decisions)
     islands: dict[str, str] = {}
     inconsistent: dict[str, str] = {}
+    joins: set[frozenset[str]] = set()
     for _ in range(len(decisions) + 1):
         p = GraphPass(gm, targets, root=None, inconsistent=inconsistent)
         p.run()
+        joins.update(p.joins)  # the first pass's: before convs whose outputs only merge go plain
         lonely = [name for name, o in p.outcomes.items() if o.out_low > 0 and name not in p.useful]
         mixed = {name: why for name, why in p.inconsistent.items() if targets[name].accepts_pair}
         if not lonely and not mixed:
@@ -167,7 +187,7 @@ def plan_traced(
             d, action="octave", in_low=in_low, out_low=out_low, reason=role + why,
             alpha_in=round(in_low / d.site.in_channels, 6), alpha_out=round(out_low / d.site.out_channels, 6),
         ))  # fmt: skip
-    return tuple(final), tuple(p.boundaries)
+    return Refined(tuple(final), tuple(p.boundaries), tuple(sorted(joins, key=sorted)))
 
 
 @register_rewriter("graph", refine=plan_graph)

@@ -22,7 +22,7 @@ from octswap.rewrite.layer import convert_layers, replace_module
 from octswap.rewrite.regions.discovery import Region, find_regions, relative
 from octswap.rewrite.registry import register_rewriter
 
-__all__ = ["plan_regions", "rewrite_regions"]
+__all__ = ["LAYER_MODE", "owning_region", "plan_regions", "rewrite_regions"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 LAYER_MODE = "layer mode (outside every traced region)"
 
 
-def _owner(name: str, regions: tuple[Region, ...]) -> Region | None:
+def owning_region(name: str, regions: tuple[Region, ...]) -> Region | None:
+    """The innermost region whose graph rewrites conv ``name``, or None (layer mode)."""
     owners = [r for r in regions if r.owns(name)]
     return max(owners, key=lambda r: r.depth) if owners else None
 
@@ -49,7 +50,7 @@ def plan_regions(model: nn.Module, plan: Plan) -> Plan:
     boundaries: list[dict[str, str]] = []
     counted = []
     for region in regions:
-        mine = [d for d in plan.layers if _owner(d.name, regions) is region]
+        mine = [d for d in plan.layers if owning_region(d.name, regions) is region]
         local = [replace(d, name=relative(d.name, region.path)) for d in mine]
         module = model.get_submodule(region.path)
         try:
@@ -119,10 +120,10 @@ def rewrite_regions(model: nn.Module, plan: Plan) -> nn.Module:
     them in layer mode; returns the model (a graph module if the region is the whole model)."""
     regions = tuple(Region.from_dict(r) for r in plan.regions)
     calls = record_calls(model, plan.input_shape, [r.path for r in regions])
-    outside = tuple(d for d in plan.layers if _owner(d.name, regions) is None)
+    outside = tuple(d for d in plan.layers if owning_region(d.name, regions) is None)
     model = convert_layers(model, replace(plan, layers=outside))
     for region in sorted(regions, key=lambda r: -r.depth):
-        mine = [d for d in plan.layers if _owner(d.name, regions) is region]
+        mine = [d for d in plan.layers if owning_region(d.name, regions) is region]
         local = [replace(d, name=relative(d.name, region.path)) for d in mine]
         module = model.get_submodule(region.path)
         new = rewrite_traced(module, local, calls[region.path], opaque=region.opaque_relative())

@@ -33,6 +33,7 @@ def binary(p: GraphPass, node: fx.Node) -> Any:
     if len(node.args) > 2 or any(isinstance(v, fx.Node) for v in extra_kwargs.values()):
         return p.copy_plain(node)
     if isinstance(a, Pair) and isinstance(b, Pair):
+        p.joins.append(a.origins | b.origins)
         if a.layout != b.layout:
             # Different splits (a policy giving the two sides different alphas, or
             # Inception-ResNet's concatenated branches): the second operand is merged and

@@ -43,6 +43,8 @@ def conv(p: GraphPass, node: fx.Node) -> Any:
         shared = f"; called {p.shared[name]} times per forward (shared weights), same split each time"
     outcome = Outcome(reason=target.reason + shared)
     source = x
+    if isinstance(x, Pair) and name in p.shared:
+        p.first_origins[name] = x.origins
     if isinstance(x, Pair):
         gin = conv.in_channels // conv.groups
         aligned = conv.groups == 1 or (x.layout.is_standard and len(x.layout.low) % gin == 0)
@@ -75,6 +77,8 @@ def _repeated_call(p: GraphPass, node: fx.Node, first: Outcome) -> Any:
     first call's layout where this call's differs (recorded as a boundary)."""
     name, conv = node.target, p.modules[node.target]
     x = p.value(node.args[0])
+    if isinstance(x, Pair) and name in p.first_origins:
+        p.joins.append(x.origins | p.first_origins[name])
     if first.in_low == 0 and first.out_low == 0:
         return p.copy_plain(node, f"{name} stays plain ({first.reason})")
     layout = first.in_layout

@@ -1,0 +1,133 @@
+"""``octswap tune``: the alpha per unit that is fastest on this machine, or reaches a latency or
+FLOPs target with the least change; writes a policy ``convert --policy`` takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from octswap.cli.options import (ChannelMultipleOpt, DeviceOpt, ForceOpt, FormatOpt, InputSizeOpt, Mode, ModeOpt,
+                                 ModelArgOpt, PolicyOpt, ThreadsOpt, WeightsOpt)
+from octswap.cli.output import Format, Output, TableView, emit, err, note
+from octswap.cli.resolve import choice, load, model_stem
+from octswap.cli.signals import stop_on_signal
+from octswap.errors import InputError, OutputExistsError
+
+if TYPE_CHECKING:
+    from octswap.tuning import TuneResult
+
+__all__ = ["command", "tune_output"]
+
+
+def _alphas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--alphas takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise InputError("--alphas needs at least one alpha")
+    return values
+
+
+def tune_output(result: TuneResult, *, model: str, policy_file: Path, measurements: Path) -> Output:
+    flops = result.objective == "flops"
+    headers = ["unit", "convs", "GMAC", "alpha", "saves alone (M MAC)" if flops else "saves alone (ms)"]
+    rows = []
+    for c in result.units:
+        saving = f"{c.saving / 1e6:.1f}" if flops else f"{c.saving * 1e3:.2f}"
+        rows.append([c.unit.name, str(len(c.unit.convs)), f"{c.unit.macs / 1e9:.3f}", f"{c.alpha:g}",
+                     saving if c.alpha else "-"])  # fmt: skip
+    target = "" if result.target is None else f" {result.target}"
+    title = (f"octswap tune: {model}, {result.objective}{target} ({len(result.plan.octave_layers)} of "
+             f"{len(result.plan.layers)} convs converted, {result.plan.mode} mode)")  # fmt: skip
+    lines = []
+    if result.measured_ratio is not None:
+        lines.append(f"latency ratio {result.measured_ratio:.3f} measured (predicted {result.predicted_ratio:.3f}), "
+                     f"batch {result.batch}, {result.threads} threads, {result.device}; FLOPs ratio "
+                     f"{result.flops_ratio:.3f}")  # fmt: skip
+    else:
+        lines.append(f"FLOPs ratio {result.flops_ratio:.3f} (predicted {result.predicted_ratio:.3f}); nothing timed")
+    lines += [f"note: {n}" for n in result.notes]
+    data = {"model": model, "policy_file": str(policy_file), "measurements_file": str(measurements), **result.to_dict()}
+    return Output(data, [TableView(headers, rows, title=title, align="lrrrr"), *lines])
+
+
+def _progress() -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True)  # fmt: skip
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total or None)
+        progress.update(tasks[stage], completed=done)
+
+    return progress, update
+
+
+def command(
+    model: Annotated[str, typer.Argument(help="torchvision name (resnet50) or package.module:factory.")],
+    target_latency: Annotated[Optional[float], typer.Option(
+        "--target-latency", help="Latency ratio to reach (converted / original), with the least change "
+        "[default: the fastest policy, never slower than the original].")] = None,
+    target_flops: Annotated[Optional[float], typer.Option(
+        "--target-flops", help="FLOPs ratio to reach instead (nothing is timed: for hardware not at hand).")] = None,
+    alphas: Annotated[str, typer.Option(
+        "--alphas", help="Candidate alphas per unit besides 0, comma-separated.")] = "0.125,0.25,0.375,0.5,0.625,0.75",
+    policy: PolicyOpt = None,
+    channel_multiple: ChannelMultipleOpt = None,
+    weights: WeightsOpt = None,
+    input_size: InputSizeOpt = None,
+    model_arg: ModelArgOpt = None,
+    mode: ModeOpt = Mode.auto,
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Batch size to time at.")] = 8,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Alternating rounds per measurement.")] = 5,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Policy file to write [default: <model>-tuned.yaml].")] = None,
+    measurements: Annotated[Optional[Path], typer.Option(
+        "--measurements", help="Where measurements are kept as they are made [default: <output>.measurements.json].")]
+    = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Reuse the measurements file of an interrupted or earlier run (same setting).")] = False,
+    force: ForceOpt = False,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Choose which convs convert, at which alpha, by what they measure on this machine."""
+    import octswap
+    from octswap.checkpoint import atomic_write
+    from octswap.tuning import TuneInterrupted, tune
+    from octswap.tuning.policy_file import policy_yaml
+
+    options = choice(channel_multiple=channel_multiple, policy=policy, weights=weights, model_arg=model_arg,
+                     input_size=input_size, mode=mode)  # fmt: skip
+    target = output if output is not None else Path(f"{model_stem(model)}-tuned.yaml")
+    store = measurements if measurements is not None else target.with_name(target.name + ".measurements.json")
+    if target.exists() and not force:  # fail before the work, not after
+        raise OutputExistsError(f"{target} exists; pass --force to overwrite it")
+    if store.exists() and not (resume or force):
+        raise OutputExistsError(f"{store} exists; pass --resume to reuse its measurements or --force to start over")
+    candidates = _alphas(alphas)
+    loaded = load(model, options)
+    progress, update = _progress()
+    try:
+        with stop_on_signal() as stop, progress:
+            result = tune(loaded.model, policy=options.resolved_policy, input_shape=loaded.shape,
+                          mode=options.mode_value, target_latency=target_latency, target_flops=target_flops,
+                          alphas=candidates, batch=batch, threads=threads, device=device, rounds=rounds, cache=store,
+                          resume=resume, force=force and not resume, model_key=model, progress=update, stop=stop)
+    except TuneInterrupted:
+        kept = f"measurements kept in {store} (continue with --resume)" if store.exists() else "nothing was measured"
+        note(f"octswap: stopped; {kept}")
+        raise typer.Exit(130) from None
+    text = policy_yaml(result, model=model)
+    octswap.Policy.from_yaml(text, source=str(target))  # what convert --policy will read
+    atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=force)
+    emit(tune_output(result, model=model, policy_file=target, measurements=store), fmt)
+    size = f" -s {input_size}" if input_size else ""
+    note(f"wrote {target}; convert with: octswap convert {model}{size} --policy {target}")

@@ -1,0 +1,232 @@
+"""octswap tune: units, the search against brute force, policies that round-trip, cached measurements."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import octswap
+from octswap.cli import app
+from octswap.errors import InputError, OutputExistsError
+from octswap.flops import count_cost
+from octswap.layers import OctaveConv2d
+from octswap.layers.resample import split_frequencies
+from octswap.plan import ConvSite, example_input
+from octswap.policy import Policy
+from octswap.tuning import TuneInterrupted, tune
+from octswap.tuning.policy_file import policy_yaml
+from octswap.tuning.search import (Option, coordinate_descent, fewest_drop_reaching, most_saving_within,
+                                   pareto_front)
+from octswap.tuning.space import SearchSpace, conv_macs, octave_macs
+from tests.nets import UnitsNet, size_checked_segmenter
+
+SHAPE = (3, 32, 32)
+
+
+def _units(space):
+    return sorted(sorted(u.convs) for u in space.units)
+
+
+def test_units_join_convs_whose_outputs_meet_and_only_those():
+    space = SearchSpace(UnitsNet(), policy=Policy(), input_shape=SHAPE)
+    assert space.mode == "graph"
+    assert _units(space) == sorted(sorted(u) for u in UnitsNet.UNITS)
+    # One alpha per unit: the residual stage keeps one split, so no boundary is inserted there.
+    plan = space.plan_for({u.name: 0.5 for u in space.units})
+    assert not [b for b in plan.boundaries if b["before"].startswith(("add", "b2", "proj"))]
+
+
+def test_units_inside_graph_regions():
+    space = SearchSpace(size_checked_segmenter(), policy=Policy(), input_shape=SHAPE)
+    assert space.mode == "regions"
+    units = _units(space)
+    for stage in ("encoder.stage1", "encoder.stage2"):
+        assert [f"{stage}.conv2", f"{stage}.shortcut"] in units
+    assert sorted(c for u in units for c in u) == sorted(space.candidates)
+
+
+def _lows(layers):
+    return [(d.name, d.action, d.in_low, d.out_low) for d in layers]
+
+
+@pytest.mark.parametrize("build", [UnitsNet, size_checked_segmenter])
+def test_replanning_without_tracing_gives_the_plan_convert_makes(build):
+    space = SearchSpace(build(), policy=Policy(), input_shape=SHAPE)
+    rng = random.Random(0)
+    for _ in range(3):
+        assignment = {u.name: rng.choice([0.0, 0.125, 0.25, 0.5, 0.75]) for u in space.units}
+        assert _lows(space.decisions_for(assignment)) == _lows(space.plan_for(assignment).layers)
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "stride", "groups", "size", "in_low", "out_low"), [
+    (32, 48, 3, 1, 1, (13, 9), 8, 12),
+    (32, 32, 3, 2, 1, (14, 14), 8, 16),
+    (32, 32, 3, 2, 1, (15, 15), 0, 16),
+    (32, 32, 3, 1, 1, (15, 15), 8, 0),
+    (32, 32, 3, 1, 32, (10, 10), 8, 16),
+    (32, 32, 1, 1, 4, (9, 9), 16, 8),
+])  # fmt: skip
+def test_octave_macs_equal_fvcore_on_the_built_conv(cin, cout, k, stride, groups, size, in_low, out_low):
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups)
+    x = torch.randn(1, cin, *size)
+    out_size = tuple(conv(x).shape[-2:])
+    site = ConvSite("c", "Conv2d", cin, cout, (k, k), (stride, stride), (k // 2, k // 2), (1, 1), groups, True,
+                    "zeros", size, out_size, 1)  # fmt: skip
+    octave = OctaveConv2d.from_conv(conv, in_low=in_low, out_low=out_low)
+    inputs = (split_frequencies(x, in_low),) if in_low else (x,)
+    assert octave_macs(site, in_low, out_low) == count_cost(octave, inputs).by_operator["conv"]
+    assert conv_macs(site) == count_cost(conv, x).by_operator["conv"]
+
+
+def _random_options(rng, units=4, choices=3):
+    table = {}
+    for u in range(units):
+        opts = [Option(0.0, 0.0, 0.0)]
+        for a in range(1, choices):
+            opts.append(Option(a / choices, round(rng.uniform(-1, 5), 3), round(rng.uniform(0, 3), 3)))
+        table[f"u{u}"] = opts
+    return table
+
+
+def _brute_force(table):
+    points = []
+    for combo in itertools.product(*table.values()):
+        points.append((sum(o.saving for o in combo), sum(o.drop for o in combo),
+                       {u: o.alpha for u, o in zip(table, combo)}))  # fmt: skip
+    return points
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_knapsack_search_agrees_with_brute_force(seed):
+    rng = random.Random(seed)
+    table = _random_options(rng)
+    every = _brute_force(table)
+    front = pareto_front(table)
+    # The front is exactly the non-dominated set of all policies.
+    dominated = {i for i, p in enumerate(every) for q in every
+                 if q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1])}  # fmt: skip
+    expected = sorted({(round(p[0], 9), round(p[1], 9)) for i, p in enumerate(every) if i not in dominated})
+    assert sorted((round(p.saving, 9), round(p.drop, 9)) for p in front) == expected
+    for need in (0.5, 3.0, 7.5, 12.0):
+        reaching = [p for p in every if p[0] >= need - 1e-12]
+        got = fewest_drop_reaching(front, need)
+        if not reaching:
+            assert got is None
+            continue
+        assert got is not None and got.drop == pytest.approx(min(p[1] for p in reaching))
+        saving, drop = (sum(o.saving for u, opts in table.items() for o in opts if o.alpha == got.assignment[u]),
+                        sum(o.drop for u, opts in table.items() for o in opts if o.alpha == got.assignment[u]))
+        assert (saving, drop) == (pytest.approx(got.saving), pytest.approx(got.drop))  # the assignment is the point
+    for budget in (0.0, 1.0, 4.0):
+        best = most_saving_within(front, budget)
+        assert best.saving == pytest.approx(max(p[0] for p in every if p[1] <= budget + 1e-12))
+
+
+def test_coordinate_descent_reaches_the_minimum_of_a_separable_cost():
+    rng = random.Random(3)
+    table = _random_options(rng, units=5, choices=4)
+    grid = {u: [o.alpha for o in opts] for u, opts in table.items()}
+
+    def cost(assignment):
+        return -sum(o.saving for u, opts in table.items() for o in opts if o.alpha == assignment.get(u, 0.0))
+
+    best = min(cost(dict(zip(table, combo))) for combo in itertools.product(*grid.values()))
+    assert cost(coordinate_descent({}, grid, cost)) == pytest.approx(best)
+
+
+def test_a_flops_target_gives_a_policy_convert_takes_unchanged(tmp_path):
+    model = UnitsNet().eval()
+    result = tune(model, input_shape=SHAPE, target_flops=0.7, alphas=(0.25, 0.5))
+    assert result.measured_ratio is None and result.objective == "flops"
+    x = example_input(SHAPE)
+    assert result.flops_ratio <= 0.7 + 0.01
+    text = policy_yaml(result, model="units_net")
+    converted, plan = octswap.convert(model, Policy.from_yaml(text), input_shape=SHAPE)
+    assert _lows(plan.layers) == _lows(result.plan.layers)
+    assert count_cost(converted, x).flops / count_cost(model, x).flops == pytest.approx(result.flops_ratio)
+    # Each unit's convs share the alpha chosen for it.
+    alphas = {r.name: r.alpha for r in Policy.from_yaml(text).rules}
+    for choice in result.units:
+        assert {alphas[c] for c in choice.unit.convs} == {choice.alpha}
+
+
+def test_a_target_no_policy_reaches_names_the_closest():
+    with pytest.raises(InputError, match=r"no policy reaches a FLOPs ratio of 0.05.*closest is 0\.\d+"):
+        tune(UnitsNet(), input_shape=SHAPE, target_flops=0.05, alphas=(0.25,))
+
+
+@pytest.mark.parametrize("kwargs", [{"target_latency": 0}, {"target_latency": 1.2}, {"target_flops": -1},
+                                    {"target_latency": 0.5, "target_flops": 0.5}, {"alphas": (0.5, 1.0)}])  # fmt: skip
+def test_bad_targets_are_refused(kwargs):
+    with pytest.raises(InputError):
+        tune(UnitsNet(), input_shape=SHAPE, **kwargs)
+
+
+def test_measurements_survive_an_interruption_and_are_not_made_again(tmp_path):
+    cache = tmp_path / "m.json"
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 6
+
+    common = dict(input_shape=SHAPE, alphas=(0.5,), batch=2, threads=1, rounds=1, cache=cache)
+    with pytest.raises(TuneInterrupted):
+        tune(UnitsNet(), stop=stop, **common)
+    first = set(json.loads(cache.read_text())["entries"])
+    assert len(first) >= 2  # the original and some convs
+    with pytest.raises(OutputExistsError):
+        tune(UnitsNet(), **common)
+    with pytest.raises(InputError, match="measured with batch=2"):
+        tune(UnitsNet(), resume=True, **{**common, "batch": 4})
+    result = tune(UnitsNet(), resume=True, **common)
+    final = set(json.loads(cache.read_text())["entries"])
+    assert first <= final
+    assert len(final) == len(first) + result.measurements  # nothing measured twice
+    assert result.reused >= len(first)
+    assert result.measured_ratio is not None and result.measured_ratio < 1 or not any(c.alpha for c in result.units)
+
+
+# ------------------------------------------------------------------ command line
+UNITS_NET = "tests.nets:units_net"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_writes_a_policy_and_json(workdir):
+    result = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7", "--alphas", "0.25,0.5", "-f", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["objective"] == "flops" and data["flops_ratio"] <= 0.71 and data["policy_file"] == "units_net-tuned.yaml"
+    assert sorted(sorted(u["convs"]) for u in data["units"]) == sorted(sorted(u) for u in UnitsNet.UNITS)
+    policy = octswap.load_policy(workdir / "units_net-tuned.yaml")
+    assert Policy.from_dict(data["policy"]) == policy
+    again = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7")
+    assert again.exit_code == 2 and "exists; pass --force" in again.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--target-latency", "0"], "--target-latency must be a ratio"),
+    (["--target-flops", "0.01"], "closest is"),
+    (["--target-flops", "0.5", "--target-latency", "0.5"], "give one target"),
+    (["--alphas", "0.5,x"], "--alphas takes comma-separated numbers"),
+])  # fmt: skip
+def test_cli_bad_targets_exit_2_with_one_line_and_write_nothing(workdir, args, message):
+    result = _run("tune", UNITS_NET, "-s", "32", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(workdir.iterdir()) == []
