@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime venv clean
+.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime bench-tune venv clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,12 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_fidelity.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_onnxruntime.py
+	$(BIN)/python benchmarks/bench_tune.py
+
+# octswap tune on densenet121, mobilenet_v2 (fastest) and resnet50 (latency 0.65), each policy
+# timed in 3 fresh processes (~40 min on 2 cores; measurements cached in /tmp/octswap-tune).
+bench-tune: $(STAMP)
+	$(BIN)/python benchmarks/bench_tune.py
 
 # Latency under ONNX Runtime, original vs converted, both exported alike (~25 min on 2 cores).
 bench-onnxruntime: $(STAMP)

@@ -56,6 +56,9 @@ _EXPORTS = {
     "load_policy": "octswap.policy",
     "Report": "octswap.reporting",
     "report": ("octswap.reporting", "make_report"),
+    "tune": "octswap.tuning",
+    "TuneResult": "octswap.tuning",
+    "TuneInterrupted": "octswap.tuning",
 }
 
 
@@ -90,6 +93,8 @@ __all__ = [
     "OctaveConv2d",
     "OctaveConvBlock",
     "OctswapError",
+    "TuneInterrupted",
+    "TuneResult",
     "OutputExistsError",
     "Plan",
     "Preprocessing",
@@ -115,4 +120,5 @@ __all__ = [
     "recalibrate_batchnorm",
     "report",
     "save",
+    "tune",
 ]

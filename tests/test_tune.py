@@ -24,7 +24,7 @@ from octswap.tuning.policy_file import policy_yaml
 from octswap.tuning.search import (Option, coordinate_descent, fewest_drop_reaching, most_saving_within,
                                    pareto_front)
 from octswap.tuning.space import SearchSpace, conv_macs, octave_macs
-from tests.nets import UnitsNet, size_checked_segmenter
+from tests.nets import UnitsNet, bars, size_checked_segmenter, trained_tiny
 
 SHAPE = (3, 32, 32)
 
@@ -191,6 +191,55 @@ def test_measurements_survive_an_interruption_and_are_not_made_again(tmp_path):
     assert len(final) == len(first) + result.measurements  # nothing measured twice
     assert result.reused >= len(first)
     assert result.measured_ratio is not None and result.measured_ratio < 1 or not any(c.alpha for c in result.units)
+
+
+@pytest.fixture(scope="module")
+def digits_like():
+    x, y = bars(96, seed=7)
+    model = trained_tiny(x, y, steps=80)
+    loader = [(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)]
+    return model, loader
+
+
+def _agreement_by_hand(original, converted, loader):
+    same = total = 0
+    with torch.no_grad():
+        for inputs, _ in loader:
+            same += int((original(inputs).argmax(1) == converted.eval()(inputs).argmax(1)).sum())
+            total += len(inputs)
+    return same / total
+
+
+def test_a_units_drop_is_the_agreement_it_costs_after_batchnorm_re_estimation(digits_like):
+    from octswap.tuning.accuracy import AgreementTable
+    from octswap.tuning.cache import MeasurementCache
+
+    model, loader = digits_like
+    space = SearchSpace(model, policy=Policy(), input_shape=(3, 16, 16))
+    table = AgreementTable(model, space, data=loader, cache=MeasurementCache(None, {}, resume=False),
+                           calibrate_batches=3)  # fmt: skip
+    unit = space.units[0]
+    converted, _ = octswap.convert(model, space.policy_for({unit.name: 0.5}), input_shape=(3, 16, 16))
+    octswap.recalibrate_batchnorm(converted, loader, batches=3)
+    expected = 100 * (1 - _agreement_by_hand(model, converted, loader))
+    assert table.drop(unit.name, 0.5) == pytest.approx(expected)
+    assert table.drop(unit.name, 0.0) == 0.0 and table.measured == 1
+
+
+def test_max_drop_keeps_the_measured_agreement_within_the_budget(digits_like):
+    model, loader = digits_like
+    result = tune(model, input_shape=(3, 16, 16), data=loader, max_drop=2.0, calibrate_batches=3, alphas=(0.25, 0.5),
+                  batch=2, threads=1, rounds=1)  # fmt: skip
+    assert result.drop_kind == "agreement points" and result.objective == "max-drop"
+    converted, _ = octswap.convert(model, result.policy, input_shape=(3, 16, 16))
+    octswap.recalibrate_batchnorm(converted, loader, batches=3)
+    assert 100 * (1 - _agreement_by_hand(model, converted, loader)) <= 2.0
+    assert result.agreement == pytest.approx(_agreement_by_hand(model, converted, loader))
+
+
+def test_max_drop_needs_data():
+    with pytest.raises(InputError, match="--max-drop needs --data"):
+        tune(UnitsNet(), input_shape=SHAPE, max_drop=1.0)
 
 
 # ------------------------------------------------------------------ command line

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from octswap.cli.options import (ChannelMultipleOpt, DeviceOpt, ForceOpt, FormatOpt, InputSizeOpt, Mode, ModeOpt,
-                                 ModelArgOpt, PolicyOpt, ThreadsOpt, WeightsOpt)
+from octswap.cli import fidelity as data_options
+from octswap.cli.options import (BatchSizeOpt, ChannelMultipleOpt, CropOpt, DataOpt, DeviceOpt, ForceOpt, FormatOpt,
+                                 InputSizeOpt, LimitOpt, MeanOpt, Mode, ModeOpt, ModelArgOpt, PolicyOpt, ResizeOpt,
+                                 StdOpt, ThreadsOpt, WeightsOpt, WorkersOpt, preprocessing)
 from octswap.cli.output import Format, Output, TableView, emit, err, note
 from octswap.cli.resolve import choice, load, model_stem
 from octswap.cli.signals import stop_on_signal
@@ -33,12 +35,14 @@ def _alphas(text: str) -> tuple[float, ...]:
 
 def tune_output(result: TuneResult, *, model: str, policy_file: Path, measurements: Path) -> Output:
     flops = result.objective == "flops"
+    measured = result.drop_kind == "agreement points"
     headers = ["unit", "convs", "GMAC", "alpha", "saves alone (M MAC)" if flops else "saves alone (ms)"]
+    headers += ["agreement lost alone (points)"] * measured
     rows = []
     for c in result.units:
         saving = f"{c.saving / 1e6:.1f}" if flops else f"{c.saving * 1e3:.2f}"
         rows.append([c.unit.name, str(len(c.unit.convs)), f"{c.unit.macs / 1e9:.3f}", f"{c.alpha:g}",
-                     saving if c.alpha else "-"])  # fmt: skip
+                     saving if c.alpha else "-"] + [f"{c.drop:.2f}" if c.alpha else "-"] * measured)  # fmt: skip
     target = "" if result.target is None else f" {result.target}"
     title = (f"octswap tune: {model}, {result.objective}{target} ({len(result.plan.octave_layers)} of "
              f"{len(result.plan.layers)} convs converted, {result.plan.mode} mode)")  # fmt: skip
@@ -49,9 +53,11 @@ def tune_output(result: TuneResult, *, model: str, policy_file: Path, measuremen
                      f"{result.flops_ratio:.3f}")  # fmt: skip
     else:
         lines.append(f"FLOPs ratio {result.flops_ratio:.3f} (predicted {result.predicted_ratio:.3f}); nothing timed")
+    if result.agreement is not None:
+        lines.append(f"agreement with the original {result.agreement:.2%} after BatchNorm re-estimation (whole policy)")
     lines += [f"note: {n}" for n in result.notes]
     data = {"model": model, "policy_file": str(policy_file), "measurements_file": str(measurements), **result.to_dict()}
-    return Output(data, [TableView(headers, rows, title=title, align="lrrrr"), *lines])
+    return Output(data, [TableView(headers, rows, title=title, align="lrrrr" + "r" * measured), *lines])
 
 
 def _progress() -> tuple[Any, Any]:
@@ -76,6 +82,21 @@ def command(
         "[default: the fastest policy, never slower than the original].")] = None,
     target_flops: Annotated[Optional[float], typer.Option(
         "--target-flops", help="FLOPs ratio to reach instead (nothing is timed: for hardware not at hand).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(
+        "--max-drop", help="With --data: the fastest policy losing at most this many points of agreement "
+        "with the original (after BatchNorm re-estimation).")] = None,
+    data: DataOpt = None,
+    calibrate_bn: Annotated[int, typer.Option(
+        "--calibrate-bn", min=1, help="With --data: batches for BatchNorm re-estimation per measurement.")] = 10,
+    eval_batches: Annotated[Optional[int], typer.Option(
+        "--eval-batches", min=1, help="With --data: batches to measure agreement on [default: all].")] = None,
+    batch_size: BatchSizeOpt = 64,
+    limit: LimitOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    workers: WorkersOpt = None,
     alphas: Annotated[str, typer.Option(
         "--alphas", help="Candidate alphas per unit besides 0, comma-separated.")] = "0.125,0.25,0.375,0.5,0.625,0.75",
     policy: PolicyOpt = None,
@@ -113,13 +134,22 @@ def command(
     if store.exists() and not (resume or force):
         raise OutputExistsError(f"{store} exists; pass --resume to reuse its measurements or --force to start over")
     candidates = _alphas(alphas)
+    prep = preprocessing(mean, std, resize, crop)
     loaded = load(model, options)
+    loader = None
+    if data is not None:
+        from octswap.data import make_loader
+
+        samples = data_options.open_samples(data, loaded.shape, model=model, weights=weights, prep=prep, limit=limit)
+        data_options.warn_untrained(loaded.source.weights, model)
+        loader = make_loader(samples, batch_size=batch_size, workers=workers)
     progress, update = _progress()
     try:
         with stop_on_signal() as stop, progress:
             result = tune(loaded.model, policy=options.resolved_policy, input_shape=loaded.shape,
                           mode=options.mode_value, target_latency=target_latency, target_flops=target_flops,
-                          alphas=candidates, batch=batch, threads=threads, device=device, rounds=rounds, cache=store,
+                          max_drop=max_drop, data=loader, calibrate_batches=calibrate_bn, eval_batches=eval_batches,
+                          data_key=f"{data}|{limit}|{batch_size}|{mean}|{std}|{resize}|{crop}" if data else "", alphas=candidates, batch=batch, threads=threads, device=device, rounds=rounds, cache=store,
                           resume=resume, force=force and not resume, model_key=model, progress=update, stop=stop)
     except TuneInterrupted:
         kept = f"measurements kept in {store} (continue with --resume)" if store.exists() else "nothing was measured"

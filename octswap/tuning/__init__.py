@@ -7,6 +7,7 @@
 (measurements kept across runs), :mod:`~octswap.tuning.policy_file` (the YAML it writes).
 """
 
-from octswap.tuning.tuner import DEFAULT_ALPHAS, TuneInterrupted, TuneResult, UnitChoice, tune
+from octswap.tuning.objectives import TuneInterrupted
+from octswap.tuning.tuner import DEFAULT_ALPHAS, TuneResult, UnitChoice, tune
 
 __all__ = ["DEFAULT_ALPHAS", "TuneInterrupted", "TuneResult", "UnitChoice", "tune"]

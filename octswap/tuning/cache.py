@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 from octswap.checkpoint import atomic_write
 from octswap.errors import InputError, OutputExistsError
 
-__all__ = ["MeasurementCache"]
+__all__ = ["MeasurementCache", "machine"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +89,14 @@ class MeasurementCache:
         atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=True)
         self._saved_at = time.monotonic()
         self._dirty = False
+
+
+def machine() -> str:
+    """The CPU's model name (Linux), else what :mod:`platform` says: measurements are of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

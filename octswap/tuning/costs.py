@@ -12,7 +12,11 @@ the tuner checks that prediction against the converted model measured whole.
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +32,7 @@ from octswap.plan import ConvSite, LayerDecision
 from octswap.tuning.cache import MeasurementCache
 from octswap.tuning.space import conv_macs, octave_macs
 
-__all__ = ["ConvTiming", "LatencyTable", "geometry_key", "plan_macs"]
+__all__ = ["ELEMENTWISE_SHARE", "IN_LOW_STEPS", "ConvTiming", "LatencyTable", "geometry_key", "original_times", "plan_macs", "timed_in_low"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,38 @@ def plan_macs(decisions: Sequence[LayerDecision]) -> tuple[int, int]:
         before += plain
         after += octave_macs(d.site, d.in_low, d.out_low) if d.action == "octave" else plain
     return before, after
+
+
+#: Part of the elements a pair saves (a quarter of its low channels' worth) that shows as
+#: time in the elementwise work after a conv: a pair's ops run as two calls, so less than all.
+#: Fitted on this VM (batch 8, 2 threads) against whole-model measurements: resnet18 (tuned
+#: fastest) predicted 0.634 / 0.715 / 0.674 with 1 / 0 / 0.5, measured 0.652-0.691 in four
+#: runs; resnet50 (tuned to 0.65) 0.638 / 0.657 / 0.647, measured 0.621-0.632.
+ELEMENTWISE_SHARE = 0.5
+
+#: A conv's input split is timed at the nearest of this many steps of its channels: where many
+#: units feed one conv (DenseNet's concatenations), its input split takes many values, and
+#: timing each would multiply the measurements for differences of a few channels.
+IN_LOW_STEPS = 16
+
+
+def timed_in_low(site: ConvSite, in_low: int) -> int:
+    """The input split a conv is timed at: ``in_low`` rounded to :data:`IN_LOW_STEPS` steps
+    (whole groups for grouped convs; never 0 or all channels when ``in_low`` is neither).
+
+    Example:
+        >>> site = ConvSite("c", "Conv2d", 512, 128, (1, 1), (1, 1), (0, 0), (1, 1), 1, False, "zeros", (28, 28))
+        >>> timed_in_low(site, 129), timed_in_low(site, 0), timed_in_low(site, 3)
+        (128, 0, 32)
+    """
+    if in_low == 0:
+        return 0
+    group = site.in_channels // site.groups if site.groups > 1 else 1
+    step = math.lcm(group, max(1, site.in_channels // IN_LOW_STEPS))
+    if step >= site.in_channels:
+        return in_low
+    rounded = round(in_low / step) * step
+    return min(max(rounded, step), site.in_channels - step)
 
 
 class _One(nn.Module):
@@ -113,10 +149,15 @@ class LatencyTable:
         self.min_round_time = min_round_time
         self.progress = progress
         self.measured = 0
+        #: Seconds each conv takes inside the original, per forward (:func:`original_times`).
+        self.reference: dict[str, float] = {}
+        #: Seconds of the original's non-conv work attributed to each conv's output (:meth:`set_reference`).
+        self.following: dict[str, float] = {}
 
     def timing(self, site: ConvSite, *, in_low: int, out_low: int, form: str) -> ConvTiming:
         """The plain conv and its octave replacement (``form`` ``"pair"``: pairs in and out, as
         in graph mode; ``"block"``: split, octave conv, merge), timed side by side."""
+        in_low = timed_in_low(site, in_low)
         key = f"latency|{geometry_key(site)}|{in_low}|{out_low}|{form}"
         cached = self.cache.get(key)
         if cached is not None:
@@ -129,9 +170,36 @@ class LatencyTable:
         return timing
 
     def change(self, decisions: Sequence[LayerDecision], forms: dict[str, str]) -> float:
-        """Seconds per forward that the octave convs of ``decisions`` add (negative: save)."""
-        return sum(self.timing(d.site, in_low=d.in_low, out_low=d.out_low, form=forms[d.name]).change
-                   for d in decisions if d.action == "octave")  # fmt: skip
+        """Seconds per forward that the octave convs of ``decisions`` add (negative: save).
+
+        Each conv's change is its measured ratio (octave / plain, timed side by side) applied
+        to its time inside the original (:attr:`reference`, where measured): ratios hold when
+        the machine's speed drifts over a long run, absolute times measured minutes apart do not.
+        """
+        total = 0.0
+        for d in decisions:
+            if d.action != "octave":
+                continue
+            timing = self.timing(d.site, in_low=d.in_low, out_low=d.out_low, form=forms[d.name])
+            plain = self.reference.get(d.name, timing.plain)
+            total += plain * (timing.octave / timing.plain - 1) if timing.plain > 0 else 0.0
+            if forms[d.name] == "pair" and d.out_low:
+                # What follows the conv up to the next (norms, activations, adds) runs on the
+                # pair: its low part has a quarter of the elements (see ELEMENTWISE_SHARE).
+                share = ELEMENTWISE_SHARE * 0.75 * d.out_low / d.site.out_channels
+                total -= self.following.get(d.name, 0.0) * share
+        return total
+
+    def set_reference(self, seconds: float, convs: dict[str, float], sites: Sequence[ConvSite]) -> None:
+        """The original's time per forward and its convs' (:func:`original_times`): the time
+        outside convs is shared among the convs by the elements of their outputs, as the time
+        of what follows each conv (elementwise work scales with elements)."""
+        self.reference = dict(convs)
+        outside = max(0.0, seconds - sum(convs.values()))
+        elements = {s.name: s.out_channels * s.output_size[0] * s.output_size[1] * s.calls
+                    for s in sites if s.output_size is not None}  # fmt: skip
+        total = sum(elements.values()) or 1
+        self.following = {name: outside * count / total for name, count in elements.items()}
 
     def _measure(self, site: ConvSite, in_low: int, out_low: int, form: str) -> ConvTiming:
         if site.input_size is None:
@@ -161,3 +229,57 @@ def _forward(model: nn.Module, x: Any) -> Callable[[], None]:
             model(x)
 
     return forward
+
+
+def original_times(model: nn.Module, input_shape: tuple[int, int, int], *, batch: int, threads: int, device: str,
+                   options: InferenceOptions, min_time: float = 1.0) -> dict[str, float]:  # fmt: skip
+    """Seconds per forward each conv of ``model`` takes inside it (prepared as for timing; a
+    conv called several times per forward: the sum), median over forwards run for at least
+    ``min_time`` seconds, timed by forward hooks."""
+    prepared = optimize_for_inference(copy.deepcopy(model).to(device), options, inplace=True)
+    convs = {n: m for n, m in prepared.named_modules() if isinstance(m, nn.Conv2d)}
+    started: dict[str, float] = {}
+    spent: dict[str, float] = {}
+    cuda = torch.device(device).type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def before(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            sync()
+            started[name] = time.perf_counter()
+
+        return hook
+
+    def after(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            sync()
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started[name]
+
+        return hook
+
+    handles = [h for n, m in convs.items() for h in (m.register_forward_pre_hook(before(n)),
+                                                      m.register_forward_hook(after(n)))]  # fmt: skip
+    layout = torch.channels_last if options.channels_last else torch.contiguous_format
+    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=layout)
+    samples: dict[str, list[float]] = {n: [] for n in convs}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(2):
+                prepared(x)
+            begin, forwards = time.perf_counter(), 0
+            while forwards < 5 or time.perf_counter() - begin < min_time:
+                spent.clear()
+                prepared(x)
+                forwards += 1
+                for name in convs:
+                    samples[name].append(spent.get(name, 0.0))
+    finally:
+        torch.set_num_threads(previous)
+        for handle in handles:
+            handle.remove()
+    return {name: statistics.median(values) for name, values in samples.items()}

@@ -40,6 +40,8 @@ def policy_yaml(result: TuneResult, *, model: str) -> str:
                      f"{platform.machine()}")  # fmt: skip
     else:
         lines.append(f"# FLOPs ratio {result.flops_ratio:.3f} (predicted {result.predicted_ratio:.3f}); not timed")
+    if result.agreement is not None:
+        lines.append(f"# agreement with the original {result.agreement:.2%} after BatchNorm re-estimation")
     lines += [f"# {note}" for note in result.notes]
     lines.append("# Convs of one unit meet (add, multiply, shared conv): they share one alpha.")
     data = result.policy.to_dict()
@@ -51,8 +53,11 @@ def policy_yaml(result: TuneResult, *, model: str) -> str:
     lines.append("rules:")
     tuned = 0
     for choice in result.units:
+        figures = f", {_saving(result, choice.saving)}" if choice.alpha else ""
+        if choice.alpha and result.drop_kind == "agreement points":
+            figures += f", {choice.drop:.2f} points of agreement lost alone"
         lines.append(f"  # unit {choice.unit.name} ({len(choice.unit.convs)} conv{'s' * (len(choice.unit.convs) > 1)}):"
-                     f" alpha {choice.alpha}" + (f", {_saving(result, choice.saving)}" if choice.alpha else ""))
+                     f" alpha {choice.alpha}{figures}")
         for _ in choice.unit.convs:
             lines.append(f"  - {_flow(rules[tuned])}")
             tuned += 1
