@@ -8,7 +8,7 @@ optionally with a latency target (``resnet50=0.65``):
    measurements are cached under --cache-dir, so a rerun re-measures nothing: the tune
    time printed is that of the run that measured);
 2. in each of --processes fresh processes, convert it with the tuned policy and with the
-   default policy at alpha 0.25 (the uniform default), and time both against the original
+   default policy at --uniform-alpha (0.25: the default), and time both against the original
    side by side (``octswap.measure_latency``: prepared alike, BatchNorm folded,
    channels-last, packed weights; --rounds interleaved rounds);
 3. print one Markdown row: tune minutes, units, convs converted, FLOPs ratio, predicted and
@@ -79,7 +79,8 @@ def check_worker(spec: str, policy_file: str, args: argparse.Namespace) -> dict[
 
     model, shape = build(spec)
     out = {}
-    for label, policy in (("tuned", octswap.load_policy(policy_file)), ("uniform", octswap.Policy())):
+    uniform = octswap.Policy(alpha=args.uniform_alpha)
+    for label, policy in (("tuned", octswap.load_policy(policy_file)), ("uniform", uniform)):
         converted, _ = octswap.convert(model, policy, input_shape=shape)
         result = octswap.measure_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
                                          rounds=args.rounds, memory=False)[0]  # fmt: skip
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--cache-dir", default="/tmp/octswap-tune")
+    parser.add_argument("--uniform-alpha", type=float, default=0.25, help="the default policy's alpha to compare with")
     parser.add_argument("--worker", choices=("tune", "check"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--target", type=float, help=argparse.SUPPRESS)
@@ -123,9 +125,9 @@ def main() -> None:
           f"{args.threads} threads; latency ratios: median over {args.processes} processes (range), "
           f"{args.rounds} interleaved rounds each")  # fmt: skip
     print("| model | target | tune min | units tuned | convs converted | FLOPs ratio | predicted | measured | "
-          "uniform α=0.25 |\n|---|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
+          f"uniform α={args.uniform_alpha:g} |\n|---|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
     common = ["--batch", str(args.batch), "--threads", str(args.threads), "--rounds", str(args.rounds),
-              "--cache-dir", args.cache_dir]  # fmt: skip
+              "--cache-dir", args.cache_dir, "--uniform-alpha", str(args.uniform_alpha)]  # fmt: skip
     for item in args.models.split(","):
         spec, _, target = item.partition("=")
         tuned = _run(["--worker", "tune", "--spec", spec, *(["--target", target] if target else []), *common])

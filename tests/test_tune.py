@@ -279,3 +279,47 @@ def test_cli_bad_targets_exit_2_with_one_line_and_write_nothing(workdir, args, m
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list(workdir.iterdir()) == []
+
+
+def test_predicted_change_applies_measured_ratios_to_the_convs_times_inside_the_original():
+    from octswap.tuning.cache import MeasurementCache
+    from octswap.tuning.costs import ELEMENTWISE_SHARE, ConvTiming, LatencyTable
+
+    class Fixed(LatencyTable):  # ratios fixed by hand instead of timed
+        def _measure(self, site, in_low, out_low, form):
+            return ConvTiming(2.0, 1.0 if form == "pair" else 3.0)
+
+    space = SearchSpace(UnitsNet(), policy=Policy(), input_shape=SHAPE)
+    table = Fixed(MeasurementCache(None, {}, resume=False), batch=1, threads=1)
+    convs = {s.name: 0.01 for s in space.sites}
+    table.set_reference(1.0, convs, space.sites)
+    decisions = space.decisions_for({"a1": 0.5})
+    octave = [d for d in decisions if d.action == "octave"]
+    assert [d.name for d in octave] == ["a1", "a2"]  # a1 converted; a2 reads its pair ("last")
+    elements = {s.name: s.out_channels * s.output_size[0] * s.output_size[1] * s.calls for s in space.sites}
+    following_a1 = (1.0 - 0.01 * len(convs)) * elements["a1"] / sum(elements.values())
+    expected = 2 * 0.01 * (1.0 / 2.0 - 1) - following_a1 * ELEMENTWISE_SHARE * 0.75 * 16 / 32
+    assert table.change(decisions, space.forms(decisions)) == pytest.approx(expected)
+
+
+def test_conv_times_inside_the_original_cover_every_conv():
+    from octswap.inference import InferenceOptions
+    from octswap.tuning.costs import original_times
+
+    times = original_times(UnitsNet(), SHAPE, batch=1, threads=1, device="cpu", options=InferenceOptions(),
+                           min_time=0.05)  # fmt: skip
+    names = {n for n, m in UnitsNet().named_modules() if isinstance(m, nn.Conv2d)}
+    assert set(times) == names and all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize(("in_low", "out_low", "form"), [(0, 16, "pair"), (16, 0, "pair"), (16, 8, "block"), (0, 8, "block")])
+def test_each_form_of_octave_conv_is_timed_against_the_plain_conv(in_low, out_low, form):
+    from octswap.tuning.cache import MeasurementCache
+    from octswap.tuning.costs import LatencyTable
+
+    site = ConvSite("c", "Conv2d", 32, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "zeros", (9, 9), (9, 9), 1)
+    cache = MeasurementCache(None, {}, resume=False)
+    table = LatencyTable(cache, batch=1, threads=1, rounds=1, min_round_time=0.001)
+    timing = table.timing(site, in_low=in_low, out_low=out_low, form=form)
+    assert timing.plain > 0 and timing.octave > 0 and table.measured == 1
+    assert table.timing(site, in_low=in_low, out_low=out_low, form=form) == timing and table.measured == 1

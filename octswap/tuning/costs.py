@@ -209,7 +209,8 @@ class LatencyTable:
         if form == "pair":
             octave: nn.Module = OctaveConv2d.from_conv(plain, in_low=in_low, out_low=out_low)
         else:
-            octave = OctaveConvBlock.from_conv(plain, in_low=in_low, out_low=out_low)
+            octave = OctaveConvBlock.from_conv(plain, alpha_in=in_low / site.in_channels, alpha_out=out_low / site.out_channels,
+                                               in_low=in_low, out_low=out_low)  # fmt: skip
         models = [optimize_for_inference(_One(m).to(self.device), self.options, inplace=True) for m in (plain, octave)]
         layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
         x = torch.randn(self.batch, site.in_channels, *site.input_size, device=self.device)
