@@ -46,16 +46,7 @@ def tune_output(result: TuneResult, *, model: str, policy_file: Path, measuremen
     target = "" if result.target is None else f" {result.target}"
     title = (f"octswap tune: {model}, {result.objective}{target} ({len(result.plan.octave_layers)} of "
              f"{len(result.plan.layers)} convs converted, {result.plan.mode} mode)")  # fmt: skip
-    lines = []
-    if result.measured_ratio is not None:
-        lines.append(f"latency ratio {result.measured_ratio:.3f} measured (predicted {result.predicted_ratio:.3f}), "
-                     f"batch {result.batch}, {result.threads} threads, {result.device}; FLOPs ratio "
-                     f"{result.flops_ratio:.3f}")  # fmt: skip
-    else:
-        lines.append(f"FLOPs ratio {result.flops_ratio:.3f} (predicted {result.predicted_ratio:.3f}); nothing timed")
-    if result.agreement is not None:
-        lines.append(f"agreement with the original {result.agreement:.2%} after BatchNorm re-estimation (whole policy)")
-    lines += [f"note: {n}" for n in result.notes]
+    lines = result.summary()
     data = {"model": model, "policy_file": str(policy_file), "measurements_file": str(measurements), **result.to_dict()}
     return Output(data, [TableView(headers, rows, title=title, align="lrrrr" + "r" * measured), *lines])
 

@@ -3,9 +3,6 @@ the measured figures as comments (one rule per conv, grouped by unit)."""
 
 from __future__ import annotations
 
-import platform
-
-import torch
 import yaml
 
 from octswap.tuning.tuner import TuneResult
@@ -33,16 +30,7 @@ def policy_yaml(result: TuneResult, *, model: str) -> str:
     """
     target = "" if result.target is None else f" {result.target}"
     lines = [f"# octswap tune {model}: objective {result.objective}{target}, {result.plan.mode} mode"]
-    if result.measured_ratio is not None:
-        lines.append(f"# measured latency ratio {result.measured_ratio:.3f} (predicted {result.predicted_ratio:.3f}), "
-                     f"FLOPs ratio {result.flops_ratio:.3f}")  # fmt: skip
-        lines.append(f"# batch {result.batch}, {result.threads} threads, {result.device}, torch {torch.__version__}, "
-                     f"{platform.machine()}")  # fmt: skip
-    else:
-        lines.append(f"# FLOPs ratio {result.flops_ratio:.3f} (predicted {result.predicted_ratio:.3f}); not timed")
-    if result.agreement is not None:
-        lines.append(f"# agreement with the original {result.agreement:.2%} after BatchNorm re-estimation")
-    lines += [f"# {note}" for note in result.notes]
+    lines += [f"# {line}" for line in result.summary()]
     lines.append("# Convs of one unit meet (add, multiply, shared conv): they share one alpha.")
     data = result.policy.to_dict()
     rules = data.pop("rules")

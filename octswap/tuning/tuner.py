@@ -107,6 +107,19 @@ class TuneResult:
     curve: tuple[tuple[float, float], ...] = ()
     notes: tuple[str, ...] = field(default=())
 
+    def summary(self) -> list[str]:
+        """What was measured, a line each (``octswap tune`` prints them; the policy file has
+        them as comments)."""
+        if self.measured_ratio is not None:
+            lines = [f"latency ratio {self.measured_ratio:.3f} measured (predicted {self.predicted_ratio:.3f}), batch "
+                     f"{self.batch}, {self.threads} threads, {self.device}, torch {torch.__version__}; FLOPs ratio "
+                     f"{self.flops_ratio:.3f}"]  # fmt: skip
+        else:
+            lines = [f"FLOPs ratio {self.flops_ratio:.3f} (predicted {self.predicted_ratio:.3f}); nothing timed"]
+        if self.agreement is not None:
+            lines.append(f"agreement with the original {self.agreement:.2%} after BatchNorm re-estimation (whole policy)")
+        return lines + [f"note: {n}" for n in self.notes]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "objective": self.objective, "target": self.target, "mode": self.plan.mode,
