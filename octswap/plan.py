@@ -22,8 +22,8 @@ from octswap.eval_mode import eval_mode
 from octswap.layers import CONVERTIBLE_CONVS, check_geometry, conv_padding, low_channels, module_type
 from octswap.policy import Policy
 
-__all__ = ["ConvSite", "LayerDecision", "Plan", "decide", "example_input", "output_signature", "output_tensors", "policy_plan", "probe",
-           "same_signature"]
+__all__ = ["ConvSite", "LayerDecision", "Plan", "decide", "example_input", "output_signature", "output_tensors",
+           "policy_plan", "probe", "same_signature"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ class ConvSite:
     is_stem: bool = False
     #: Another module holding this conv's weight or bias (tied parameters), if any.
     tied: str | None = None
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds per image at the probe size (0 if the probe never ran it)."""
+        if self.output_size is None:
+            return 0
+        per_output = self.kernel_size[0] * self.kernel_size[1] * (self.in_channels // self.groups)
+        return self.output_size[0] * self.output_size[1] * self.out_channels * per_output
 
     @property
     def kind(self) -> str:

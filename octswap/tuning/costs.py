@@ -30,7 +30,7 @@ from octswap.layers import OctaveConv2d, OctaveConvBlock
 from octswap.layers.resample import split_frequencies
 from octswap.plan import ConvSite, LayerDecision
 from octswap.tuning.cache import MeasurementCache
-from octswap.tuning.space import conv_macs, octave_macs
+from octswap.tuning.space import octave_macs
 
 __all__ = ["ELEMENTWISE_SHARE", "IN_LOW_STEPS", "ConvTiming", "LatencyTable", "geometry_key", "original_times", "plan_macs", "timed_in_low"]
 
@@ -62,7 +62,7 @@ def plan_macs(decisions: Sequence[LayerDecision]) -> tuple[int, int]:
     """Multiply-adds per image of the planned convs: (as plain convs, as planned)."""
     before = after = 0
     for d in decisions:
-        plain = conv_macs(d.site)
+        plain = d.site.macs
         before += plain
         after += octave_macs(d.site, d.in_low, d.out_low) if d.action == "octave" else plain
     return before, after

@@ -30,7 +30,7 @@ from octswap.rewrite.graph.planning import is_alone, refine_traced, traced_with_
 from octswap.rewrite.regions.discovery import Region, relative
 from octswap.rewrite.regions.rewriter import owning_region
 
-__all__ = ["REFERENCE_ALPHA", "SearchSpace", "Unit", "conv_macs", "octave_macs"]
+__all__ = ["REFERENCE_ALPHA", "SearchSpace", "Unit", "octave_macs"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ class Unit:
         return {"name": self.name, "convs": list(self.convs), "macs": self.macs}
 
 
-def conv_macs(site: ConvSite) -> int:
-    """Multiply-adds of a plain conv per image at the probe size (0 if the probe never ran it)."""
-    if site.output_size is None:
-        return 0
-    per_output = site.kernel_size[0] * site.kernel_size[1] * (site.in_channels // site.groups)
-    return site.output_size[0] * site.output_size[1] * site.out_channels * per_output
-
-
 def octave_macs(site: ConvSite, in_low: int, out_low: int) -> int:
     """Multiply-adds of the octave conv that replaces ``site`` with these low channel counts,
     per image: the four paths of Chen et al. (2019), eq. 3, low-frequency maps at half size
@@ -72,7 +64,7 @@ def octave_macs(site: ConvSite, in_low: int, out_low: int) -> int:
     Example:
         >>> site = ConvSite("c", "Conv2d", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "zeros",
         ...                 (8, 8), (8, 8), 1)
-        >>> octave_macs(site, 32, 32) / conv_macs(site)   # (1 - a)^2 + (1 - (1 - a)^2) / 4 at a = .5
+        >>> octave_macs(site, 32, 32) / site.macs   # (1 - a)^2 + (1 - (1 - a)^2) / 4 at a = .5
         0.4375
     """
     if site.output_size is None:
@@ -161,7 +153,7 @@ class SearchSpace:
             members.setdefault(uf.find(name), []).append(name)
         by_name = {s.name: s for s in self.sites}
         self.units = tuple(
-            Unit(convs[0], tuple(convs), sum(conv_macs(by_name[c]) for c in convs)) for convs in members.values()
+            Unit(convs[0], tuple(convs), sum(by_name[c].macs for c in convs)) for convs in members.values()
         )
         logger.info("%d candidate convs in %d units (%s mode)", len(self.candidates), len(self.units), self.mode)
 

@@ -43,14 +43,6 @@ def is_alone(decision: LayerDecision) -> bool:
     return decision.action == "octave" and decision.reason.startswith(ALONE)
 
 
-def _macs(decision: LayerDecision) -> int:
-    site = decision.site
-    if site.output_size is None:
-        return 0
-    kernel = site.kernel_size[0] * site.kernel_size[1] * (site.in_channels // site.groups)
-    return site.output_size[0] * site.output_size[1] * site.out_channels * kernel
-
-
 def _targets(decisions: Sequence[LayerDecision]) -> dict[str, Target]:
     return {
         d.name: Target(out_low=d.out_low if d.action == "octave" else 0, accepts_pair=d.accepts_pair, reason=d.reason)
@@ -176,7 +168,7 @@ def refine_traced(gm: fx.GraphModule, decisions: Sequence[LayerDecision]) -> Ref
         noted = d.name in islands and d.name not in inconsistent
         why = f"{islands[d.name]}; {outcome.reason}" if noted else outcome.reason
         if in_low == 0 and out_low == 0:
-            macs = _macs(d)
+            macs = d.site.macs
             if noted and d.action == "octave" and (d.in_low or d.out_low) and macs >= ALONE_MIN_MACS:
                 final.append(replace(d, reason=f"{ALONE}: {macs / 1e9:.2f} GMAC per image; {d.reason}"))
                 continue
