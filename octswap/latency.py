@@ -29,7 +29,7 @@ from octswap.errors import InputError
 from octswap.inference import InferenceOptions
 
 __all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency", "session_forward",
-           "side_by_side"]
+           "side_by_side", "check_device"]
 
 #: Runtimes ``octswap bench --runtime`` times models in.
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -101,7 +101,12 @@ def _timing(samples: Sequence[float]) -> Timing:
     return Timing(statistics.median(samples), iqr, len(samples))
 
 
-def _check_device(device: str) -> torch.device:
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, if this machine can time on it.
+
+    Raises:
+        InputError: an unknown device, or CUDA without a usable GPU.
+    """
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -155,7 +160,7 @@ def measure_latency(
     from octswap.inference import optimize_for_inference
     from octswap.memory import measure_activations
 
-    dev = _check_device(device)
+    dev = check_device(device)
     options = options if options is not None else InferenceOptions()
     threads = threads or torch.get_num_threads()
     models = [optimize_for_inference(copy.deepcopy(m).to(dev), options, inplace=True) for m in (original, converted)]
@@ -246,7 +251,7 @@ def measure_onnxruntime_latency(
     from octswap.export.onnx_file import onnxruntime_session, require_onnx
 
     require_onnx()
-    dev = _check_device(device)
+    dev = check_device(device)
     if dev.type == "cuda":
         import onnxruntime
 

@@ -264,6 +264,8 @@ def test_cli_writes_a_policy_and_json(workdir):
     assert sorted(sorted(u["convs"]) for u in data["units"]) == sorted(sorted(u) for u in UnitsNet.UNITS)
     policy = octswap.load_policy(workdir / "units_net-tuned.yaml")
     assert Policy.from_dict(data["policy"]) == policy
+    assert policy.alpha == 0.0  # only the convs the tuner chose convert, at any size
+    assert "convert with: octswap convert tests.nets:units_net -s 32 --policy units_net-tuned.yaml" in result.stderr
     again = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7")
     assert again.exit_code == 2 and "exists; pass --force" in again.stderr
 
@@ -273,6 +275,8 @@ def test_cli_writes_a_policy_and_json(workdir):
     (["--target-flops", "0.01"], "closest is"),
     (["--target-flops", "0.5", "--target-latency", "0.5"], "give one target"),
     (["--alphas", "0.5,x"], "--alphas takes comma-separated numbers"),
+    (["--device", "tpu"], "unknown device"),
+    (["-o", "no/such/folder/p.yaml"], "cannot write to no/such/folder"),
 ])  # fmt: skip
 def test_cli_bad_targets_exit_2_with_one_line_and_write_nothing(workdir, args, message):
     result = _run("tune", UNITS_NET, "-s", "32", *args)

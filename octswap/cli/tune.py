@@ -111,44 +111,82 @@ def command(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Choose which convs convert, at which alpha, by what they measure on this machine."""
-    import octswap
-    from octswap.checkpoint import atomic_write
     from octswap.tuning import TuneInterrupted, tune
-    from octswap.tuning.policy_file import policy_yaml
+
+    from octswap.tuning.tuner import check_goal
 
     options = choice(channel_multiple=channel_multiple, policy=policy, weights=weights, model_arg=model_arg,
                      input_size=input_size, mode=mode)  # fmt: skip
     target = output if output is not None else Path(f"{model_stem(model)}-tuned.yaml")
     store = measurements if measurements is not None else target.with_name(target.name + ".measurements.json")
-    if target.exists() and not force:  # fail before the work, not after
-        raise OutputExistsError(f"{target} exists; pass --force to overwrite it")
-    if store.exists() and not (resume or force):
-        raise OutputExistsError(f"{store} exists; pass --resume to reuse its measurements or --force to start over")
     candidates = _alphas(alphas)
-    prep = preprocessing(mean, std, resize, crop)
+    _check_outputs(target, store, resume=resume, force=force)
+    check_goal(target_latency, target_flops, max_drop, candidates, data, device)
     loaded = load(model, options)
-    loader = None
-    if data is not None:
-        from octswap.data import make_loader
-
-        samples = data_options.open_samples(data, loaded.shape, model=model, weights=weights, prep=prep, limit=limit)
-        data_options.warn_untrained(loaded.source.weights, model)
-        loader = make_loader(samples, batch_size=batch_size, workers=workers)
+    loader = _loader(data, loaded, model=model, weights=weights, prep=preprocessing(mean, std, resize, crop),
+                     limit=limit, batch_size=batch_size, workers=workers)  # fmt: skip
     progress, update = _progress()
     try:
         with stop_on_signal() as stop, progress:
             result = tune(loaded.model, policy=options.resolved_policy, input_shape=loaded.shape,
                           mode=options.mode_value, target_latency=target_latency, target_flops=target_flops,
                           max_drop=max_drop, data=loader, calibrate_batches=calibrate_bn, eval_batches=eval_batches,
-                          data_key=f"{data}|{limit}|{batch_size}|{mean}|{std}|{resize}|{crop}" if data else "", alphas=candidates, batch=batch, threads=threads, device=device, rounds=rounds, cache=store,
+                          data_key=f"{data}|{limit}|{batch_size}|{mean}|{std}|{resize}|{crop}" if data else "",
+                          alphas=candidates, batch=batch, threads=threads, device=device, rounds=rounds, cache=store,
                           resume=resume, force=force and not resume, model_key=model, progress=update, stop=stop)
     except TuneInterrupted:
         kept = f"measurements kept in {store} (continue with --resume)" if store.exists() else "nothing was measured"
         note(f"octswap: stopped; {kept}")
         raise typer.Exit(130) from None
+    _write(result, target, store, model=model, fmt=fmt, force=force,
+           again=_convert_line(model, input_size=input_size, model_arg=model_arg, mode=mode, weights=weights))
+
+
+def _check_outputs(target: Path, store: Path, *, resume: bool, force: bool) -> None:
+    """Fail before the work: an existing policy or measurements file, or a folder we cannot write."""
+    import os
+
+    if target.exists() and not force:
+        raise OutputExistsError(f"{target} exists; pass --force to overwrite it")
+    if store.exists() and not (resume or force):
+        raise OutputExistsError(f"{store} exists; pass --resume to reuse its measurements or --force to start over")
+    for path in (target, store):
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise InputError(f"cannot write to {folder}: not a writable folder")
+
+
+def _loader(data: Path | None, loaded: Any, *, model: str, weights: str | None, prep: Any, limit: int | None,
+            batch_size: int, workers: int | None) -> Any:  # fmt: skip
+    if data is None:
+        return None
+    from octswap.data import make_loader
+
+    samples = data_options.open_samples(data, loaded.shape, model=model, weights=weights, prep=prep, limit=limit)
+    data_options.warn_untrained(loaded.source.weights, model)
+    return make_loader(samples, batch_size=batch_size, workers=workers)
+
+
+def _convert_line(model: str, *, input_size: str | None, model_arg: list[str] | None, mode: Mode,
+                  weights: str | None) -> str:  # fmt: skip
+    """The ``octswap convert`` command that builds the model as tuned."""
+    import shlex
+
+    parts = ["octswap", "convert", model]
+    parts += ["-s", input_size] if input_size else []
+    parts += [a for arg in model_arg or () for a in ("-m", arg)]
+    parts += ["-w", weights] if weights else []
+    parts += ["--mode", mode.value] if mode is not Mode.auto else []
+    return shlex.join(parts)
+
+
+def _write(result: TuneResult, target: Path, store: Path, *, model: str, fmt: Format, force: bool, again: str) -> None:
+    import octswap
+    from octswap.checkpoint import atomic_write
+    from octswap.tuning.policy_file import policy_yaml
+
     text = policy_yaml(result, model=model)
     octswap.Policy.from_yaml(text, source=str(target))  # what convert --policy will read
     atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=force)
     emit(tune_output(result, model=model, policy_file=target, measurements=store), fmt)
-    size = f" -s {input_size}" if input_size else ""
-    note(f"wrote {target}; convert with: octswap convert {model}{size} --policy {target}")
+    note(f"wrote {target}; convert with: {again} --policy {target}")

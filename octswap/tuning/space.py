@@ -177,11 +177,12 @@ class SearchSpace:
     def policy_for(self, assignment: Mapping[str, float]) -> Policy:
         """The user's policy with one ``name`` rule per candidate conv: its unit's alpha
         (0: the conv keeps plain outputs; in graph mode it still reads a pair that reaches it).
-        These rules come first, so they win over the user's own name rules."""
+        These rules come first, so they win over the user's own name rules; the global alpha
+        is 0, so no conv the tuner did not choose converts (at another input size either)."""
         rules = tuple(
             Rule(name=conv, alpha=float(assignment.get(unit.name, 0.0))) for unit in self.units for conv in unit.convs
         )
-        return replace(self.policy, rules=rules + tuple(self.policy.rules))
+        return replace(self.policy.with_alpha(0.0), rules=rules + tuple(self.policy.rules))
 
     def decisions_for(self, assignment: Mapping[str, float]) -> tuple[LayerDecision, ...]:
         """The plan's decisions (low channels per conv) that ``assignment`` gives, as

@@ -35,7 +35,7 @@ from torch import nn
 from octswap.conversion import convert
 from octswap.errors import InputError
 from octswap.inference import InferenceOptions
-from octswap.latency import LatencyResult, measure_latency
+from octswap.latency import LatencyResult, check_device, measure_latency
 from octswap.plan import Plan, example_input
 from octswap.policy import Policy
 from octswap.tuning.accuracy import AgreementTable
@@ -46,7 +46,7 @@ from octswap.tuning.search import (Option, Point, coordinate_descent, fewest_dro
                                    pareto_front)
 from octswap.tuning.space import SearchSpace, Unit
 
-__all__ = ["CHECKS", "DEFAULT_ALPHAS", "Goal", "TuneResult", "UnitChoice", "tune"]
+__all__ = ["CHECKS", "DEFAULT_ALPHAS", "Goal", "TuneResult", "UnitChoice", "check_goal", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +134,14 @@ class TuneResult:
         }  # fmt: skip
 
 
-def _check_targets(target_latency: float | None, target_flops: float | None, max_drop: float | None,
-                   alphas: Sequence[float], data: Any) -> None:  # fmt: skip
+def check_goal(target_latency: float | None, target_flops: float | None, max_drop: float | None,
+               alphas: Sequence[float], data: Any, device: str = "cpu") -> None:  # fmt: skip
+    """Refuse bad targets, alphas or device before any work.
+
+    Raises:
+        InputError: which, and why.
+    """
+    check_device(device)
     if target_latency is not None and target_flops is not None:
         raise InputError("give one target: --target-latency or --target-flops, not both")
     for flag, value in (("--target-latency", target_latency), ("--target-flops", target_flops)):
@@ -159,6 +165,26 @@ class Goal:
     objective: str
     target: float | None = None
     tolerance: float = 0.02
+
+
+def _tables(model: nn.Module, space: SearchSpace, store: MeasurementCache, setting: dict[str, Any], *, timed: bool,
+            data: Iterable[Any] | None, progress: Progress | None) -> tuple[LatencyTable | None, AgreementTable | None]:
+    """The latency table (unless a FLOPs target: nothing timed) and the agreement table (with data)."""
+    table = None if not timed else LatencyTable(
+        store, batch=setting["batch"], threads=setting["threads"], device=setting["device"],
+        options=InferenceOptions.from_dict(setting["inference"]),
+        progress=(lambda n: progress("timing convs", n, 0)) if progress else None)  # fmt: skip
+    agreement = None if data is None else AgreementTable(
+        model, space, data=data, cache=store, calibrate_batches=setting["calibrate_batches"],
+        eval_batches=setting["eval_batches"])  # fmt: skip
+    return table, agreement
+
+
+def _goal(target_latency: float | None, target_flops: float | None, max_drop: float | None, tolerance: float) -> Goal:
+    for objective, target in (("latency", target_latency), ("flops", target_flops), ("max-drop", max_drop)):
+        if target is not None:
+            return Goal(objective, target, tolerance)
+    return Goal("fastest", None, tolerance)
 
 
 def tune(
@@ -192,67 +218,48 @@ def tune(
 
     Args:
         model: The model to tune (trained, with data; not modified).
-        policy: Which convs may convert (its guards, skips, ``channel_multiple``); the tuner
-            sets their alphas. ``Policy()`` by default.
-        input_shape: ``(C, H, W)`` of one sample.
-        mode: As for :func:`octswap.convert`.
-        target_latency: Latency ratio to reach (converted / original, in (0, 1)) with the
-            least drop. With no target and no ``max_drop``: the fastest policy, never
-            slower than the original.
+        policy: Which convs may convert (guards, skips, ``channel_multiple``); ``Policy()`` by default.
+        input_shape, mode: As for :func:`octswap.convert`.
+        target_latency: Latency ratio (converted / original, in (0, 1)) to reach with the least
+            drop. No target nor ``max_drop``: the fastest policy, never slower than the original.
         target_flops: FLOPs ratio to reach instead; nothing is timed.
-        max_drop: With ``data``: the fastest policy whose measured agreement drop (points)
-            is at most this.
-        data: Yields ``(inputs, labels)`` batches (an ``octswap.data`` loader) of a
-            classifier's inputs: each unit's drop is then measured on it (agreement after
-            BatchNorm re-estimation on ``calibrate_batches`` batches, over
-            ``eval_batches``). Without it the drop is a proxy.
+        max_drop: With ``data``: the fastest policy losing at most this many points of agreement.
+        data: ``(inputs, labels)`` batches of a classifier's inputs: each unit's drop is measured
+            on them (agreement after BatchNorm re-estimation on ``calibrate_batches`` batches,
+            over ``eval_batches``). Without data the drop is a proxy.
         alphas: Candidate alphas per unit besides 0.
         batch, threads, device, options: What to time with (as ``octswap bench``).
-        rounds: Alternating rounds of each whole-model measurement (per-conv ones take 5).
-        tolerance: How far the measured latency ratio may sit from ``target_latency``.
-        cache: JSON file the measurements go to as they are made (None: memory only).
-        resume: Reuse the measurements ``cache`` holds (made in the same setting).
-        force: Start ``cache`` over if it exists.
+        rounds, tolerance: Rounds per whole-model measurement; how far from ``target_latency`` it may land.
+        cache: JSON file the measurements go to as they are made (None: memory only);
+            ``resume`` reuses what it holds (same setting), ``force`` starts it over.
         model_key, data_key: What the measurements are of (recorded in ``cache``).
         progress: Called as ``progress(stage, done, total)``.
-        stop: Polled between measurements; when true the tuner saves and raises
-            :class:`TuneInterrupted`.
+        stop: Polled between measurements; when true, saves and raises :class:`TuneInterrupted`.
 
     Returns:
-        The policy (which :func:`octswap.convert` takes unchanged), its plan and figures.
+        The policy (:func:`octswap.convert` takes it unchanged), its plan and figures.
 
     Raises:
-        InputError: bad targets or alphas; no conv converts; a target no policy reaches
-            (the message gives the closest); ``cache`` from another setting; data for a
-            model that is not a classifier.
+        InputError: bad targets, alphas or device; no conv converts; a target no policy reaches
+            (the message gives the closest); ``cache`` from another setting; not a classifier.
         OutputExistsError: ``cache`` exists without ``resume`` or ``force``.
         TuneInterrupted: ``stop`` asked to stop.
 
     Example:
         >>> result = tune(torchvision.models.resnet50(), target_latency=0.65, batch=8, threads=2)  # doctest: +SKIP
-        >>> converted, plan = octswap.convert(model, result.policy)                               # doctest: +SKIP
     """
-    _check_targets(target_latency, target_flops, max_drop, alphas, data)
+    check_goal(target_latency, target_flops, max_drop, alphas, data, device)
     threads = threads or torch.get_num_threads()
     options = options if options is not None else InferenceOptions()
     space = SearchSpace(model, policy=policy if policy is not None else Policy(), input_shape=input_shape, mode=mode)
     if not space.units:
         raise InputError("no conv of this model converts under the policy: nothing to tune")
-    context = {"model": model_key, "input_shape": list(input_shape), "batch": batch, "threads": threads,
+    setting = {"model": model_key, "input_shape": list(input_shape), "batch": batch, "threads": threads,
                "device": device, "torch": torch.__version__, "machine": machine(), "inference": options.to_dict(),
                "data": data_key, "calibrate_batches": calibrate_batches, "eval_batches": eval_batches}  # fmt: skip
-    store = MeasurementCache(cache, context, resume=resume, force=force)
-    table = None
-    if target_flops is None:
-        table = LatencyTable(store, batch=batch, threads=threads, device=device, options=options,
-                             progress=(lambda n: progress("timing convs", n, 0)) if progress else None)  # fmt: skip
-    agreement = None
-    if data is not None:
-        agreement = AgreementTable(model, space, data=data, cache=store, calibrate_batches=calibrate_batches,
-                                   eval_batches=eval_batches)  # fmt: skip
-    objective = ("latency" if target_latency is not None else "flops" if target_flops is not None
-                 else "max-drop" if max_drop is not None else "fastest")  # fmt: skip
-    goal = Goal(objective, next((t for t in (target_latency, target_flops, max_drop) if t is not None), None), tolerance)
+    store = MeasurementCache(cache, setting, resume=resume, force=force)
+    table, agreement = _tables(model, space, store, setting, timed=target_flops is None, data=data, progress=progress)
+    goal = _goal(target_latency, target_flops, max_drop, tolerance)
     run = _Run(model, space, Objectives(space, table, agreement, stop), store, progress=progress, rounds=rounds)
     try:
         return run.tune(goal, alphas)
