@@ -29,7 +29,7 @@ from octswap.errors import InputError
 from octswap.inference import InferenceOptions
 
 __all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency", "session_forward",
-           "side_by_side", "check_device"]
+           "side_by_side", "check_device", "inference_call"]
 
 #: Runtimes ``octswap bench --runtime`` times models in.
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -171,13 +171,15 @@ def measure_latency(
         peaks: list[int | None] = [None, None]
         if memory and not options.compile:
             peaks = [measure_activations(m, x).peak for m in models]
-        timings = side_by_side([_forward(m, x) for m in models], threads, rounds=rounds,
+        timings = side_by_side([inference_call(m, x) for m in models], threads, rounds=rounds,
                                 min_round_time=min_round_time)  # fmt: skip
         results.append(LatencyResult(batch, threads, str(dev), options, timings[0], timings[1], peaks[0], peaks[1]))
     return results
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def inference_call(model: nn.Module, x: Any) -> Callable[[], None]:
+    """``model(x)`` under ``torch.inference_mode``, as a callable to time."""
+
     def forward() -> None:
         with torch.inference_mode():
             model(x)

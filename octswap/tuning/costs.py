@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from octswap.inference import InferenceOptions, optimize_for_inference
-from octswap.latency import side_by_side
+from octswap.latency import inference_call, side_by_side
 from octswap.layers import OctaveConv2d, OctaveConvBlock
 from octswap.layers.resample import split_frequencies
 from octswap.plan import ConvSite, LayerDecision
@@ -219,17 +219,10 @@ class LatencyTable:
         if form == "pair" and in_low > 0:
             high, low = split_frequencies(x, in_low)
             octave_input = (high.contiguous(memory_format=layout), low.contiguous(memory_format=layout))
-        timings = side_by_side([_forward(models[0], x), _forward(models[1], octave_input)], self.threads,
+        timings = side_by_side([inference_call(models[0], x), inference_call(models[1], octave_input)], self.threads,
                                rounds=self.rounds, min_round_time=self.min_round_time)  # fmt: skip
         return ConvTiming(timings[0].median, timings[1].median)
 
-
-def _forward(model: nn.Module, x: Any) -> Callable[[], None]:
-    def forward() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    return forward
 
 
 def original_times(model: nn.Module, input_shape: tuple[int, int, int], *, batch: int, threads: int, device: str,

@@ -17,7 +17,7 @@ from torch import nn
 
 from octswap.errors import OctswapError
 from octswap.inference import InferenceOptions, optimize_for_inference
-from octswap.latency import side_by_side
+from octswap.latency import inference_call, side_by_side
 from octswap.plan import LayerDecision
 from octswap.tuning.accuracy import AgreementTable
 from octswap.tuning.cache import MeasurementCache
@@ -59,12 +59,7 @@ def _whole(model: nn.Module, input_shape: tuple[int, int, int], *, batch: int, t
     prepared = optimize_for_inference(copy.deepcopy(model).to(device), options, inplace=True)
     layout = torch.channels_last if options.channels_last else torch.contiguous_format
     x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=layout)
-
-    def forward() -> None:
-        with torch.inference_mode():
-            prepared(x)
-
-    return side_by_side([forward], threads, rounds=rounds, min_round_time=0.2)[0].median
+    return side_by_side([inference_call(prepared, x)], threads, rounds=rounds, min_round_time=0.2)[0].median
 
 
 class Objectives:
