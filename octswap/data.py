@@ -1,20 +1,23 @@
 """Data in: real samples for fidelity, BatchNorm re-estimation and healing.
 
-Three layouts, told apart by what ``path`` is:
+Five layouts, told apart by what ``path`` is (the last two in :mod:`octswap.dense_data`):
 
 * a folder of class sub-folders (torchvision's ``ImageFolder`` layout): labels known,
   classes numbered in sorted order, as torchvision numbers them;
 * a flat folder of images: no labels;
 * a ``.pt`` file holding ``{"inputs": Tensor[N, C, H, W], "labels": Tensor[N]}``
   (``labels`` optional), read with ``torch.load(weights_only=True)``; the inputs are
-  used as they are (already preprocessed).
+  used as they are (already preprocessed);
+* a folder holding ``images/`` and ``masks/`` (segmentation masks, PNG label maps);
+* a folder of images with a COCO ``annotations`` file (detection boxes).
 
 Images are read with PIL through torchvision, converted to the model's input channels
 (1 -> grayscale ``L``, 3 -> ``RGB``), resized to its ``H x W``, scaled to [0, 1] and
 normalised: with torchvision weights their own ``weights.transforms()``, otherwise
 :class:`Preprocessing` (``--mean``/``--std``/``--resize``/``--crop``).
 
-Every sample is an ``(input, label)`` pair; unlabelled samples carry label ``-1``.
+Every sample is an ``(input, label)`` pair; unlabelled samples carry label ``-1``; masks and
+boxes take the label's place.
 
 Example:
     >>> data = open_data("val/", input_shape=(3, 224, 224))      # doctest: +SKIP
@@ -27,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +83,8 @@ class Preprocessing:
         from torchvision.transforms import v2
 
         channels, height, width = input_shape
-        mean = _per_channel(self.mean, channels, IMAGENET_MEAN if channels == 3 else (0.0,), "--mean")
-        std = _per_channel(self.std, channels, IMAGENET_STD if channels == 3 else (1.0,), "--std")
+        mean = per_channel(self.mean, channels, IMAGENET_MEAN if channels == 3 else (0.0,), "--mean")
+        std = per_channel(self.std, channels, IMAGENET_STD if channels == 3 else (1.0,), "--std")
         if any(s <= 0 for s in std):
             raise InputError(f"--std: every value must be positive, got {','.join(map(str, std))}")
         if self.resize is None and self.crop is None:
@@ -94,7 +97,7 @@ class Preprocessing:
         ])  # fmt: skip
 
 
-def _per_channel(values: Sequence[float] | None, channels: int, default: Sequence[float], option: str) -> tuple[float, ...]:
+def per_channel(values: Sequence[float] | None, channels: int, default: Sequence[float], option: str) -> tuple[float, ...]:
     values = tuple(values) if values is not None else tuple(default)
     if len(values) == 1:
         return values * channels
@@ -201,7 +204,8 @@ class Data:
         dataset: Yields ``(input Tensor[C, H, W], label int)``; label -1 when unknown.
         labelled: Whether labels are known.
         classes: Class names in label order (ImageFolder), or ``None``.
-        num_labels: 1 + the largest label (0 without labels).
+        num_labels: 1 + the largest label (0 without labels, masks or boxes).
+        collate: The ``DataLoader``'s ``collate_fn`` (detection targets stay a list).
     """
 
     path: Path
@@ -210,6 +214,7 @@ class Data:
     labelled: bool
     classes: tuple[str, ...] | None
     num_labels: int
+    collate: Callable[[Any], Any] | None = None
 
     @classmethod
     def from_tensors(cls, inputs: torch.Tensor, labels: torch.Tensor | None = None, *, name: str = "tensors") -> Data:
@@ -221,11 +226,12 @@ class Data:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def describe(self) -> str:
-        labels = f"{self.num_labels} classes" if self.labelled else "no labels"
+        labels = {"masks": "masks", "coco": "boxes"}.get(self.kind) or (
+            f"{self.num_labels} classes" if self.labelled else "no labels")
         return f"{self.path} ({len(self)} samples, {labels})"
 
 
-def _image_files(folder: Path) -> list[str]:
+def image_files(folder: Path) -> list[str]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     return sorted(
@@ -253,6 +259,7 @@ def open_data(
     preprocessing: Preprocessing | None = None,
     limit: int | None = None,
     seed: int = 0,
+    annotations: str | Path | None = None,
 ) -> Data:
     """Open a data set for a model taking ``input_shape = (C, H, W)``.
 
@@ -266,10 +273,14 @@ def open_data(
         limit: Keep this many samples, a fixed random subset (seeded with ``seed``) so
             that every class of an ``ImageFolder`` is represented.
         seed: Seed of that subset.
+        annotations: A COCO instances JSON for the images in ``path`` (detection).
+            With it, or with ``path`` holding ``images/`` and ``masks/``, ``transform`` is a
+            joint one (:func:`octswap.dense_data.joint_transform`, the default).
 
     Raises:
         InputError: the path is missing, holds no images, holds an unreadable file, or
-            its channel count does not fit the model.
+            its channel count does not fit the model; masks or annotations that do not
+            fit their images.
         TypeError: ``path`` is not a path (``None``...).
     """
     path = path_argument(path, function="open_data", expected="a data folder or .pt file")
@@ -281,7 +292,12 @@ def open_data(
     channels = input_shape[0]
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a positive number of samples, got {limit}")
-    if path.is_file():
+    from octswap.dense_data import is_mask_folder, joint_transform, open_dense
+
+    if annotations is not None or is_mask_folder(path):
+        joint = transform or joint_transform(input_shape, preprocessing=preprocessing, normalise=annotations is None)
+        data = open_dense(path, input_shape=input_shape, annotations=annotations, transform=joint)
+    elif path.is_file():
         data = _open_tensors(path, channels)
     elif path.is_dir():
         if channels not in (1, 3):
@@ -295,13 +311,12 @@ def open_data(
         raise InputError(f"data not found: {path}")
     if limit is not None and limit < len(data):
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit]
-        data = Data(data.path, data.kind, Subset(data.dataset, sorted(order.tolist())), data.labelled,
-                    data.classes, data.num_labels)  # fmt: skip
+        data = replace(data, dataset=Subset(data.dataset, sorted(order.tolist())))
     if data.kind != "tensors":
         dataset = data.dataset
         indices = dataset.indices if isinstance(dataset, Subset) else range(len(dataset))  # type: ignore[arg-type]
         base = dataset.dataset if isinstance(dataset, Subset) else dataset
-        files = base.files if isinstance(base, ImageFiles) else [s[0] for s in base.samples]  # type: ignore[attr-defined]
+        files = base.files if hasattr(base, "files") else [s[0] for s in base.samples]  # type: ignore[attr-defined]
         _check_headers(files[i] for i in indices)
     logger.info("data: %s", data.describe())
     return data
@@ -311,7 +326,7 @@ def _open_folder(path: Path, channels: int, transform: Callable[[Any], torch.Ten
     from torchvision.datasets import ImageFolder
 
     subfolders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = _image_files(path)
+    files = image_files(path)
     if subfolders and files:
         raise InputError(
             f"{path} holds both images and sub-folders; use class sub-folders (ImageFolder) or a flat folder of images"
@@ -321,7 +336,7 @@ def _open_folder(path: Path, channels: int, transform: Callable[[Any], torch.Ten
     if not subfolders:
         raise InputError(f"{path} holds no images (expected class sub-folders or image files)")
     for sub in subfolders:
-        if not _image_files(sub) and any(p.is_dir() for p in sub.iterdir()):
+        if not image_files(sub) and any(p.is_dir() for p in sub.iterdir()):
             # ImageFolder would take sub-folders' images as this class: --data one level too high.
             raise InputError(
                 f"{sub} holds sub-folders but no images of its own: give the folder whose sub-folders are "
@@ -372,8 +387,9 @@ def make_loader(
     dataset = data.dataset if isinstance(data, Data) else data
     if workers is None:
         workers = 0 if isinstance(data, Data) and data.kind == "tensors" else min(4, os.cpu_count() or 1)
+    collate = data.collate if isinstance(data, Data) else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, persistent_workers=False)  # fmt: skip
+                      pin_memory=pin_memory, persistent_workers=False, collate_fn=collate)  # fmt: skip
 
 
 def batches(loader: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -93,5 +93,7 @@ def test_errors():
     with pytest.raises(InputError, match="label 5 is out of range: the model has 3 outputs"):
         measure_fidelity(model, model, [(torch.randn(2, 3, 8, 8), torch.tensor([0, 5]))], stages=())
     conv = nn.Conv2d(3, 3, 1)
-    with pytest.raises(InputError, match="Tensor\\[N, classes\\]"):
-        measure_fidelity(conv, conv, [torch.randn(2, 3, 8, 8)], stages=())
+    with pytest.raises(InputError, match="--task classification needs Tensor\\[N, classes\\]; the original model returns Tensor\\[2, 3, 8, 8\\]"):
+        measure_fidelity(conv, conv, [torch.randn(2, 3, 8, 8)], stages=(), task="classification")
+    # Without --task the same output is per-pixel logits: a segmentation model.
+    assert measure_fidelity(conv, conv, [torch.randn(2, 3, 8, 8)], stages=()).task == "segmentation"

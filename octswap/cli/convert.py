@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from octswap.cli import fidelity as data_options
-from octswap.cli.options import (AlphaOpt, BatchSizeOpt, CalibrateOpt, ChannelMultipleOpt, CropOpt, DataOpt, ForceOpt,
+from octswap.cli.options import (AlphaOpt, AnnotationsOpt, BatchSizeOpt, IgnoreIndexOpt, ScoreThresholdOpt, TaskOpt, CalibrateOpt, ChannelMultipleOpt, CropOpt, DataOpt, ForceOpt,
                                  FormatOpt, InputSizeOpt, LayersOpt, LimitOpt, MeanOpt, Mode, ModelArgOpt, ModeOpt,
                                  PolicyOpt, ResizeOpt, StdOpt, StrictOpt, WeightsOpt, WorkersOpt,
                                  preprocessing)
@@ -51,6 +51,10 @@ def command(
     resize: ResizeOpt = None,
     crop: CropOpt = None,
     workers: WorkersOpt = None,
+    task: TaskOpt = None,
+    annotations: AnnotationsOpt = None,
+    ignore_index: IgnoreIndexOpt = 255,
+    score_threshold: ScoreThresholdOpt = 0.5,
 ) -> None:
     """Convert MODEL, print the cost report (and with --data its fidelity), write a checkpoint."""
     import octswap
@@ -64,10 +68,12 @@ def command(
     if calibrate_bn and data is None:
         raise InputError("--calibrate-bn needs --data (the samples to re-estimate on)")
     prep = preprocessing(mean, std, resize, crop)
+    dense = data_options.DenseOptions.of(task, annotations, ignore_index, score_threshold, data)
     loaded = load(model, options)
     samples = None
     if data is not None:
-        samples = data_options.open_samples(data, loaded.shape, model=model, weights=weights, prep=prep, limit=limit)
+        samples, dense = data_options.open_samples(data, loaded.shape, model=model, weights=weights, prep=prep,
+                                                   limit=limit, original=loaded.model, dense=dense)
     converted, plan = convert(loaded, options)
     if samples is not None and calibrate_bn:
         from octswap.data import batches, make_loader
@@ -78,7 +84,8 @@ def command(
     report = octswap.report(loaded.model, converted, plan, model_name=model)
     if samples is not None:
         data_options.warn_untrained(loaded.source.weights, model)
-        fid = data_options.measure(loaded.model, converted, samples, report, batch_size=batch_size, workers=workers)
+        fid = data_options.measure(loaded.model, converted, samples, report, batch_size=batch_size, workers=workers,
+                                   dense=dense)
         report = replace(report, fidelity=fid)
     if optimize or compile_:
         inference = octswap.InferenceOptions(fold_bn=optimize, channels_last=optimize, prepack=optimize,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from octswap.cli.output import TableView, note
+from octswap.errors import InputError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -14,30 +16,84 @@ if TYPE_CHECKING:
     from octswap.fidelity import Fidelity
     from octswap.reporting import Report
 
-__all__ = ["fidelity_view", "measure", "open_samples", "warn_untrained"]
+__all__ = ["DenseOptions", "fidelity_view", "measure", "open_samples", "warn_untrained"]
+
+
+@dataclass(frozen=True)
+class DenseOptions:
+    """``--task``, ``--annotations``, ``--ignore-index``, ``--score-threshold``."""
+
+    task: str | None = None
+    annotations: Path | None = None
+    ignore_index: int = 255
+    score_threshold: float = 0.5
+
+    @classmethod
+    def of(cls, task: Any, annotations: Path | None, ignore_index: int, score_threshold: float,
+           data: Path | None) -> DenseOptions:
+        """From the options as typer gives them; ``--task``/``--annotations`` need ``--data``."""
+        if data is None and (task is not None or annotations is not None):
+            raise InputError(f"{'--task' if task is not None else '--annotations'} needs --data")
+        return cls(getattr(task, "value", task), annotations, ignore_index, score_threshold)
+
+
+def _layout_task(path: Path, dense: DenseOptions) -> str | None:
+    """The task a data layout carries labels for (masks, boxes), else ``None``."""
+    from octswap.dense_data import is_mask_folder
+
+    if dense.annotations is not None:
+        return "detection"
+    return "segmentation" if is_mask_folder(path) else None
 
 
 def open_samples(path: Path, shape: tuple[int, int, int], *, model: str | None, weights: str | None,
-                 prep: Preprocessing | None, limit: int | None) -> Data:
+                 prep: Preprocessing | None, limit: int | None, original: nn.Module,
+                 dense: DenseOptions | None = None) -> tuple[Data, DenseOptions]:
     """``--data``: a ``.pt`` file as saved, images with the model's own preprocessing unless
-    ``--mean/--std/--resize/--crop`` say otherwise."""
-    from octswap.data import choose_transform, open_data
+    ``--mean/--std/--resize/--crop`` say otherwise; masks and boxes follow their images.
 
+    Returns the data and the options with the task resolved (``--task``, else guessed from
+    the original's output on one probe input).
+
+    Raises:
+        InputError: the data's labels are for another task than the model's.
+    """
+    from dataclasses import replace
+
+    from octswap.data import choose_transform, open_data, weights_transform
+    from octswap.dense_data import joint_transform
+    from octswap.fidelity.tasks import model_task
+
+    dense = dense or DenseOptions()
+    task = model_task(original, shape, task=dense.task)
+    carried = _layout_task(path, dense)
+    if carried is not None and carried != task:
+        what = "COCO boxes (--annotations)" if carried == "detection" else "masks (images/ and masks/)"
+        raise InputError(f"--data holds {what}, for a {carried} model, but {model} is a {task} model"
+                         f"{'' if dense.task else ' (guessed from its output; --task to say otherwise)'}")
     transform = None
-    if not path.is_file():
+    if task == "detection" and not path.is_file():
+        transform = joint_transform(shape, preprocessing=prep, normalise=False)
+    elif carried is not None:
+        reference = weights_transform(model, weights) if model is not None else None
+        transform = joint_transform(shape, preprocessing=prep, reference=reference)
+    elif not path.is_file():
         transform = choose_transform(shape, model_name=model, weights=weights, preprocessing=prep)
-    return open_data(path, input_shape=shape, transform=transform, limit=limit)
+    data = open_data(path, input_shape=shape, transform=transform, limit=limit, annotations=dense.annotations)
+    return data, replace(dense, task=task)
 
 
 def measure(original: nn.Module, converted: nn.Module, data: Data, report: Report, *, batch_size: int,
-            workers: int | None) -> Fidelity:
+            workers: int | None, dense: DenseOptions | None = None) -> Fidelity:
     """Fidelity of ``converted`` against ``original`` on ``data``, with drift per report stage."""
     from octswap.data import make_loader
     from octswap.fidelity import measure_fidelity
 
+    dense = dense or DenseOptions()
     loader = make_loader(data, batch_size=batch_size, workers=workers)
     stages = [r.name for r in report.stages if r.name != "(outside stages)"]
-    return measure_fidelity(original, converted, loader, stages=stages, data=data.describe())
+    return measure_fidelity(original, converted, loader, stages=stages, data=data.describe(), task=dense.task,
+                            ignore_index=dense.ignore_index, score_threshold=dense.score_threshold)
 
 
 def warn_untrained(weights: str | None, name: str) -> None:
@@ -47,4 +103,3 @@ def warn_untrained(weights: str | None, name: str) -> None:
 
 def fidelity_view(fidelity: Fidelity, title: str) -> TableView:
     return TableView(["metric", "value"], [[metric, value] for metric, value in fidelity.rows()], title=title)
-

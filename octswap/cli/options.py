@@ -70,8 +70,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, or cuda where a G
 
 # Real data (report/convert --data, heal): see octswap.data.
 DataOpt = Annotated[Optional[Path], typer.Option(
-    "--data", "-d", help="ImageFolder-style folder, flat folder of images, or .pt file {'inputs', 'labels'}: "
-    "measure fidelity on it.")]
+    "--data", "-d", help="ImageFolder-style folder, flat folder of images, a folder holding images/ and masks/, "
+    "or .pt file {'inputs', 'labels'}: measure fidelity on it.")]
 BatchSizeOpt = Annotated[int, typer.Option(
     "--batch-size", min=1, help="Samples per batch (per process under torchrun).")]
 LimitOpt = Annotated[Optional[int], typer.Option(
@@ -87,6 +87,25 @@ CropOpt = Annotated[Optional[str], typer.Option(
     "--crop", help="Centre-crop size N or HxW after --resize [default: the model's HxW].")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="DataLoader worker processes [default: 0 for .pt files, else up to 4].")]
+
+
+class Task(str, Enum):
+    """What the model computes, for fidelity figures (``--task``)."""
+
+    classification = "classification"
+    segmentation = "segmentation"
+    detection = "detection"
+    features = "features"
+
+
+TaskOpt = Annotated[Optional[Task], typer.Option(
+    "--task", help="What the model computes, for fidelity [default: guessed from its output].")]
+AnnotationsOpt = Annotated[Optional[Path], typer.Option(
+    "--annotations", help="COCO instances JSON for the images in --data (detection boxes, category ids as labels).")]
+IgnoreIndexOpt = Annotated[int, typer.Option(
+    "--ignore-index", help="Mask value left out of mIoU (segmentation masks).")]
+ScoreThresholdOpt = Annotated[float, typer.Option(
+    "--score-threshold", min=0.0, max=1.0, help="Detections from this score count when matched against the original's.")]
 CalibrateOpt = Annotated[int, typer.Option(
     "--calibrate-bn", min=0, help="Re-estimate BatchNorm statistics on this many batches of --data (0: off).")]
 TeacherWeightsOpt = Annotated[Optional[str], typer.Option(

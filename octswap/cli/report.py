@@ -10,7 +10,7 @@ import typer
 
 from octswap.cli import fidelity as data_options
 from octswap.cli.bench import latency_markdown, latency_view, time_both
-from octswap.cli.options import (AllowImportOpt, AlphaOpt, BatchOpt, BatchSizeOpt, ChannelMultipleOpt, CompileOpt,
+from octswap.cli.options import (AllowImportOpt, AlphaOpt, AnnotationsOpt, IgnoreIndexOpt, ScoreThresholdOpt, TaskOpt, BatchOpt, BatchSizeOpt, ChannelMultipleOpt, CompileOpt,
                                  CropOpt, DataOpt, DeviceOpt, FoldOpt, FormatOpt, InputSizeOpt, LayersOpt, LayoutOpt,
                                  LimitOpt, MeanOpt, Mode, ModeOpt, ModelArgOpt, PolicyOpt, PrepackOpt, ResizeOpt,
                                  RoundsOpt, StdOpt, StrictOpt, TeacherWeightsOpt, ThreadsOpt, WeightsOpt, WorkersOpt,
@@ -90,6 +90,10 @@ def command(
     resize: ResizeOpt = None,
     crop: CropOpt = None,
     workers: WorkersOpt = None,
+    task: TaskOpt = None,
+    annotations: AnnotationsOpt = None,
+    ignore_index: IgnoreIndexOpt = 255,
+    score_threshold: ScoreThresholdOpt = 0.5,
     teacher_weights: TeacherWeightsOpt = None,
 ) -> None:
     """Compare FLOPs and parameters (with --data fidelity, with --latency speed) before and after conversion;
@@ -100,6 +104,7 @@ def command(
         raise InputError("--latency needs --format table, json or markdown (CSV holds one table)")
     batches = parse_batches(batch)  # a typo fails before the conversion, not after
     prep = preprocessing(mean, std, resize, crop)
+    dense = data_options.DenseOptions.of(task, annotations, ignore_index, score_threshold, data)
     options = choice(alpha=alpha, channel_multiple=channel_multiple, policy=policy, weights=weights,
                      model_arg=model_arg, input_size=input_size, mode=mode, strict=strict)
     if teacher_weights is not None and not is_checkpoint(target):
@@ -108,8 +113,9 @@ def command(
     weights_used = teacher_weights or found.weights
     samples = None
     if data is not None:
-        samples = data_options.open_samples(data, found.plan.input_shape, model=found.model_name,
-                                            weights=weights_used, prep=prep, limit=limit)
+        samples, dense = data_options.open_samples(data, found.plan.input_shape, model=found.model_name,
+                                                   weights=weights_used, prep=prep, limit=limit,
+                                                   original=found.original, dense=dense)
     rep = octswap.report(found.original, found.converted, found.plan, model_name=found.name)
     if samples is not None:
         # Fidelity compares with the original's trained weights, not a random rebuild.
@@ -119,7 +125,8 @@ def command(
 
             reference = load_teacher(found.checkpoint, weights=teacher_weights, allow_import=allow_import)
         data_options.warn_untrained(weights_used, found.model_name)
-        fid = data_options.measure(reference, found.converted, samples, rep, batch_size=batch_size, workers=workers)
+        fid = data_options.measure(reference, found.converted, samples, rep, batch_size=batch_size, workers=workers,
+                                   dense=dense)
         rep = replace(rep, fidelity=fid)
     if not latency:
         emit(report_output(rep, layers=layers), fmt)

@@ -162,7 +162,8 @@ def _loader(data: Path | None, loaded: Any, *, model: str, weights: str | None, 
         return None
     from octswap.data import make_loader
 
-    samples = data_options.open_samples(data, loaded.shape, model=model, weights=weights, prep=prep, limit=limit)
+    samples, _ = data_options.open_samples(data, loaded.shape, model=model, weights=weights, prep=prep, limit=limit,
+                                           original=loaded.model)
     data_options.warn_untrained(loaded.source.weights, model)
     return make_loader(samples, batch_size=batch_size, workers=workers)
 
