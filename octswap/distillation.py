@@ -1,12 +1,14 @@
 """Healing a converted model: knowledge distillation from its original.
 
-The original (teacher: frozen, eval mode) labels every training batch with its logits;
-the converted model (student) learns to match them:
+The original (teacher: frozen, eval mode) labels every training batch with its outputs;
+the converted model (student) learns to match them. For a classifier:
 
     loss = KL(softmax(t / T) || softmax(s / T)) * T^2          (Hinton et al., 2015)
 
 plus, with labels, ``label_weight`` times the cross-entropy with the true classes
 (the distillation term then weighs ``1 - label_weight``). No labels are needed.
+Segmentation models match per-pixel logits, detectors (and any other model) the
+feature maps of their converted regions: :mod:`octswap.losses`.
 
 A plain PyTorch loop in the manner of torchvision's ``references/classification/train.py``
 (its pieces are in :mod:`octswap.training`): AdamW, linear warm-up then cosine decay per
@@ -22,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -30,13 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from octswap.data import UNLABELLED, Data
+from octswap.data import Data
 from octswap.distributed import World, broadcast_flag, local_device, process_group
 from octswap.errors import InputError, OctswapError
+from octswap.losses import distillation_loss, make_criterion, method_for
 from octswap.training import (
     Criterion,
     EpochResult,
@@ -83,32 +84,6 @@ class HealInterrupted(OctswapError):
     def __init__(self, message: str, state: dict[str, Any]) -> None:
         super().__init__(message)
         self.state = state
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``KL(softmax(teacher / T) || softmax(student / T)) * T^2``, averaged over the batch.
-
-    The ``T^2`` keeps the gradients' scale independent of ``T`` (Hinton et al., 2015).
-    """
-    log_s = F.log_softmax(student.float() / temperature, dim=1)
-    log_t = F.log_softmax(teacher.float() / temperature, dim=1)
-    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * temperature**2
-
-
-def _heal_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, options: HealOptions
-) -> torch.Tensor:
-    """The loss of one batch: :func:`distillation_loss`, mixed with cross-entropy when ``options.labels``.
-
-    ``student``, ``teacher``: logits ``[N, classes]``; ``labels``: ``[N]``, ``-1`` when unknown
-    (the cross-entropy covers the known ones; none known: distillation alone).
-    """
-    loss = distillation_loss(student, teacher, options.temperature)
-    if not options.labels:
-        return loss
-    known = labels != UNLABELLED
-    ce = F.cross_entropy(student.float()[known], labels[known]) if bool(known.any()) else loss * 0
-    return (1 - options.label_weight) * loss + options.label_weight * ce
 
 
 def require_labels(train: Data | Dataset, options: HealOptions) -> None:
@@ -218,6 +193,7 @@ def _heal(
     """:func:`heal` inside the process group: torchvision's ``main``, setup, resume, then the epochs."""
     dataset = _training_set(train, options, val)
     model = prepare_models(student, teacher, options, device, inplace=inplace)
+    task, method = _task_and_method(teacher, dataset, options, device)
     torch.manual_seed(options.seed)
     sampler = DistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                  seed=options.seed)  # fmt: skip
@@ -226,13 +202,51 @@ def _heal(
         state.calibrated_batches = calibrate(model, dataset, sampler, options=options, device=device, world=world)
         if state.calibrated_batches > 0 and hooks.on_calibrated is not None:
             hooks.on_calibrated(model)
-    run = setup_run(model, teacher, dataset, sampler, options=options, val=val, device=device, world=world)
+    frozen = _freeze_outside(model, options.features if method == "features" else None)
+    run = setup_run(model, teacher, dataset, sampler, options=options, val=val, device=device, world=world,
+                    task=task, method=method)  # fmt: skip
     if resume is not None:
         resume_run(run, resume)
-    _fit(run, state, functools.partial(_heal_loss, options=options), hooks)
+    try:
+        _fit(run, state, make_criterion(task, method, options), hooks)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     model.eval()
     return HealResult(model=model, history=state.history, stopped_early=state.stopped_early,
                       calibrated_batches=state.calibrated_batches)  # fmt: skip
+
+
+def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions,
+                     device: torch.device) -> tuple[str, str]:  # fmt: skip
+    """The task (``options.task`` or the teacher's output on one sample's shape) and the distillation method.
+
+    Raises:
+        InputError: ``options.task`` or ``options.distill`` does not fit the teacher, or
+            labels are asked of a detector.
+    """
+    from octswap.fidelity.tasks import model_task
+
+    sample = dataset[0][0]
+    task = model_task(teacher, tuple(sample.shape), task=options.task)
+    method = method_for(task, options.distill)
+    if options.labels and task in ("detection", "features"):
+        raise InputError(f"labels=True needs a classifier or a segmentation model; heal a {task} model "
+                         "by distillation alone (labels=False)")  # fmt: skip
+    logger.info("healing a %s model by %s distillation", task, method)
+    return task, method
+
+
+def _freeze_outside(model: nn.Module, names: tuple[str, ...] | None) -> list[nn.Parameter]:
+    """Turn off ``requires_grad`` outside the named modules (feature distillation trains only
+    what its loss reaches); returns the parameters turned off, to turn back on."""
+    if not names:
+        return []
+    inside = {id(p) for name in names for p in model.get_submodule(name).parameters()}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in inside]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
 
 
 def _fit(run: Run, state: TrainingState, criterion: Criterion, hooks: _Hooks) -> None:

@@ -10,6 +10,7 @@ and whose ``training`` state lets ``resume=True`` carry on; the finished file dr
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,12 +22,12 @@ from torch.utils.data import DataLoader
 
 from octswap import __version__
 from octswap.checkpoint import Checkpoint, load, read, save
-from octswap.data import Data, Preprocessing, choose_transform, make_loader, open_data
+from octswap.data import Data, Preprocessing, make_loader
 from octswap.distillation import EpochResult, HealOptions, HealResult, StepInfo, heal, require_labels
 from octswap.distributed import current_world
 from octswap.errors import CheckpointError, InputError, OutputExistsError
 from octswap.fidelity import Fidelity, measure_fidelity
-from octswap.plan import example_input
+from octswap.plan import Plan, example_input
 
 __all__ = ["HealOutcome", "heal_checkpoint", "load_teacher"]
 
@@ -76,6 +77,8 @@ def heal_checkpoint(
     preprocessing: Preprocessing | None = None,
     limit: int | None = None,
     teacher_weights: str | None = None,
+    annotations: str | Path | None = None,
+    val_annotations: str | Path | None = None,
     allow_import: bool = False,
     resume: bool = False,
     force: bool = False,
@@ -99,6 +102,8 @@ def heal_checkpoint(
         limit: Use this many training samples (a fixed random subset).
         teacher_weights: The original's weights file, when it is no longer where the
             checkpoint recorded it.
+        annotations, val_annotations: COCO instances JSON for the images of ``data`` and
+            ``val`` (detectors: mAP against them in the fidelity record).
         allow_import: Let the checkpoint import its model factory.
         resume: Continue the run saved in ``output``, which must exist (a finished run
             there is returned as it is, with ``already_complete``).
@@ -122,8 +127,10 @@ def heal_checkpoint(
     options = _run_options(options or HealOptions(), previous)
     teacher = load_teacher(ckpt, weights=teacher_weights, allow_import=allow_import)
     student = load(previous.path if previous is not None else ckpt.path, allow_import=allow_import, compile=False)
-    inputs = _open_inputs(ckpt, data, val, options, preprocessing=preprocessing, limit=limit,
-                          teacher_weights=teacher_weights)  # fmt: skip
+    inputs = _open_inputs(ckpt, teacher, data, val, options, preprocessing=preprocessing, limit=limit,
+                          teacher_weights=teacher_weights, annotations=annotations,
+                          val_annotations=val_annotations)  # fmt: skip
+    options = _dense_options(options, inputs.task, ckpt.plan)
     check = _FidelityCheck.make(teacher, ckpt, inputs, options)
     if previous is not None:
         record = dict(previous.healing)  # type: ignore[arg-type]
@@ -199,29 +206,57 @@ class _Inputs:
     val: Data | None
     check: Data
     where: str
+    task: str
 
 
 def _open_inputs(
-    ckpt: Checkpoint, data: str | Path, val: str | Path | None, options: HealOptions, *,
+    ckpt: Checkpoint, teacher: nn.Module, data: str | Path, val: str | Path | None, options: HealOptions, *,
     preprocessing: Preprocessing | None, limit: int | None, teacher_weights: str | None,
+    annotations: str | Path | None, val_annotations: str | Path | None,
 ) -> _Inputs:  # fmt: skip
-    """Open the training and validation data with the model's preprocessing (see :func:`heal_checkpoint`).
+    """Open the training and validation data for the teacher's task (see :func:`heal_checkpoint`).
 
     Raises:
-        InputError: data not found or unreadable, or labels asked for but missing.
+        InputError: data not found or unreadable, labels asked for but missing, or labels
+            (masks, boxes) for another task than the model's.
     """
-    shape = ckpt.plan.input_shape
-    transform = choose_transform(shape, model_name=ckpt.source.name, weights=teacher_weights or ckpt.source.weights,
-                                 preprocessing=preprocessing)  # fmt: skip
-    train = open_data(data, input_shape=shape, transform=transform, limit=limit)
+    from octswap.model_data import open_for_model
+
+    opened = functools.partial(open_for_model, model=teacher, input_shape=ckpt.plan.input_shape,
+                               model_name=ckpt.source.name, weights=teacher_weights or ckpt.source.weights,
+                               preprocessing=preprocessing, task=options.task)  # fmt: skip
+    train, task = opened(data, limit=limit, annotations=annotations)
     require_labels(train, options)
-    val_data = open_data(val, input_shape=shape, transform=transform) if val is not None else None
+    val_data = opened(val, annotations=val_annotations)[0] if val is not None else None
     if val_data is not None:
-        return _Inputs(train, val_data, val_data, "validation data")
+        return _Inputs(train, val_data, val_data, "validation data", task)
     # Without validation data: a fixed subset of the training data, no larger than ``limit`` asks.
     sample = min(TRAIN_SAMPLE, limit) if limit is not None else TRAIN_SAMPLE
-    check = open_data(data, input_shape=shape, transform=transform, limit=sample, seed=1)
-    return _Inputs(train, None, check, f"training data ({len(check)} samples)")
+    check = opened(data, limit=sample, seed=1, annotations=annotations)[0]
+    return _Inputs(train, None, check, f"training data ({len(check)} samples)", task)
+
+
+def default_features(plan: Plan) -> tuple[str, ...]:
+    """The modules whose outputs feature distillation matches by default: the regions a
+    conversion in regions mode converted in graph mode, else the top-level modules holding
+    converted convs (``()``: none, the model's outputs are matched)."""
+    if plan.regions:
+        return tuple(str(r["path"]) for r in plan.regions if r.get("path"))
+    converted = [d.name for d in plan.octave_layers]
+    tops = dict.fromkeys(name.split(".", 1)[0] for name in converted if "." in name)
+    return tuple(tops) if plan.mode != "graph" else ()
+
+
+def _dense_options(options: HealOptions, task: str, plan: Plan) -> HealOptions:
+    """``options`` with the task recorded and, for feature distillation, the modules to match."""
+    from octswap.losses import method_for
+
+    method = method_for(task, options.distill)
+    features = options.features
+    if method == "features" and features is None:
+        features = default_features(plan) or None
+        logger.info("feature distillation on %s", ", ".join(features) if features else "the model's outputs")
+    return replace(options, task=task, features=features)
 
 
 @dataclass(frozen=True)
@@ -233,6 +268,8 @@ class _FidelityCheck:
     where: str
     stages: list[str] | None
     main: bool
+    task: str | None = None
+    ignore_index: int = 255
 
     @classmethod
     def make(cls, teacher: nn.Module, ckpt: Checkpoint, inputs: _Inputs, options: HealOptions) -> _FidelityCheck:
@@ -244,11 +281,12 @@ class _FidelityCheck:
             from octswap.stages import stage_names
 
             stages = stage_names(teacher, count_cost(teacher, example_input(ckpt.plan.input_shape)).by_module)
-        return cls(teacher, loader, inputs.where, stages, main)
+        return cls(teacher, loader, inputs.where, stages, main, inputs.task, options.ignore_index)
 
     def measure(self, model: nn.Module) -> dict[str, Any]:
         """:meth:`Fidelity.to_dict` of ``model`` against the teacher."""
-        return measure_fidelity(self.teacher, model, self.loader, stages=self.stages, data=self.where).to_dict()
+        return measure_fidelity(self.teacher, model, self.loader, stages=self.stages, data=self.where,
+                                task=self.task, ignore_index=self.ignore_index).to_dict()  # fmt: skip
 
 
 def _new_record(

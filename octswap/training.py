@@ -48,8 +48,8 @@ __all__ = [
     "train_one_epoch",
 ]
 
-#: ``criterion(student_logits, teacher_logits, labels) -> loss`` (labels ``-1`` when unknown).
-Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``criterion(student_output, teacher_output, labels) -> loss`` (see :func:`octswap.losses.make_criterion`).
+Criterion = Callable[[Any, Any, Any], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,15 @@ class HealOptions:
         seed: Seeds the sample order (and the random state of the run).
         channels_last: Train in channels-last memory format.
         workers: DataLoader worker processes (``None``: see :func:`octswap.data.make_loader`).
+        distill: What to match (:mod:`octswap.losses`): ``auto`` (by task: ``logits`` for
+            classifiers, ``pixels`` for segmentation, ``features`` otherwise), ``logits``,
+            ``pixels``, ``cwd`` (channel-wise) or ``features``.
+        features: With ``features``, the submodules whose outputs to match (default: the
+            converted regions, see :func:`octswap.healing.default_features`); ``None``
+            and no regions: the model's outputs.
+        task: ``classification``, ``segmentation``, ``detection`` or ``features``
+            (``None``: guessed from the teacher's output).
+        ignore_index: Mask value left out of the cross-entropy with masks.
 
     Raises:
         InputError: a value out of range (the message names the attribute).
@@ -94,8 +103,15 @@ class HealOptions:
     seed: int = 0
     channels_last: bool = False
     workers: int | None = None
+    distill: str = "auto"
+    features: tuple[str, ...] | None = None
+    task: str | None = None
+    ignore_index: int = 255
 
     def __post_init__(self) -> None:
+        from octswap.fidelity.result import TASKS
+        from octswap.losses import DISTILL_METHODS
+
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
@@ -108,19 +124,28 @@ class HealOptions:
             (self.calibrate_bn >= 0, f"calibrate_bn must be >= 0 batches, got {self.calibrate_bn}"),
             (self.bn in ("train", "frozen"), f"bn must be 'train' or 'frozen', got {self.bn!r}"),
             (self.target is None or 0 < self.target <= 1, f"target must be in (0, 1], got {self.target}"),
+            (self.distill in DISTILL_METHODS, f"distill must be one of {', '.join(DISTILL_METHODS)}, got {self.distill!r}"),
+            (self.task is None or self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
+            (self.features is None or (isinstance(self.features, tuple) and all(self.features)),
+             f"features must be a tuple of module names, got {self.features!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["features"] = None if self.features is None else list(self.features)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HealOptions:
         """The options saved by :meth:`to_dict`; unknown keys are ignored."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("features") is not None:
+            values["features"] = tuple(values["features"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -164,7 +189,9 @@ class Run:
     """Everything :func:`setup_run` set up; the loop's pieces read it, none replaces a field.
 
     ``model`` is the student being trained; ``trained`` is what the forward pass calls:
-    ``model`` itself, or its ``DistributedDataParallel`` wrapper.
+    ``model`` itself, or its ``DistributedDataParallel`` wrapper (around a
+    :class:`~octswap.feature_taps.Tapped` ``model`` with feature distillation), and
+    ``teach`` the teacher's counterpart. ``task`` and ``method`` are resolved (not ``auto``).
     """
 
     options: HealOptions
@@ -181,6 +208,9 @@ class Run:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype
     val_loader: DataLoader | None
+    teach: nn.Module
+    task: str
+    method: str
 
     @property
     def steps_per_epoch(self) -> int:
@@ -290,13 +320,20 @@ def calibrate(
 
 def setup_run(
     model: nn.Module, teacher: nn.Module, dataset: Dataset, sampler: DistributedSampler, *, options: HealOptions,
-    val: Data | Dataset | None, device: torch.device, world: World,
+    val: Data | Dataset | None, device: torch.device, world: World, task: str, method: str,
 ) -> Run:  # fmt: skip
     """DDP wrapping (SyncBatchNorm on CUDA with ``bn="train"``), AdamW, the schedule and AMP.
 
-    Mixed precision on CUDA: bfloat16 where supported, else float16 with a gradient scaler.
+    With feature distillation of named modules both models are :class:`~octswap.feature_taps.Tapped`
+    and only those modules' parameters train (the caller froze the rest). Mixed precision
+    on CUDA: bfloat16 where supported, else float16 with a gradient scaler.
     """
-    trained = data_parallel(model, device, world, sync_batchnorm=device.type == "cuda" and options.bn == "train")
+    from octswap.feature_taps import Tapped
+
+    tapped = options.features if method == "features" else None
+    forward_model, teach = (Tapped(model, tapped), Tapped(teacher, tapped)) if tapped else (model, teacher)
+    trained = data_parallel(forward_model, device, world,
+                            sync_batchnorm=device.type == "cuda" and options.bn == "train")  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     steps = math.ceil(len(sampler) / options.batch_size) * options.epochs
@@ -306,7 +343,7 @@ def setup_run(
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
     val_loader = make_loader(val, batch_size=options.batch_size, workers=options.workers) if val is not None else None
     return Run(options, world, device, model, trained, teacher, dataset, sampler, params, optimizer, scheduler,
-               scaler, amp_dtype, val_loader)  # fmt: skip
+               scaler, amp_dtype, val_loader, teach, task, method)  # fmt: skip
 
 
 def resume_run(run: Run, saved: Mapping[str, Any]) -> None:
@@ -364,10 +401,10 @@ def train_one_epoch(
     started = time.perf_counter() - state.seconds
     for inputs, labels in batches(loader):
         inputs = _move(inputs, device, options.channels_last)
-        labels = labels.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True) if isinstance(labels, torch.Tensor) else labels
         with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.use_amp):
             with torch.no_grad():
-                target = run.teacher(inputs)
+                target = run.teach(inputs)
             loss = criterion(run.trained(inputs), target, labels)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -395,12 +432,20 @@ def evaluate(run: Run) -> Fidelity | None:
     """The student's fidelity to the teacher on the validation data (main process; ``None`` elsewhere or without)."""
     if run.val_loader is None or not run.world.is_main:
         return None
-    return measure_fidelity(run.teacher, run.model, run.val_loader, stages=(), data="validation")
+    return measure_fidelity(run.teacher, run.model, run.val_loader, stages=(), data="validation", task=run.task,
+                            ignore_index=run.options.ignore_index)  # fmt: skip
 
 
 def _train_mode(run: Run) -> None:
-    """Train mode, but with ``bn="frozen"`` every BatchNorm keeps its running statistics (eval)."""
+    """Train mode, but with ``bn="frozen"`` every BatchNorm keeps its running statistics (eval).
+
+    Feature distillation of named modules: the model in eval mode (a detector takes its
+    inference path, without targets) and only those modules in train mode."""
     run.trained.train()
+    if run.method == "features" and run.options.features:
+        run.model.eval()
+        for name in run.options.features:
+            run.model.get_submodule(name).train()
     if run.options.bn == "frozen":
         for bn in batchnorm_layers(run.model):
             bn.eval()

@@ -52,3 +52,34 @@ def write_scenes(folder: Path, n: int, *, height: int = 48, width: int = 64, cla
     (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
                                                        "categories": categories}))
     return folder
+
+
+def load_scenes(folder: Path, size: tuple[int, int]):
+    """The scenes as tensors for training a test model: images ``[N, 3, H, W]`` normalised with
+    ImageNet's statistics (as octswap feeds 3-channel models), masks ``[N, H, W]``, both resized."""
+    import torch
+
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    images, masks = [], []
+    for path in sorted((folder / "images").iterdir()):
+        image = Image.open(path).convert("RGB").resize(size[::-1], Image.BILINEAR)
+        mask = Image.open(folder / "masks" / path.name).resize(size[::-1], Image.NEAREST)
+        images.append(((np.asarray(image) / 255.0 - mean) / std).transpose(2, 0, 1))
+        masks.append(np.asarray(mask, dtype=np.int64))
+    return torch.tensor(np.stack(images), dtype=torch.float32), torch.tensor(np.stack(masks))
+
+
+def train_segmenter(model, images, masks, *, steps: int = 60, seed: int = 0):
+    """A few Adam steps of per-pixel cross-entropy: a segmenter that has learnt the scenes."""
+    import torch
+
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(steps):
+        batch = torch.randint(0, len(images), (16,))
+        loss = torch.nn.functional.cross_entropy(model(images[batch]), masks[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -37,49 +37,18 @@ class DenseOptions:
         return cls(getattr(task, "value", task), annotations, ignore_index, score_threshold)
 
 
-def _layout_task(path: Path, dense: DenseOptions) -> str | None:
-    """The task a data layout carries labels for (masks, boxes), else ``None``."""
-    from octswap.dense_data import is_mask_folder
-
-    if dense.annotations is not None:
-        return "detection"
-    return "segmentation" if is_mask_folder(path) else None
-
-
 def open_samples(path: Path, shape: tuple[int, int, int], *, model: str | None, weights: str | None,
                  prep: Preprocessing | None, limit: int | None, original: nn.Module,
                  dense: DenseOptions | None = None) -> tuple[Data, DenseOptions]:
-    """``--data``: a ``.pt`` file as saved, images with the model's own preprocessing unless
-    ``--mean/--std/--resize/--crop`` say otherwise; masks and boxes follow their images.
-
-    Returns the data and the options with the task resolved (``--task``, else guessed from
-    the original's output on one probe input).
-
-    Raises:
-        InputError: the data's labels are for another task than the model's.
-    """
+    """``--data`` for ``original`` (:func:`octswap.model_data.open_for_model`): returns the data
+    and the options with the task resolved (``--task``, else guessed from its output)."""
     from dataclasses import replace
 
-    from octswap.data import choose_transform, open_data, weights_transform
-    from octswap.dense_data import joint_transform
-    from octswap.fidelity.tasks import model_task
+    from octswap.model_data import open_for_model
 
     dense = dense or DenseOptions()
-    task = model_task(original, shape, task=dense.task)
-    carried = _layout_task(path, dense)
-    if carried is not None and carried != task:
-        what = "COCO boxes (--annotations)" if carried == "detection" else "masks (images/ and masks/)"
-        raise InputError(f"--data holds {what}, for a {carried} model, but {model} is a {task} model"
-                         f"{'' if dense.task else ' (guessed from its output; --task to say otherwise)'}")
-    transform = None
-    if task == "detection" and not path.is_file():
-        transform = joint_transform(shape, preprocessing=prep, normalise=False)
-    elif carried is not None:
-        reference = weights_transform(model, weights) if model is not None else None
-        transform = joint_transform(shape, preprocessing=prep, reference=reference)
-    elif not path.is_file():
-        transform = choose_transform(shape, model_name=model, weights=weights, preprocessing=prep)
-    data = open_data(path, input_shape=shape, transform=transform, limit=limit, annotations=dense.annotations)
+    data, task = open_for_model(path, model=original, input_shape=shape, model_name=model, weights=weights,
+                                preprocessing=prep, limit=limit, annotations=dense.annotations, task=dense.task)
     return data, replace(dense, task=task)
 
 

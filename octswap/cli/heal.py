@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from octswap.cli.options import (AllowImportOpt, BatchSizeOpt, CropOpt, DeviceOpt, ForceOpt, FormatOpt, LimitOpt,
-                                 MeanOpt, ResizeOpt, StdOpt, TeacherWeightsOpt, WorkersOpt, preprocessing)
+from octswap.cli.options import (AllowImportOpt, AnnotationsOpt, BatchSizeOpt, CropOpt, DeviceOpt, ForceOpt, FormatOpt,
+                                 IgnoreIndexOpt, LimitOpt, MeanOpt, ResizeOpt, StdOpt, TaskOpt, TeacherWeightsOpt,
+                                 WorkersOpt, preprocessing)
 from octswap.cli.output import Format, Output, TableView, emit, err, note
 from octswap.cli.signals import stop_on_signal
 
@@ -26,17 +27,44 @@ class BNMode(str, Enum):
     frozen = "frozen"
 
 
+class Distill(str, Enum):
+    auto = "auto"
+    logits = "logits"
+    pixels = "pixels"
+    cwd = "cwd"
+    features = "features"
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
+#: Per task: the columns of the before/after table (header, fidelity field).
+_COLUMNS = {
+    "classification": [("agreement", "agreement"), ("top-1 original", "accuracy_original"),
+                       ("top-1 this model", "accuracy_converted"), ("KL", "kl")],
+    "segmentation": [("pixel agreement", "agreement"), ("mIoU original", "miou_original"),
+                     ("mIoU this model", "miou_converted"), ("KL per pixel", "kl")],
+    "detection": [("F1 vs original", "agreement"), ("mAP@0.5 vs original", "map50_vs_original"),
+                  ("mAP@0.5 original", "map50_original"), ("mAP@0.5 this model", "map50_converted")],
+    "features": [("cosine similarity", "agreement"), ("relative error", "relative_error")],
+}  # fmt: skip
+
+
+def _cell(field: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if field in ("kl", "relative_error") else _percent(value)
 
 
 def healing_view(healing: dict[str, Any]) -> TableView:
     fidelity = healing.get("fidelity") or {}
     labels = {"converted": "converted", "calibrated": "BatchNorm re-estimated", "healed": "healed"}
-    rows = [[label, _percent(f["agreement"]), _percent(f["accuracy_original"]), _percent(f["accuracy_converted"]),
-             f"{f['kl']:.4f}"]
-            for key, label in labels.items() if (f := fidelity.get(key)) is not None]
-    return TableView(["model", "agreement", "top-1 original", "top-1 this model", "KL"], rows,
+    measured = [(label, f) for key, label in labels.items() if (f := fidelity.get(key)) is not None]
+    task = measured[0][1].get("task", "classification") if measured else "classification"
+    columns = _COLUMNS.get(task, _COLUMNS["classification"])
+    rows = [[label, *(_cell(name, f.get(name)) for _, name in columns)] for label, f in measured]
+    return TableView(["model", *(header for header, _ in columns)], rows,
                      title=f"fidelity on {fidelity.get('data', 'the data')} (vs the original)")
 
 
@@ -76,7 +104,20 @@ def _report_written(outcome: HealOutcome, path: Path) -> None:
              "data) or with a lower --lr")
 
 
-def _check_flags(output: Path, *, resume: bool, force: bool, target: float | None, val: Path | None) -> None:
+def _names(text: str | None) -> tuple[str, ...] | None:
+    """``--features "backbone,rpn.head"`` -> ``("backbone", "rpn.head")``."""
+    if text is None:
+        return None
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        from octswap.errors import InputError
+
+        raise InputError(f"--features: expected comma-separated module names, got {text!r}")
+    return names
+
+
+def _check_flags(output: Path, *, resume: bool, force: bool, target: float | None, val: Path | None,
+                 val_annotations: Path | None) -> None:
     """What the library checks too (naming its parameters), checked first here to name the flags."""
     from octswap.errors import InputError, OutputExistsError
 
@@ -87,6 +128,8 @@ def _check_flags(output: Path, *, resume: bool, force: bool, target: float | Non
         raise OutputExistsError(f"{output} exists; pass --force to overwrite it, or --resume to continue it")
     if target is not None and val is None:
         raise InputError("--target needs --val data to measure agreement on")
+    if val_annotations is not None and val is None:
+        raise InputError("--val-annotations needs --val")
 
 
 def _heal(checkpoint: Path, data: Path, output: Path, *, main: bool, options: Any, **given: Any) -> HealOutcome:
@@ -115,7 +158,8 @@ def _heal(checkpoint: Path, data: Path, output: Path, *, main: bool, options: An
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by octswap convert.")],
     data: Annotated[Path, typer.Option(
-        "--data", "-d", help="Training data: ImageFolder-style folder, flat folder of images, or .pt file.")],
+        "--data", "-d", help="Training data: ImageFolder-style folder, flat folder of images, a folder holding "
+        "images/ and masks/, or .pt file.")],
     val: Annotated[Optional[Path], typer.Option(
         "--val", help="Validation data: fidelity after every epoch, before/after record.")] = None,
     output: Annotated[Optional[Path], typer.Option(
@@ -126,7 +170,20 @@ def command(
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
     batch_size: BatchSizeOpt = 64,
     labels: Annotated[bool, typer.Option(
-        "--labels/--no-labels", help="Also learn from the data's labels (cross-entropy).")] = False,
+        "--labels/--no-labels", help="Also learn from the data's labels (cross-entropy with classes or masks).")
+    ] = False,
+    distill: Annotated[Distill, typer.Option(
+        "--distill", help="What to match: auto (logits for classifiers, pixels for segmentation, features "
+        "otherwise), logits, pixels (KL per pixel), cwd (channel-wise) or features (PKD: MSE of standardised feature maps).")
+    ] = Distill.auto,
+    features: Annotated[Optional[str], typer.Option(
+        "--features", help="With --distill features: comma-separated module names whose outputs to match "
+        "[default: the converted regions].")] = None,
+    task: TaskOpt = None,
+    annotations: AnnotationsOpt = None,
+    val_annotations: Annotated[Optional[Path], typer.Option(
+        "--val-annotations", help="COCO instances JSON for the images in --val (detection mAP).")] = None,
+    ignore_index: IgnoreIndexOpt = 255,
     label_weight: Annotated[float, typer.Option(
         "--label-weight", min=0.0, max=1.0, help="Weight of the cross-entropy with --labels.")] = 0.5,
     temperature: Annotated[float, typer.Option(
@@ -138,7 +195,8 @@ def command(
     ] = BNMode.train,
     target: Annotated[Optional[float], typer.Option(
         "--target", min=0.0, max=1.0,
-        help="Stop once top-1 agreement on --val reaches this (0-1).")] = None,
+        help="Stop once agreement on --val reaches this (0-1; pixel agreement for segmentation, F1 vs the "
+        "original's detections for detectors).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample order.")] = 0,
     channels_last: Annotated[bool, typer.Option(
         "--channels-last/--nchw", help="Memory format while training.")] = False,
@@ -161,16 +219,17 @@ def command(
 
     main = is_main_process()
     target_path = output if output is not None else checkpoint.with_name(f"{checkpoint.stem}-healed.pt")
-    _check_flags(target_path, resume=resume, force=force, target=target, val=val)
+    _check_flags(target_path, resume=resume, force=force, target=target, val=val, val_annotations=val_annotations)
     options = HealOptions(
         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
         labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target,
-        seed=seed, channels_last=channels_last, workers=workers,
+        seed=seed, channels_last=channels_last, workers=workers, distill=distill.value,
+        features=_names(features), task=task.value if task is not None else None, ignore_index=ignore_index,
     )
     prep = preprocessing(mean, std, resize, crop)
     outcome = _heal(checkpoint, data, target_path, main=main, options=options, val=val, preprocessing=prep,
                     limit=limit, teacher_weights=teacher_weights, allow_import=allow_import, resume=resume,
-                    force=force, device=device)
+                    force=force, device=device, annotations=annotations, val_annotations=val_annotations)
     if not main:
         return
     if outcome.already_complete:

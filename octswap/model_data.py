@@ -1,0 +1,86 @@
+"""Data opened for one model: its task decides the transform, and the data's labels must fit it.
+
+A classifier's images get its own preprocessing (:func:`octswap.data.choose_transform`); a
+detector's get ``[0, 1]`` images (it normalises inside); images with masks or COCO boxes get a
+joint transform (:func:`octswap.dense_data.joint_transform`) so the labels follow their images.
+
+Example:
+    >>> data, task = open_for_model("scenes/val", model=unet, input_shape=(3, 128, 128))  # doctest: +SKIP
+    >>> task, data.kind                                                                     # doctest: +SKIP
+    ('segmentation', 'masks')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from octswap.data import Data, Preprocessing, choose_transform, open_data, weights_transform
+from octswap.dense_data import is_mask_folder, joint_transform
+from octswap.errors import InputError
+from octswap.fidelity.tasks import model_task
+
+__all__ = ["layout_task", "open_for_model"]
+
+
+def layout_task(path: Path, annotations: Path | None) -> str | None:
+    """The task a data layout carries labels for: ``detection`` (annotations), ``segmentation``
+    (``images/`` and ``masks/``), else ``None``."""
+    if annotations is not None:
+        return "detection"
+    return "segmentation" if is_mask_folder(path) else None
+
+
+def open_for_model(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    model_name: str | None = None,
+    weights: str | None = None,
+    preprocessing: Preprocessing | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    annotations: str | Path | None = None,
+    task: str | None = None,
+) -> tuple[Data, str]:
+    """Open ``path`` (any :func:`octswap.data.open_data` layout) for ``model``.
+
+    Args:
+        model: The model the data feeds (the original); its output on one probe input
+            tells its task unless ``task`` is given.
+        input_shape: Its ``(C, H, W)``.
+        model_name, weights: For a torchvision model, its weights' own preprocessing.
+        preprocessing, limit, seed, annotations: As :func:`octswap.data.open_data`.
+        task: ``classification``, ``segmentation``, ``detection`` or ``features``.
+
+    Returns:
+        The data and the task.
+
+    Raises:
+        InputError: ``task`` does not fit the model's output; the data's labels (masks,
+            boxes) are for another task; the data cannot be read.
+    """
+    path = Path(path)
+    annotations = Path(annotations) if annotations is not None else None
+    given = task
+    task = model_task(model, input_shape, task=task)
+    carried = layout_task(path, annotations)
+    if carried is not None and carried != task:
+        what = "COCO boxes (--annotations)" if carried == "detection" else "masks (images/ and masks/)"
+        name = model_name or type(model).__name__
+        raise InputError(f"--data holds {what}, for a {carried} model, but {name} is a {task} model"
+                         f"{' (guessed from its output; --task to say otherwise)' if given is None else ''}")
+    transform: Any = None
+    if task == "detection" and not path.is_file():
+        transform = joint_transform(input_shape, preprocessing=preprocessing, normalise=False)
+    elif carried is not None:
+        reference = weights_transform(model_name, weights) if model_name is not None else None
+        transform = joint_transform(input_shape, preprocessing=preprocessing, reference=reference)
+    elif not path.is_file():
+        transform = choose_transform(input_shape, model_name=model_name, weights=weights, preprocessing=preprocessing)
+    data = open_data(path, input_shape=input_shape, transform=transform, limit=limit, seed=seed,
+                     annotations=annotations)  # fmt: skip
+    return data, task

@@ -1,0 +1,242 @@
+"""Healing segmentation models and feature outputs: the losses by hand, healing helps, resumes
+exactly, runs the same under DDP (gloo), and the command line on masks and detectors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import octswap
+from octswap.cli import app
+from octswap.data import Data, make_loader, open_data
+from octswap.distillation import HealInterrupted, HealOptions, heal
+from octswap.feature_taps import Tapped
+from octswap.healing import default_features
+from octswap.losses import channel_wise_loss, features_loss, pixel_loss
+from tests.nets import pyramid_detector, size_checked_segmenter
+from tests.scenes import load_scenes, train_segmenter, write_scenes
+
+pytest.importorskip("torchmetrics")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------ losses
+def test_pixel_and_channel_wise_losses_by_hand():
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 3, 4, 5, generator=gen)
+    T = 2.0
+    # Per pixel: softmax over the 3 classes.
+    total = 0.0
+    for n in range(2):
+        for i in range(4):
+            for j in range(5):
+                p, q = (t[n, :, i, j] / T).softmax(0), (s[n, :, i, j] / T).softmax(0)
+                total += float((p * (p / q).log()).sum())
+    assert float(pixel_loss(s, t, T)) == pytest.approx(total / 40 * T * T, rel=1e-5)
+    # Channel-wise: softmax over the 20 positions of each channel's map.
+    total = 0.0
+    for n in range(2):
+        for c in range(3):
+            p, q = (t[n, c].flatten() / T).softmax(0), (s[n, c].flatten() / T).softmax(0)
+            total += float((p * (p / q).log()).sum())
+    assert float(channel_wise_loss(s, t, T)) == pytest.approx(total / 6 * T * T, rel=1e-5)
+    assert float(pixel_loss(t, t, T)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_loss_by_hand():
+    gen = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 3, 4, 4, generator=gen), torch.randn(2, 3, 4, 4, generator=gen) * 3
+    # Per sample and channel: squared error over the teacher's variance of that map, then the mean.
+    want = 0.0
+    for n in range(2):
+        var = [float(t[n, c].var(unbiased=False)) for c in range(3)]
+        eps = 1e-3 * sum(var) / 3 + 1e-8
+        want += sum(float((s[n, c] - t[n, c]).pow(2).mean()) / (var[c] + eps) for c in range(3)) / 6
+    assert float(features_loss({"a": s}, {"a": t})) == pytest.approx(want, rel=1e-5)
+    # The mean over tensors; identical tensors add 0; the teacher's scale sets the unit.
+    assert float(features_loss([s, t], [t, t])) == pytest.approx(want / 2, rel=1e-5)
+    assert float(features_loss({"a": s * 10}, {"a": t * 10})) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(octswap.InputError, match="no output tensor of the same shape"):
+        features_loss({"a": s}, {"b": t})
+
+
+# ------------------------------------------------------------------ segmentation
+@pytest.fixture(scope="module")
+def segmentation(tmp_path_factory):
+    folder = write_scenes(tmp_path_factory.mktemp("seg") / "train", 48, seed=1)
+    x, y = load_scenes(folder, (32, 32))
+    teacher = train_segmenter(size_checked_segmenter(4), x, y, steps=80)
+    converted, plan = octswap.convert(teacher, alpha=0.5, input_shape=(3, 32, 32))
+    return teacher, converted, plan, open_data(folder, input_shape=(3, 32, 32)), folder
+
+
+@pytest.mark.parametrize("distill", ["pixels", "cwd"])
+def test_heal_raises_pixel_agreement(segmentation, distill):
+    teacher, converted, _, data, _ = segmentation
+    loader = make_loader(data, batch_size=16, workers=0)
+    start = octswap.measure_fidelity(teacher, converted, loader, stages=())
+    options = HealOptions(epochs=3, batch_size=16, lr=3e-3, distill=distill, calibrate_bn=0, workers=0)
+    result = heal(converted, teacher, data, options=options, val=data)
+    end = octswap.measure_fidelity(teacher, result.model, loader, stages=())
+    assert start.task == end.task == "segmentation" and result.history[-1].fidelity.task == "segmentation"
+    assert end.agreement > start.agreement and end.kl < start.kl
+    assert end.segmentation.miou_converted > start.segmentation.miou_converted
+
+
+def test_a_method_that_does_not_fit_the_task(segmentation):
+    teacher, converted, _, data, _ = segmentation
+    with pytest.raises(octswap.InputError, match="--distill logits needs a classification model; this one is a "
+                                                 "segmentation model"):
+        heal(converted, teacher, data, options=HealOptions(distill="logits", epochs=1))
+
+
+# ------------------------------------------------------------------ features
+@pytest.fixture(scope="module")
+def features():
+    torch.manual_seed(0)
+    teacher = pyramid_detector()
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    # Untrained but consistent: BatchNorm statistics of these inputs, as a trained model has its data's.
+    for bn in (m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.reset_running_stats()
+        bn.momentum = None
+    with torch.no_grad():
+        teacher.train()(x)
+    teacher.eval()
+    converted, plan = octswap.convert(teacher, alpha=0.5, input_shape=(3, 32, 32))
+    return teacher, converted, plan, Data.from_tensors(x, name="noise")
+
+
+def test_tapped_returns_the_watched_outputs_and_skips_the_rest(features):
+    teacher, *_ = features
+    calls = []
+    handle = teacher.head.register_forward_hook(lambda *_: calls.append(1))
+    tapped = Tapped(teacher, ["encoder"])
+    x = torch.randn(2, 3, 32, 32)
+    first, second = tapped(x), tapped(x)
+    assert [f.shape for f in first["encoder"]] == [(2, 32, 16, 16), (2, 32, 8, 8)]
+    assert torch.equal(first["encoder"][1], teacher.encoder(x)[1])
+    assert len(calls) == 1  # the first call learns the order; the second stops after the encoder
+    assert torch.equal(second["encoder"][0], first["encoder"][0])
+    handle.remove()
+    assert len(teacher(x)) == 2  # no hook left behind: the model is a plain model again
+    with pytest.raises(octswap.InputError, match="'neck' is not a submodule"):
+        Tapped(teacher, ["neck"])
+
+
+def test_feature_distillation_raises_similarity(features):
+    teacher, converted, plan, data = features
+    names = default_features(plan)
+    assert names == tuple(r["path"] for r in plan.regions) and names
+    loader = make_loader(data, batch_size=32)
+    start = octswap.measure_fidelity(teacher, converted, loader, stages=())
+    options = HealOptions(epochs=3, batch_size=16, lr=3e-3, features=names, calibrate_bn=2)
+    result = heal(converted, teacher, data, options=options)
+    end = octswap.measure_fidelity(teacher, result.model, loader, stages=())
+    assert start.task == "features" and end.agreement > start.agreement  # mean cosine similarity
+    assert end.relative_error < start.relative_error
+    assert all(p.requires_grad for p in result.model.parameters())  # frozen only while training
+
+
+def test_feature_distillation_resumes_exactly(features):
+    teacher, converted, plan, data = features
+    options = HealOptions(epochs=2, batch_size=16, features=default_features(plan), calibrate_bn=2)  # 4 steps/epoch
+    whole = heal(converted, teacher, data, options=options).model.state_dict()
+    saved = {}
+
+    def keep(model, state):
+        saved["weights"], saved["state"] = copy.deepcopy(model.state_dict()), copy.deepcopy(state)
+
+    steps = iter(range(100))
+    with pytest.raises(HealInterrupted, match="epoch 2 after step 1 of 4"):
+        heal(converted, teacher, data, options=options, save=keep, stop=lambda: next(steps) == 4)
+    student = copy.deepcopy(converted)
+    student.load_state_dict(saved["weights"])
+    resumed = heal(student, teacher, data, options=options, resume=saved["state"])
+    for key, value in resumed.model.state_dict().items():
+        assert torch.allclose(value.float(), whole[key].float(), atol=1e-6), key
+
+
+# ------------------------------------------------------------------ command line
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
+    teacher, _, _, _, folder = segmentation
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    converted = run("convert", "tests.nets:size_checked_segmenter", "-m", "classes=4", "-w", tmp_path / "teacher.pt",
+                    "-s", "32", "-a", "0.5", "-o", tmp_path / "oct.pt")  # fmt: skip
+    assert converted.exit_code == 0, converted.output
+    result = run("heal", tmp_path / "oct.pt", "--data", folder, "--val", folder, "--epochs", "1", "--batch-size", "16",
+                 "--labels", "--allow-import", "-f", "json", "--workers", "0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)["healing"]
+    assert record["options"]["task"] == "segmentation" and record["options"]["labels"] is True
+    healed = record["fidelity"]["healed"]
+    assert healed["task"] == "segmentation" and 0 <= healed["miou_converted"] <= 1 and healed["samples"] == 48
+    bad = run("heal", tmp_path / "oct.pt", "--data", folder, "--distill", "logits", "--allow-import",
+              "-o", tmp_path / "bad.pt")  # fmt: skip
+    assert bad.exit_code == 2 and "--distill logits needs a classification model" in bad.stderr
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def octswap_cmd(*args, launcher=()):
+    return [sys.executable, *launcher, *(["-m", "octswap.cli"] if not launcher else ["-m", "octswap.cli"]),
+            *[str(a) for a in args]]  # fmt: skip
+
+
+def test_feature_distillation_under_ddp_matches_one_process(features, tmp_path):
+    teacher, _, _, data = features
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    torch.save({"inputs": data.dataset.inputs[:32]}, tmp_path / "noise.pt")
+    subprocess.run(octswap_cmd("convert", "tests.nets:pyramid_detector", "-w", tmp_path / "teacher.pt", "-s", "32",
+                               "-a", "0.5", "-o", tmp_path / "oct.pt"), check=True, cwd=ROOT, capture_output=True)
+    common = ["heal", tmp_path / "oct.pt", "--data", tmp_path / "noise.pt", "--epochs", "1", "--calibrate-bn", "0",
+              "--bn", "frozen", "--allow-import", "--format", "json", "--force"]  # fmt: skip
+    one = subprocess.run(octswap_cmd(*common, "--batch-size", "8", "-o", tmp_path / "one.pt"),
+                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    two = subprocess.run(octswap_cmd(*common, "--batch-size", "4", "-o", tmp_path / "two.pt", launcher=launcher),
+                         cwd=ROOT, capture_output=True, text=True, env=env)  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    first, second = json.loads(one.stdout)["healing"], json.loads(two.stdout)["healing"]
+    assert first["options"]["features"] == second["options"]["features"] and first["options"]["features"]
+    assert second["world_size"] == 2
+    assert second["history"][0]["loss"] == pytest.approx(first["history"][0]["loss"], rel=1e-4)
+    a = octswap.read_checkpoint(tmp_path / "one.pt").state_dict
+    b = octswap.read_checkpoint(tmp_path / "two.pt").state_dict
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-4), key
+
+
+def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path):
+    folder = write_scenes(tmp_path / "scenes", 8, seed=3)
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=4, min_size=64, max_size=64)
+    torch.save(model.state_dict(), tmp_path / "det.pt")
+    args = ["-m", "num_classes=4", "-m", "weights_backbone=None", "-m", "min_size=64", "-m", "max_size=64"]
+    converted = run("convert", "fasterrcnn_mobilenet_v3_large_320_fpn", *args, "-w", tmp_path / "det.pt", "-s", "64",
+                    "-a", "0.5", "-o", tmp_path / "oct.pt")  # fmt: skip
+    assert converted.exit_code == 0, converted.output
+    result = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--annotations", folder / "instances.json",
+                 "--epochs", "1", "--batch-size", "4", "--calibrate-bn", "1", "-f", "json", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)["healing"]
+    assert record["options"]["task"] == "detection" and record["options"]["distill"] == "auto"
+    assert record["options"]["features"] == ["backbone", "rpn.head"]
+    assert record["fidelity"]["healed"]["task"] == "detection" and record["fidelity"]["healed"]["map50_original"] is not None
+    labels = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--annotations", folder / "instances.json",
+                 "--labels", "-o", tmp_path / "x.pt")  # fmt: skip
+    assert labels.exit_code == 2 and "labels=True needs a classifier or a segmentation model" in labels.stderr
