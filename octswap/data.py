@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from octswap.errors import InputError, path_argument
+from octswap.images import IMAGENET_MEAN, IMAGENET_STD, check_headers, image_files, open_image, per_channel
 from octswap.serialization import load_tensors
 
 __all__ = [
@@ -55,9 +57,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ImageNet's channel statistics (torchvision's classification weights use them).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 UNLABELLED = -1
 
 
@@ -95,15 +94,6 @@ class Preprocessing:
         return v2.Compose([
             v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)),
         ])  # fmt: skip
-
-
-def per_channel(values: Sequence[float] | None, channels: int, default: Sequence[float], option: str) -> tuple[float, ...]:
-    values = tuple(values) if values is not None else tuple(default)
-    if len(values) == 1:
-        return values * channels
-    if len(values) != channels:
-        raise InputError(f"{option}: give one value or {channels} (one per input channel), got {len(values)}")
-    return values
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -151,18 +141,7 @@ def choose_transform(
 
 # ------------------------------------------------------------------ datasets
 def _loader(channels: int) -> Callable[[str], Any]:
-    mode = {1: "L", 3: "RGB"}[channels]
-
-    def load(path: str) -> Any:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                return image.convert(mode)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise InputError(f"cannot read image {path}: {err}") from None
-
-    return load
+    return functools.partial(open_image, mode={1: "L", 3: "RGB"}[channels])
 
 
 class ImageFiles(Dataset):
@@ -231,26 +210,6 @@ class Data:
         return f"{self.path} ({len(self)} samples, {labels})"
 
 
-def image_files(folder: Path) -> list[str]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return sorted(
-        str(p) for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS)
-    )
-
-
-def _check_headers(files: Iterable[str]) -> None:
-    """Open each file's header (no decoding): a non-image fails here, before any work."""
-    from PIL import Image, UnidentifiedImageError
-
-    for path in files:
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, UnidentifiedImageError) as err:
-            raise InputError(f"cannot read image {path}: {err}") from None
-
-
 def open_data(
     path: str | Path,
     *,
@@ -296,7 +255,8 @@ def open_data(
 
     if annotations is not None or is_mask_folder(path):
         joint = transform or joint_transform(input_shape, preprocessing=preprocessing, normalise=annotations is None)
-        data = open_dense(path, input_shape=input_shape, annotations=annotations, transform=joint)
+        dense = open_dense(path, input_shape=input_shape, annotations=annotations, transform=joint)
+        data = Data(path, dense.kind, dense.dataset, True, None, 0, collate=dense.collate)
     elif path.is_file():
         data = _open_tensors(path, channels)
     elif path.is_dir():
@@ -317,7 +277,7 @@ def open_data(
         indices = dataset.indices if isinstance(dataset, Subset) else range(len(dataset))  # type: ignore[arg-type]
         base = dataset.dataset if isinstance(dataset, Subset) else dataset
         files = base.files if hasattr(base, "files") else [s[0] for s in base.samples]  # type: ignore[attr-defined]
-        _check_headers(files[i] for i in indices)
+        check_headers(files[i] for i in indices)
     logger.info("data: %s", data.describe())
     return data
 

@@ -19,9 +19,10 @@ Samples are ``(image Tensor[C, H, W], mask Tensor[H, W] int64)`` or
 the latter keep the targets as a list (one dict per image).
 
 Example:
-    >>> data = open_dense("scenes/val", input_shape=(3, 128, 128))          # doctest: +SKIP
-    >>> data = open_dense("scenes/val/images", input_shape=(3, 128, 128),
-    ...                   annotations="scenes/val/instances.json")        # doctest: +SKIP
+    >>> from octswap.data import open_data
+    >>> data = open_data("scenes/val", input_shape=(3, 128, 128))          # doctest: +SKIP
+    >>> data = open_data("scenes/val/images", input_shape=(3, 128, 128),
+    ...                  annotations="scenes/val/instances.json")        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,14 +32,24 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset
 
 from octswap.errors import InputError, MissingExtraError
+from octswap.images import IMAGENET_MEAN, IMAGENET_STD, image_files, open_image, per_channel
 
-__all__ = ["CocoBoxes", "MaskFolder", "collate_detection", "is_mask_folder", "joint_transform", "open_dense"]
+__all__ = ["CocoBoxes", "DenseSet", "MaskFolder", "collate_detection", "is_mask_folder", "joint_transform",
+           "open_dense"]
+
+
+class DenseSet(NamedTuple):
+    """What :func:`open_dense` opened: ``kind`` (``masks``/``coco``), the dataset, its collate function."""
+
+    kind: str
+    dataset: Dataset
+    collate: Callable[[Any], Any] | None
 
 MASK_MODES = ("L", "P", "I", "I;16")
 
@@ -60,7 +71,7 @@ def joint_transform(
     Args:
         input_shape: The model's ``(C, H, W)``: images are resized to ``H x W`` unless
             ``preprocessing`` sets ``resize``/``crop``.
-        preprocessing: A :class:`~octswap.data.Preprocessing` (mean, std, resize, crop).
+        preprocessing: A :class:`~octswap.data.Preprocessing` (mean, std, resize, crop), or ``None``.
         normalise: Normalise the image (``False`` for detectors that normalise inside,
             unless ``preprocessing`` names a mean or std).
         reference: A torchvision weights transform whose ``mean``/``std`` to use.
@@ -68,36 +79,25 @@ def joint_transform(
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    from octswap.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, per_channel
-
-    prep = preprocessing or Preprocessing()
     channels, height, width = input_shape
-    if prep.resize is None and prep.crop is None:
+    resize, crop = getattr(preprocessing, "resize", None), getattr(preprocessing, "crop", None)
+    given_mean, given_std = getattr(preprocessing, "mean", None), getattr(preprocessing, "std", None)
+    if resize is None and crop is None:
         geometry: list[Any] = [v2.Resize((height, width), antialias=True)]
     else:
-        geometry = [v2.Resize(prep.resize, antialias=True)] if prep.resize is not None else []
-        geometry.append(v2.CenterCrop(prep.crop or (height, width)))
+        geometry = [v2.Resize(resize, antialias=True)] if resize is not None else []
+        geometry.append(v2.CenterCrop(crop or (height, width)))
     steps = [v2.ToImage(), *geometry,
              v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True)]
-    if normalise or prep.mean is not None or prep.std is not None:
+    if normalise or given_mean is not None or given_std is not None:
         default_mean = getattr(reference, "mean", None) or (IMAGENET_MEAN if channels == 3 else (0.0,))
         default_std = getattr(reference, "std", None) or (IMAGENET_STD if channels == 3 else (1.0,))
-        mean = per_channel(prep.mean, channels, default_mean, "--mean")
-        std = per_channel(prep.std, channels, default_std, "--std")
+        mean = per_channel(given_mean, channels, default_mean, "--mean")
+        std = per_channel(given_std, channels, default_std, "--std")
         if any(s <= 0 for s in std):
             raise InputError(f"--std: every value must be positive, got {','.join(map(str, std))}")
         steps.append(v2.Normalize(list(mean), list(std)))
     return v2.Compose(steps)
-
-
-def _open_image(path: str, mode: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert(mode)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise InputError(f"cannot read image {path}: {err}") from None
 
 
 def _open_mask(path: str) -> torch.Tensor:
@@ -128,7 +128,7 @@ class MaskFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = _open_image(self.files[index], self.mode)
+        image = open_image(self.files[index], self.mode)
         mask = _open_mask(self.masks[index])
         if mask.shape != (image.height, image.width):
             raise InputError(f"mask {self.masks[index]} is {tuple(mask.shape)} (height, width), its image "
@@ -147,7 +147,7 @@ class CocoBoxes(Dataset):
                 coco = CocoDetection(str(root), str(annotations))
         except ModuleNotFoundError as err:
             raise MissingExtraError(f"COCO annotations need pycocotools ({err}): pip install 'octswap[dense]'") from None
-        coco._load_image = lambda id_: _open_image(str(root / coco.coco.loadImgs(id_)[0]["file_name"]), mode)  # type: ignore[method-assign]
+        coco._load_image = lambda id_: open_image(str(root / coco.coco.loadImgs(id_)[0]["file_name"]), mode)  # type: ignore[method-assign]
         self.files = [str(root / coco.coco.loadImgs(i)[0]["file_name"]) for i in coco.ids]
         self.wrapped = wrap_dataset_for_transforms_v2(coco, target_keys={"boxes", "labels"})
         self.transform = transform
@@ -175,8 +175,6 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, Any]]) -> tuple[torch.
 
 
 def _stems(folder: Path) -> dict[str, str]:
-    from octswap.data import image_files
-
     return {Path(f).stem: f for f in image_files(folder)}
 
 
@@ -223,9 +221,9 @@ def open_dense(
     input_shape: tuple[int, int, int],
     annotations: str | Path | None = None,
     transform: Callable[..., Any] | None = None,
-) -> Any:
+) -> DenseSet:
     """Open images with masks (``path`` holding ``images/`` and ``masks/``) or with COCO
-    boxes (``annotations``); returns a :class:`~octswap.data.Data` (kind ``masks`` or ``coco``).
+    boxes (``annotations``); :func:`octswap.data.open_data` wraps it in a ``Data``.
 
     Args:
         path: The data folder (masks layout) or the images' folder (COCO).
@@ -239,8 +237,6 @@ def open_dense(
             the annotations are unreadable or name missing images.
         MissingExtraError: COCO annotations without pycocotools.
     """
-    from octswap.data import Data
-
     path = Path(path)
     channels = input_shape[0]
     if channels not in (1, 3):
@@ -252,8 +248,8 @@ def open_dense(
             raise InputError(f"--data must be the folder of the annotated images, got {path}")
         _check_annotations(path, annotations)
         boxes = CocoBoxes(path, annotations, mode, transform or joint_transform(input_shape, normalise=False))
-        return Data(path, "coco", boxes, True, None, 0, collate=collate_detection)
+        return DenseSet("coco", boxes, collate_detection)
     if not is_mask_folder(path):
         raise InputError(f"{path}: masks need a folder holding images/ and masks/ (same file stems)")
     folder = _mask_folder(path, mode, transform or joint_transform(input_shape))
-    return Data(path, "masks", folder, True, None, 0)
+    return DenseSet("masks", folder, None)

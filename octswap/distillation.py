@@ -208,7 +208,9 @@ def _heal(
     if resume is not None:
         resume_run(run, resume)
     try:
-        _fit(run, state, make_criterion(task, method, options), hooks)
+        criterion = make_criterion(task, method, temperature=options.temperature, labels=options.labels,
+                                   label_weight=options.label_weight, ignore_index=options.ignore_index)
+        _fit(run, state, criterion, hooks)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -21,14 +21,14 @@ With labels (``HealOptions.labels``) the cross-entropy with the classes (classif
 the masks (segmentation, ``ignore_index`` left out) is mixed in with ``label_weight``.
 
 Example:
-    >>> criterion = make_criterion("segmentation", HealOptions(distill="cwd"))  # doctest: +SKIP
+    >>> criterion = make_criterion("segmentation", "cwd", temperature=4.0)      # doctest: +SKIP
     >>> loss = criterion(student(x), teacher(x), masks)                          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,6 @@ from octswap.data import UNLABELLED
 from octswap.errors import InputError
 from octswap.fidelity.taps import named_leaves
 from octswap.fidelity.tasks import task_output
-
-if TYPE_CHECKING:
-    from octswap.training import HealOptions
 
 __all__ = ["DISTILL_METHODS", "channel_wise_loss", "distillation_loss", "features_loss", "make_criterion",
            "method_for", "pixel_loss"]  # fmt: skip
@@ -129,50 +126,47 @@ def method_for(task: str, distill: str) -> str:
     return method
 
 
-def _mixed(loss: torch.Tensor, ce: Callable[[], torch.Tensor | None], options: HealOptions) -> torch.Tensor:
-    if not options.labels:
-        return loss
-    term = ce()
-    if term is None:
-        return loss
-    return (1 - options.label_weight) * loss + options.label_weight * term
+def make_criterion(task: str, method: str, *, temperature: float = 4.0, labels: bool = False,
+                   label_weight: float = 0.5, ignore_index: int = 255) -> Callable[[Any, Any, Any], torch.Tensor]:
+    """``criterion(student_output, teacher_output, labels) -> loss`` for ``task`` and ``method``
+    (see the module docstring); ``HealOptions`` carries the keyword arguments.
 
-
-def make_criterion(task: str, method: str, options: HealOptions) -> Callable[[Any, Any, Any], torch.Tensor]:
-    """``criterion(student_output, teacher_output, labels) -> loss`` for ``task`` and ``method``.
-
-    Labels: ``Tensor[N]`` classes (``-1`` unknown) or ``Tensor[N, H, W]`` masks; only read
-    with ``options.labels``. With ``features`` the outputs are compared whole (for regions,
-    the dict :class:`octswap.feature_taps.Tapped` returns).
+    Labels: ``Tensor[N]`` classes (``-1`` unknown) or ``Tensor[N, H, W]`` masks; read only
+    with ``labels=True``, their cross-entropy then weighing ``label_weight``. With
+    ``features`` the outputs are compared whole (for regions, the dict
+    :class:`octswap.feature_taps.Tapped` returns).
     """
-    temperature = options.temperature
 
-    def logits(student: Any, teacher: Any, labels: Any) -> torch.Tensor:
+    def mixed(loss: torch.Tensor, ce: Callable[[], torch.Tensor | None]) -> torch.Tensor:
+        term = ce() if labels else None
+        return loss if term is None else (1 - label_weight) * loss + label_weight * term
+
+    def logits(student: Any, teacher: Any, targets: Any) -> torch.Tensor:
         s = task_output("classification", student, which="converted")
         t = task_output("classification", teacher, which="original")
 
         def ce() -> torch.Tensor | None:
-            known = labels != UNLABELLED
-            return F.cross_entropy(s.float()[known], labels[known]) if bool(known.any()) else None
+            known = targets != UNLABELLED
+            return F.cross_entropy(s.float()[known], targets[known]) if bool(known.any()) else None
 
-        return _mixed(distillation_loss(s, t, temperature), ce, options)
+        return mixed(distillation_loss(s, t, temperature), ce)
 
-    def dense(student: Any, teacher: Any, labels: Any) -> torch.Tensor:
+    def dense(student: Any, teacher: Any, targets: Any) -> torch.Tensor:
         s = task_output("segmentation", student, which="converted")
         t = task_output("segmentation", teacher, which="original")
         loss = (pixel_loss if method == "pixels" else channel_wise_loss)(s, t, temperature)
 
         def ce() -> torch.Tensor | None:
-            if not (isinstance(labels, torch.Tensor) and labels.ndim == 3):
+            if not (isinstance(targets, torch.Tensor) and targets.ndim == 3):
                 return None
             if s.shape[1] == 1:
-                keep = labels != options.ignore_index
-                return F.binary_cross_entropy_with_logits(s.float()[:, 0][keep], labels[keep].float())
-            return F.cross_entropy(s.float(), labels, ignore_index=options.ignore_index)
+                keep = targets != ignore_index
+                return F.binary_cross_entropy_with_logits(s.float()[:, 0][keep], targets[keep].float())
+            return F.cross_entropy(s.float(), targets, ignore_index=ignore_index)
 
-        return _mixed(loss, ce, options)
+        return mixed(loss, ce)
 
-    def features(student: Any, teacher: Any, labels: Any) -> torch.Tensor:
+    def features(student: Any, teacher: Any, targets: Any) -> torch.Tensor:
         return features_loss(student, teacher)
 
     return {"logits": logits, "pixels": dense, "cwd": dense, "features": features}[method]

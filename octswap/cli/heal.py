@@ -104,6 +104,12 @@ def _report_written(outcome: HealOutcome, path: Path) -> None:
              "data) or with a lower --lr")
 
 
+def _is_main() -> bool:
+    from octswap.distributed import is_main_process
+
+    return is_main_process()
+
+
 def _names(text: str | None) -> tuple[str, ...] | None:
     """``--features "backbone,rpn.head"`` -> ``("backbone", "rpn.head")``."""
     if text is None:
@@ -215,19 +221,16 @@ def command(
 ) -> None:
     """Heal a converted model by distillation from its original (no labels needed); runs under torchrun too."""
     from octswap.distillation import HealOptions
-    from octswap.distributed import is_main_process
-
-    main = is_main_process()
+    main = _is_main()
     target_path = output if output is not None else checkpoint.with_name(f"{checkpoint.stem}-healed.pt")
     _check_flags(target_path, resume=resume, force=force, target=target, val=val, val_annotations=val_annotations)
     options = HealOptions(
         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
-        labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target,
-        seed=seed, channels_last=channels_last, workers=workers, distill=distill.value,
-        features=_names(features), task=task.value if task is not None else None, ignore_index=ignore_index,
-    )
-    prep = preprocessing(mean, std, resize, crop)
-    outcome = _heal(checkpoint, data, target_path, main=main, options=options, val=val, preprocessing=prep,
+        labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target, seed=seed,
+        channels_last=channels_last, workers=workers, distill=distill.value, features=_names(features),
+        task=task.value if task is not None else None, ignore_index=ignore_index)  # fmt: skip
+    outcome = _heal(checkpoint, data, target_path, main=main, options=options, val=val,
+                    preprocessing=preprocessing(mean, std, resize, crop),
                     limit=limit, teacher_weights=teacher_weights, allow_import=allow_import, resume=resume,
                     force=force, device=device, annotations=annotations, val_annotations=val_annotations)
     if not main:

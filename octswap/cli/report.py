@@ -59,6 +59,21 @@ def warn_uncounted(report: Report, fmt: Format) -> None:
         note("uncounted ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.uncounted.items())))
 
 
+def _with_fidelity(rep: Report, found: Any, samples: Any, dense: Any, *, teacher_weights: str | None,
+                   allow_import: bool, batch_size: int, workers: int | None) -> Report:  # fmt: skip
+    """``rep`` with the fidelity of the converted model against the original's trained weights
+    (for a checkpoint, the teacher it was converted from, not a random rebuild)."""
+    reference = found.original
+    if found.checkpoint is not None:
+        from octswap.healing import load_teacher
+
+        reference = load_teacher(found.checkpoint, weights=teacher_weights, allow_import=allow_import)
+    data_options.warn_untrained(teacher_weights or found.weights, found.model_name)
+    fid = data_options.measure(reference, found.converted, samples, rep, batch_size=batch_size, workers=workers,
+                               dense=dense)
+    return replace(rep, fidelity=fid)
+
+
 def command(
     target: Annotated[str, typer.Argument(help="A model name / import path, or a checkpoint file.")],
     alpha: AlphaOpt = None,
@@ -118,16 +133,8 @@ def command(
                                                    original=found.original, dense=dense)
     rep = octswap.report(found.original, found.converted, found.plan, model_name=found.name)
     if samples is not None:
-        # Fidelity compares with the original's trained weights, not a random rebuild.
-        reference = found.original
-        if found.checkpoint is not None:
-            from octswap.healing import load_teacher
-
-            reference = load_teacher(found.checkpoint, weights=teacher_weights, allow_import=allow_import)
-        data_options.warn_untrained(weights_used, found.model_name)
-        fid = data_options.measure(reference, found.converted, samples, rep, batch_size=batch_size, workers=workers,
-                                   dense=dense)
-        rep = replace(rep, fidelity=fid)
+        rep = _with_fidelity(rep, found, samples, dense, teacher_weights=teacher_weights, allow_import=allow_import,
+                             batch_size=batch_size, workers=workers)  # fmt: skip
     if not latency:
         emit(report_output(rep, layers=layers), fmt)
         warn_uncounted(rep, fmt)

@@ -1,0 +1,190 @@
+"""Dense models keep their accuracy: a segmentation model and a detector trained here on scenes
+of real handwritten digits, converted, BatchNorm re-estimated and healed, all through the CLI.
+
+For each training seed: train the model on the training scenes (fixed seed, plain loop
+below), save its weights, then for each alpha run, as a user would,
+
+    octswap convert MODEL -w WEIGHTS -s 128 -a ALPHA -o CKPT
+    octswap heal CKPT --data TRAIN --val VAL --epochs 3 --no-labels -f json   (+ --annotations for boxes)
+
+and read the healing record: the original's and each stage's figures on the validation
+scenes: segmentation mIoU (torchmetrics) and pixel agreement; detection mAP@0.5 against the
+annotations and F1 of the detections against the original's.
+
+Models (torchvision, random init, no download): ``lraspp_mobilenet_v3_large`` (11 classes:
+background + ten digits) and ``fasterrcnn_mobilenet_v3_large_320_fpn`` at 128x128 (box
+sampling cut for CPU training: 64 RPN anchors and 64 RoIs per image).
+
+Usage:
+    .venv/bin/python benchmarks/bench_dense.py [--task segmentation|detection] [--seeds 0,1,2]
+        [--alphas 0.25,0.5] [--epochs 12] [--heal-epochs 3] [--out /tmp/octswap-dense]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from digit_scenes import CLASSES, IGNORE, prepare
+
+import octswap
+from octswap.data import make_loader, open_data
+
+MODELS = {
+    "segmentation": ("lraspp_mobilenet_v3_large", ["num_classes=11", "weights_backbone=None"]),
+    "detection": ("fasterrcnn_mobilenet_v3_large_320_fpn",
+                  ["num_classes=11", "weights_backbone=None", "min_size=128", "max_size=128",
+                   "rpn_batch_size_per_image=64", "box_batch_size_per_image=64"]),
+}  # fmt: skip
+
+
+def build(task: str) -> torch.nn.Module:
+    import torchvision
+    import yaml
+
+    name, args = MODELS[task]
+    kwargs = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)}
+    kwargs["weights_backbone"] = None
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def train_model(task: str, train: Path, *, epochs: int, seed: int, batch_size: int = 16) -> torch.nn.Module:
+    """Adam with cosine decay; segmentation: cross-entropy on the masks (255 ignored);
+    detection: the detector's own loss dict in train mode."""
+    torch.manual_seed(seed)
+    model = build(task)
+    if task == "detection":
+        data = open_data(train / "images", input_shape=(3, 128, 128), annotations=train / "instances.json")
+    else:
+        data = open_data(train, input_shape=(3, 128, 128))
+    loader_seed = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * -(-len(data) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    model.train()
+    for epoch in range(epochs):
+        sampler = torch.utils.data.RandomSampler(data.dataset, generator=loader_seed)
+        total, started = 0.0, time.perf_counter()
+        for images, targets in make_loader(data, batch_size=batch_size, sampler=sampler, workers=2):
+            if task == "detection":
+                loss = sum(model(list(images), targets).values())
+            else:
+                out = model(images)["out"]
+                loss = torch.nn.functional.cross_entropy(out, targets, ignore_index=IGNORE)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(images)
+        print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(data):.4f} ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return model.eval()
+
+
+def octswap_cli(*args: object) -> dict:
+    command = [sys.executable, "-m", "octswap.cli", *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def figures(task: str, fid: dict | None) -> dict:
+    if fid is None:
+        return {}
+    if task == "segmentation":
+        return {"miou_original": fid["miou_original"], "miou": fid["miou_converted"], "agreement": fid["agreement"]}
+    return {"map50_original": fid["map50_original"], "map50": fid["map50_converted"], "agreement": fid["agreement"]}
+
+
+def run_seed(task: str, seed: int, alphas: list[float], *, train: Path, val: Path, out: Path, epochs: int,
+             heal_epochs: int) -> list[dict]:  # fmt: skip
+    name, args = MODELS[task]
+    weights = out / f"{task}-seed{seed}.pt"
+    if not weights.exists():
+        print(f"training {name}, seed {seed}", file=sys.stderr, flush=True)
+        torch.save(train_model(task, train, epochs=epochs, seed=seed).state_dict(), weights)
+    model_args = [a for arg in args for a in ("-m", arg)]
+    data_args = ["--annotations", train / "instances.json"] if task == "detection" else []
+    val_args = ["--val-annotations", val / "instances.json"] if task == "detection" else []
+    train_data = train / "images" if task == "detection" else train
+    val_data = val / "images" if task == "detection" else val
+    rows = []
+    for alpha in alphas:
+        ckpt, healed = out / f"{task}-seed{seed}-a{alpha}.pt", out / f"{task}-seed{seed}-a{alpha}-healed.pt"
+        octswap_cli("convert", name, *model_args, "-w", weights, "-s", "128", "-a", alpha, "-o", ckpt, "--force",
+                    "-f", "json", "--no-layers")  # fmt: skip
+        started = time.perf_counter()
+        record = octswap_cli("heal", ckpt, "--data", train_data, *data_args, "--val", val_data, *val_args,
+                             "--epochs", heal_epochs, "--no-labels", "--batch-size", "16", "-o", healed, "--force",
+                             "-f", "json")["healing"]  # fmt: skip
+        fidelity = record["fidelity"]
+        row = {"seed": seed, "alpha": alpha, "heal_seconds": time.perf_counter() - started,
+               "converted": figures(task, fidelity["converted"]), "calibrated": figures(task, fidelity["calibrated"]),
+               "epochs": [figures(task, e["fidelity"]) for e in record["history"]],
+               "healed": figures(task, fidelity["healed"])}  # fmt: skip
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def table(task: str, rows: list[dict]) -> str:
+    key, ref, what = ("miou", "miou_original", "mIoU") if task == "segmentation" else ("map50", "map50_original",
+                                                                                        "mAP@0.5")
+    agree = "pixel agreement" if task == "segmentation" else "F1 vs original"
+    epochs = max(len(r["epochs"]) for r in rows)
+    head = ["α", "seed", f"original {what}", "converted", "BN re-estimated",
+            *[f"epoch {i + 1}" for i in range(epochs)], f"healed − original", f"healed {agree}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v * 100:.1f}"
+
+    for r in rows:
+        original = r["healed"][ref]
+        cells = [f"{r['alpha']:g}", str(r["seed"]), pct(original), pct(r["converted"][key]),
+                 pct(r["calibrated"].get(key)), *[pct(e[key]) for e in r["epochs"]],
+                 f"{(r['healed'][key] - original) * 100:+.1f}", pct(r["healed"]["agreement"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    for alpha in sorted({r["alpha"] for r in rows}):
+        gaps = [(r["healed"][key] - r["healed"][ref]) * 100 for r in rows if r["alpha"] == alpha]
+        lines.append(f"\nα = {alpha:g}: healed − original {what}, median over {len(gaps)} seeds: "
+                     f"{statistics.median(gaps):+.2f} points")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(MODELS), default="segmentation")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--alphas", default="0.25,0.5")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs of the original")
+    parser.add_argument("--heal-epochs", type=int, default=3)
+    parser.add_argument("--train", type=int, default=600, help="training scenes")
+    parser.add_argument("--val", type=int, default=200, help="validation scenes")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/octswap-dense"))
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    train, val = prepare(args.out / "scenes", train=args.train, val=args.val)
+    print(f"octswap {octswap.__version__}, torch {torch.__version__}, {platform.machine()}, "
+          f"{torch.get_num_threads()} threads; scenes: {train} / {val}", file=sys.stderr)  # fmt: skip
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        rows += run_seed(args.task, seed, [float(a) for a in args.alphas.split(",")], train=train, val=val,
+                         out=args.out, epochs=args.epochs, heal_epochs=args.heal_epochs)  # fmt: skip
+    (args.out / f"results-{args.task}.json").write_text(json.dumps(rows, indent=1))
+    print(table(args.task, rows))
+
+
+if __name__ == "__main__":
+    main()
