@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime bench-tune venv clean
+.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime bench-tune bench-dense bench-dense-detection venv clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_onnxruntime.py
 	$(BIN)/python benchmarks/bench_tune.py
+	$(BIN)/python benchmarks/bench_dense.py --task segmentation
 
 # octswap tune on densenet121, mobilenet_v2 (fastest) and resnet50 (latency 0.65), each policy
 # timed in 3 fresh processes (~40 min on 2 cores; measurements cached in /tmp/octswap-tune).
@@ -66,6 +67,14 @@ bench-onnxruntime: $(STAMP)
 # Accuracy of converted, BatchNorm-re-estimated and healed models on real digits (~35 min).
 bench-fidelity: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_fidelity.py
+
+# Segmentation on scenes of real digits: train, convert at 0.25/0.5, BN re-estimate, heal 3 epochs,
+# 3 seeds (~45 min on 2 cores; files in /tmp/octswap-dense). The detector: bench-dense-detection.
+bench-dense: $(DEV_STAMP)
+	$(BIN)/python benchmarks/bench_dense.py --task segmentation
+
+bench-dense-detection: $(DEV_STAMP)
+	$(BIN)/python benchmarks/bench_dense.py --task detection --seeds 0
 
 # Training speed of a heal step vs fine-tuning the original (ResNet-50, batch 32, ~5 min).
 bench-training: $(STAMP)

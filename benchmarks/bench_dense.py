@@ -11,13 +11,16 @@ and read the healing record: the original's and each stage's figures on the vali
 scenes: segmentation mIoU (torchmetrics) and pixel agreement; detection mAP@0.5 against the
 annotations and F1 of the detections against the original's.
 
-Models (torchvision, random init, no download): ``lraspp_mobilenet_v3_large`` (11 classes:
-background + ten digits) and ``fasterrcnn_mobilenet_v3_large_320_fpn`` at 128x128 (box
-sampling cut for CPU training: 64 RPN anchors and 64 RoIs per image).
+Models (random init, no download): segmentation_models_pytorch's ``Unet`` with a resnet18
+encoder of depth 3 (decoder 64/32/16 channels; 11 classes: background + ten digits;
+torchvision's ``lraspp_mobilenet_v3_large`` never got past predicting background here in 12
+epochs, its stride-8 head too coarse for digit strokes), and torchvision's
+``fasterrcnn_mobilenet_v3_large_320_fpn`` at 128x128 (box sampling cut for CPU training: 64
+RPN anchors and 64 RoIs per image).
 
 Usage:
     .venv/bin/python benchmarks/bench_dense.py [--task segmentation|detection] [--seeds 0,1,2]
-        [--alphas 0.25,0.5] [--epochs 12] [--heal-epochs 3] [--out /tmp/octswap-dense]
+        [--alphas 0.25,0.5] [--epochs 12] [--heal-epochs 3] [--out /tmp/octswap-dense] [--prepare]
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ from pathlib import Path
 
 import torch
 
-from digit_scenes import CLASSES, IGNORE, prepare
+from digit_scenes import IGNORE, prepare
 
 import octswap
 from octswap.data import make_loader, open_data
 
 MODELS = {
-    "segmentation": ("lraspp_mobilenet_v3_large", ["num_classes=11", "weights_backbone=None"]),
+    "segmentation": ("segmentation_models_pytorch:Unet",
+                     ["encoder_name=resnet18", "encoder_weights=None", "encoder_depth=3", "decoder_channels=[64,32,16]",
+                      "classes=11"]),
     "detection": ("fasterrcnn_mobilenet_v3_large_320_fpn",
                   ["num_classes=11", "weights_backbone=None", "min_size=128", "max_size=128",
                    "rpn_batch_size_per_image=64", "box_batch_size_per_image=64"]),
@@ -48,13 +53,17 @@ MODELS = {
 
 
 def build(task: str) -> torch.nn.Module:
-    import torchvision
     import yaml
 
     name, args = MODELS[task]
     kwargs = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)}
-    kwargs["weights_backbone"] = None
-    return torchvision.models.get_model(name, weights=None, **kwargs)
+    if task == "segmentation":
+        import segmentation_models_pytorch as smp
+
+        return smp.Unet(**{**kwargs, "encoder_weights": None})
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, **{**kwargs, "weights_backbone": None})
 
 
 def train_model(task: str, train: Path, *, epochs: int, seed: int, batch_size: int = 16) -> torch.nn.Module:
@@ -78,8 +87,7 @@ def train_model(task: str, train: Path, *, epochs: int, seed: int, batch_size: i
             if task == "detection":
                 loss = sum(model(list(images), targets).values())
             else:
-                out = model(images)["out"]
-                loss = torch.nn.functional.cross_entropy(out, targets, ignore_index=IGNORE)
+                loss = torch.nn.functional.cross_entropy(model(images), targets, ignore_index=IGNORE)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -167,17 +175,26 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(MODELS), default="segmentation")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--alphas", default="0.25,0.5")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs of the original")
+    parser.add_argument("--epochs", type=int, default=24, help="training epochs of the original")
     parser.add_argument("--heal-epochs", type=int, default=3)
     parser.add_argument("--train", type=int, default=600, help="training scenes")
     parser.add_argument("--val", type=int, default=200, help="validation scenes")
     parser.add_argument("--out", type=Path, default=Path("/tmp/octswap-dense"))
+    parser.add_argument("--prepare", action="store_true",
+                        help="only write the scenes and train the models (examples/segmentation.md)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     args.out.mkdir(parents=True, exist_ok=True)
     train, val = prepare(args.out / "scenes", train=args.train, val=args.val)
     print(f"octswap {octswap.__version__}, torch {torch.__version__}, {platform.machine()}, "
           f"{torch.get_num_threads()} threads; scenes: {train} / {val}", file=sys.stderr)  # fmt: skip
+    if args.prepare:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            weights = args.out / f"{args.task}-seed{seed}.pt"
+            if not weights.exists():
+                torch.save(train_model(args.task, train, epochs=args.epochs, seed=seed).state_dict(), weights)
+            print(f"{MODELS[args.task][0]} trained on {train}: {weights}")
+        return
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         rows += run_seed(args.task, seed, [float(a) for a in args.alphas.split(",")], train=train, val=val,

@@ -193,7 +193,10 @@ def _heal(
     """:func:`heal` inside the process group: torchvision's ``main``, setup, resume, then the epochs."""
     dataset = _training_set(train, options, val)
     model = prepare_models(student, teacher, options, device, inplace=inplace)
-    task, method = _task_and_method(teacher, dataset, options, device)
+    task, method = _task_and_method(teacher, dataset, options)
+    if options.labels and task == "segmentation" and isinstance(train, Data) and train.kind != "masks":
+        raise InputError(f"labels=True with a segmentation model needs masks (a folder holding images/ and "
+                         f"masks/); {train.path} has none")  # fmt: skip
     torch.manual_seed(options.seed)
     sampler = DistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                  seed=options.seed)  # fmt: skip
@@ -219,8 +222,7 @@ def _heal(
                       calibrated_batches=state.calibrated_batches)  # fmt: skip
 
 
-def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions,
-                     device: torch.device) -> tuple[str, str]:  # fmt: skip
+def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions) -> tuple[str, str]:
     """The task (``options.task`` or the teacher's output on one sample's shape) and the distillation method.
 
     Raises:

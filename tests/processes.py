@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,3 +32,22 @@ def interrupt_when(args: list[str], ready: Path, *, timeout: float = 120) -> tup
     finally:
         proc.kill()
     return proc.returncode, stderr
+
+
+def octswap_cmd(*args: object, launcher: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """``python [launcher] -m octswap.cli ARGS``."""
+    return [sys.executable, *launcher, "-m", "octswap.cli", *map(str, args)]
+
+
+def heal_one_and_two_processes(common: list, one: Path, two: Path) -> tuple[dict, dict]:
+    """Run ``octswap COMMON`` at batch 8 in one process (to ``one``) and under torchrun with 2 gloo
+    processes at batch 4 (to ``two``); return both ``healing`` records (rank 0 alone prints)."""
+    first = subprocess.run(octswap_cmd(*common, "--batch-size", "8", "-o", one), cwd=ROOT, capture_output=True,
+                           text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    second = subprocess.run(octswap_cmd(*common, "--batch-size", "4", "-o", two, launcher=launcher), cwd=ROOT,
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    return json.loads(first.stdout)["healing"], json.loads(second.stdout)["healing"]

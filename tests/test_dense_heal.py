@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from octswap.feature_taps import Tapped
 from octswap.healing import default_features
 from octswap.losses import channel_wise_loss, features_loss, pixel_loss
 from tests.nets import pyramid_detector, size_checked_segmenter
+from tests.processes import heal_one_and_two_processes, octswap_cmd
 from tests.scenes import load_scenes, train_segmenter, write_scenes
 
 pytest.importorskip("torchmetrics")
@@ -189,11 +188,6 @@ def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
     assert not (tmp_path / "bad.pt").exists()
 
 
-def octswap_cmd(*args, launcher=()):
-    return [sys.executable, *launcher, *(["-m", "octswap.cli"] if not launcher else ["-m", "octswap.cli"]),
-            *[str(a) for a in args]]  # fmt: skip
-
-
 def test_feature_distillation_under_ddp_matches_one_process(features, tmp_path):
     teacher, _, _, data = features
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
@@ -202,15 +196,7 @@ def test_feature_distillation_under_ddp_matches_one_process(features, tmp_path):
                                "-a", "0.5", "-o", tmp_path / "oct.pt"), check=True, cwd=ROOT, capture_output=True)
     common = ["heal", tmp_path / "oct.pt", "--data", tmp_path / "noise.pt", "--epochs", "1", "--calibrate-bn", "0",
               "--bn", "frozen", "--allow-import", "--format", "json", "--force"]  # fmt: skip
-    one = subprocess.run(octswap_cmd(*common, "--batch-size", "8", "-o", tmp_path / "one.pt"),
-                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert one.returncode == 0, one.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    two = subprocess.run(octswap_cmd(*common, "--batch-size", "4", "-o", tmp_path / "two.pt", launcher=launcher),
-                         cwd=ROOT, capture_output=True, text=True, env=env)  # fmt: skip
-    assert two.returncode == 0, two.stderr
-    first, second = json.loads(one.stdout)["healing"], json.loads(two.stdout)["healing"]
+    first, second = heal_one_and_two_processes(common, tmp_path / "one.pt", tmp_path / "two.pt")
     assert first["options"]["features"] == second["options"]["features"] and first["options"]["features"]
     assert second["world_size"] == 2
     assert second["history"][0]["loss"] == pytest.approx(first["history"][0]["loss"], rel=1e-4)
@@ -240,3 +226,23 @@ def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path):
     labels = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--annotations", folder / "instances.json",
                  "--labels", "-o", tmp_path / "x.pt")  # fmt: skip
     assert labels.exit_code == 2 and "labels=True needs a classifier or a segmentation model" in labels.stderr
+
+
+def test_ctrl_c_on_a_segmentation_heal_saves_and_resume_finishes(segmentation, tmp_path):
+    from tests.processes import interrupt_when
+
+    teacher, _, _, _, folder = segmentation
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    subprocess.run(octswap_cmd("convert", "tests.nets:size_checked_segmenter", "-m", "classes=4", "-w",
+                               tmp_path / "teacher.pt", "-s", "32", "-a", "0.5", "-o", tmp_path / "oct.pt"),
+                   check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+    out = tmp_path / "healed.pt"
+    args = ["heal", tmp_path / "oct.pt", "--data", folder, "--limit", "24", "--epochs", "4", "--batch-size", "2",
+            "--workers", "0", "--allow-import", "-o", out, "-f", "json"]  # fmt: skip
+    code, stderr = interrupt_when(args, out)
+    assert code == 130 and "progress saved to" in stderr and "Traceback" not in stderr, stderr
+    assert 1 <= octswap.read_checkpoint(out).training["epoch"] < 4
+    resumed = subprocess.run(octswap_cmd(*args, "--resume"), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads(resumed.stdout)["healing"]
+    assert record["complete"] and record["epochs_done"] == 4 and record["fidelity"]["healed"]["task"] == "segmentation"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import octswap
 from octswap.data import Data
 from octswap.distillation import HealInterrupted, HealOptions, distillation_loss, heal
 from tests.nets import bars, trained_tiny
-from tests.processes import interrupt_when
+from tests.processes import heal_one_and_two_processes, interrupt_when, octswap_cmd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,23 +144,10 @@ def test_resume_keeps_what_an_existing_output_holds(files, tmp_path):
     assert {p.name: p.read_bytes() for p in (finished, plain)} == before
 
 
-def octswap_cmd(*args, launcher=()):
-    return [sys.executable, *launcher, "-m", "octswap.cli", *map(str, args)]
-
-
 def test_ddp_two_gloo_processes_match_one_process(files):
     common = ["heal", files / "oct.pt", "--data", files / "bars.pt", "--epochs", "1", "--calibrate-bn", "0",
               "--bn", "frozen", "--allow-import", "--format", "json", "--force"]  # fmt: skip
-    one = subprocess.run(octswap_cmd(*common, "--batch-size", "8", "-o", files / "one.pt"),
-                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert one.returncode == 0, one.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    two = subprocess.run(octswap_cmd(*common, "--batch-size", "4", "-o", files / "two.pt", launcher=launcher),
-                         cwd=ROOT, capture_output=True, text=True, env=env)  # fmt: skip
-    assert two.returncode == 0, two.stderr
-    first = json.loads(one.stdout)["healing"]
-    second = json.loads(two.stdout)["healing"]  # rank 0 alone prints
+    first, second = heal_one_and_two_processes(common, files / "one.pt", files / "two.pt")
     assert second["world_size"] == 2 and first["world_size"] == 1
     assert second["history"][0]["loss"] == pytest.approx(first["history"][0]["loss"], rel=1e-4)
     assert second["history"][0]["samples"] == first["history"][0]["samples"] == 96

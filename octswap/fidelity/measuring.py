@@ -94,7 +94,10 @@ class _Run:
         figures: dict[str, Any] = {"relative_error": self.outputs.relative_error(), "kl": None}
         figures.update(self.tally.figures())
         if self.task == "features":
-            figures["agreement"] = self.outputs.mean_cosine() or 0.0
+            cosine = self.outputs.mean_cosine()
+            if cosine is None:
+                raise InputError("the models' outputs hold no floating-point tensor to compare (give --task)")
+            figures["agreement"] = cosine
         stages = tuple(StageDrift(s, self.drift[s].value) for s in self.stages if self.drift[s].measured)
         return Fidelity(samples=self.count, stages=stages, data=data, task=self.task or "features",
                         outputs=self.outputs.drifts(), **figures)  # fmt: skip
