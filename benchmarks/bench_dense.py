@@ -134,6 +134,7 @@ def run_seed(task: str, seed: int, alphas: list[float], *, train: Path, val: Pat
         started = time.perf_counter()
         record = octswap_cli("heal", ckpt, "--data", train_data, *data_args, "--val", val_data, *val_args,
                              "--epochs", heal_epochs, "--no-labels", "--batch-size", "16", "-o", healed, "--force",
+                             "--allow-import",
                              "-f", "json")["healing"]  # fmt: skip
         fidelity = record["fidelity"]
         row = {"seed": seed, "alpha": alpha, "heal_seconds": time.perf_counter() - started,

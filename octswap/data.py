@@ -347,7 +347,8 @@ def make_loader(
     dataset = data.dataset if isinstance(data, Data) else data
     if workers is None:
         workers = 0 if isinstance(data, Data) and data.kind == "tensors" else min(4, os.cpu_count() or 1)
-    collate = data.collate if isinstance(data, Data) else None
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    collate = data.collate if isinstance(data, Data) else getattr(base, "collate", None)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, persistent_workers=False, collate_fn=collate)  # fmt: skip
 

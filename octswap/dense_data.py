@@ -151,6 +151,7 @@ class CocoBoxes(Dataset):
         self.files = [str(root / coco.coco.loadImgs(i)[0]["file_name"]) for i in coco.ids]
         self.wrapped = wrap_dataset_for_transforms_v2(coco, target_keys={"boxes", "labels"})
         self.transform = transform
+        self.collate = collate_detection  # read by make_loader when given the bare dataset
 
     def __len__(self) -> int:
         return len(self.files)

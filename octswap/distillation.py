@@ -241,12 +241,24 @@ def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions)
     return task, method
 
 
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def _freeze_outside(model: nn.Module, names: tuple[str, ...] | None) -> list[nn.Parameter]:
     """Turn off ``requires_grad`` outside the named modules (feature distillation trains only
     what its loss reaches); returns the parameters turned off, to turn back on."""
     if not names:
         return []
-    inside = {id(p) for name in names for p in model.get_submodule(name).parameters()}
+    try:
+        inside = {id(p) for name in names for p in model.get_submodule(name).parameters()}
+    except AttributeError:
+        missing = [n for n in names if not _has_submodule(model, n)]
+        raise InputError(f"--features: {', '.join(map(repr, missing))} is not a submodule of the model") from None
     frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in inside]
     for p in frozen:
         p.requires_grad_(False)

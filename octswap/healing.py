@@ -193,7 +193,10 @@ def _run_options(given: HealOptions, previous: Checkpoint | None) -> HealOptions
     if previous is None:
         return given
     saved = HealOptions.from_dict(previous.healing["options"])  # type: ignore[index]
-    if replace(saved, workers=given.workers) != given:
+    # The saved run recorded what it resolved (task, feature modules); given None means "as resolved".
+    resolved = replace(given, task=given.task or saved.task,
+                       features=given.features if given.features is not None else saved.features)
+    if replace(saved, workers=given.workers) != resolved:
         logger.warning("resuming with the options the run started with, not the ones given")
     return replace(saved, workers=given.workers)
 

@@ -159,6 +159,11 @@ def make_criterion(task: str, method: str, *, temperature: float = 4.0, labels: 
         def ce() -> torch.Tensor | None:
             if not (isinstance(targets, torch.Tensor) and targets.ndim == 3):
                 return None
+            valid = targets[targets != ignore_index]
+            classes = max(2, s.shape[1])
+            if valid.numel() and (int(valid.max()) >= classes or int(valid.min()) < 0):
+                raise InputError(f"mask label {int(valid.max())} is beyond the model's {classes} classes "
+                                 f"(labels 0..{classes - 1}, {ignore_index} ignored)")  # fmt: skip
             if s.shape[1] == 1:
                 keep = targets != ignore_index
                 return F.binary_cross_entropy_with_logits(s.float()[:, 0][keep], targets[keep].float())

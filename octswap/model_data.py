@@ -61,7 +61,7 @@ def open_for_model(
 
     Raises:
         InputError: ``task`` does not fit the model's output; the data's labels (masks,
-            boxes) are for another task; the data cannot be read.
+            boxes, classes) are for another task; the data cannot be read.
     """
     path = Path(path)
     annotations = Path(annotations) if annotations is not None else None
@@ -83,4 +83,9 @@ def open_for_model(
         transform = choose_transform(input_shape, model_name=model_name, weights=weights, preprocessing=preprocessing)
     data = open_data(path, input_shape=input_shape, transform=transform, limit=limit, seed=seed,
                      annotations=annotations)  # fmt: skip
+    if task in ("segmentation", "detection") and data.kind in ("imagefolder", "tensors") and data.labelled:
+        where = "class sub-folders" if data.kind == "imagefolder" else "a 'labels' tensor"
+        need = "a folder holding images/ and masks/" if task == "segmentation" else "--annotations"
+        raise InputError(f"--data {path} holds class labels ({where}), for a classifier, but "
+                         f"{model_name or type(model).__name__} is a {task} model: give {need}, or unlabelled images")
     return data, task

@@ -22,7 +22,7 @@ def scene(rng: np.random.Generator, height: int, width: int, classes: int, objec
     image = rng.normal(110, 25, size=(height, width, 3))
     mask = np.zeros((height, width), np.uint8)
     boxes = []
-    for _ in range(objects):
+    for _ in range(int(rng.integers(1, objects + 1))):  # 1..objects: box lists of unequal length
         cls = int(rng.integers(1, classes + 1))
         h, w = int(rng.integers(height // 6, height // 2)), int(rng.integers(width // 6, width // 2))
         y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
@@ -33,7 +33,7 @@ def scene(rng: np.random.Generator, height: int, width: int, classes: int, objec
 
 
 def write_scenes(folder: Path, n: int, *, height: int = 48, width: int = 64, classes: int = 3,
-                 objects: int = 2, seed: int = 0) -> Path:
+                 objects: int = 3, seed: int = 0) -> Path:
     """Write ``n`` scenes under ``folder`` (see the module docstring); returns ``folder``."""
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)

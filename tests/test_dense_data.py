@@ -129,4 +129,5 @@ def test_report_on_a_torchvision_detector_with_annotations(scenes):
     for key in ("map50_vs_original", "map50_original", "map50_converted", "map_original", "map_converted"):
         assert fid[key] is None or 0.0 <= fid[key] <= 1.0, key
     assert fid["map50_original"] is not None  # annotations given
-    assert {s["name"] for s in fid["stages"]} >= {"backbone", "roi_heads"}
+    # The backbone's maps always compare; rpn/roi_heads only where both found as many boxes (README).
+    assert "backbone" in {s["name"] for s in fid["stages"]}

@@ -182,10 +182,15 @@ def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
     assert record["options"]["task"] == "segmentation" and record["options"]["labels"] is True
     healed = record["fidelity"]["healed"]
     assert healed["task"] == "segmentation" and 0 <= healed["miou_converted"] <= 1 and healed["samples"] == 48
-    bad = run("heal", tmp_path / "oct.pt", "--data", folder, "--distill", "logits", "--allow-import",
-              "-o", tmp_path / "bad.pt")  # fmt: skip
-    assert bad.exit_code == 2 and "--distill logits needs a classification model" in bad.stderr
-    assert not (tmp_path / "bad.pt").exists()
+    for args, message in [(["--distill", "logits"], "--distill logits needs a classification model"),
+                          (["--distill", "features", "--features", "nosuch"], "'nosuch' is not a submodule")]:
+        bad = run("heal", tmp_path / "oct.pt", "--data", folder, *args, "--allow-import", "-o", tmp_path / "bad.pt")
+        assert bad.exit_code == 2 and message in bad.stderr, bad.output
+        assert not (tmp_path / "bad.pt").exists()
+    # Class labels are for classifiers: a .pt file with labels is refused for a segmentation model.
+    torch.save({"inputs": torch.randn(4, 3, 32, 32), "labels": torch.zeros(4, dtype=torch.long)}, tmp_path / "c.pt")
+    bad = run("heal", tmp_path / "oct.pt", "--data", tmp_path / "c.pt", "--allow-import", "-o", tmp_path / "bad.pt")
+    assert bad.exit_code == 2 and "holds class labels" in bad.stderr and not (tmp_path / "bad.pt").exists()
 
 
 def test_feature_distillation_under_ddp_matches_one_process(features, tmp_path):

@@ -16,7 +16,7 @@ __all__ = ["HANDLED", "UNEXPECTED", "exit_code_for"]
 #: Failures inside torch, torchvision or a user's model that octswap did not foresee:
 #: one line naming the command that failed, exit 1. Anything else is a bug and keeps its traceback.
 UNEXPECTED: tuple[type[BaseException], ...] = (
-    RuntimeError, ValueError, TypeError, AttributeError, NotImplementedError, MemoryError, OSError,
+    RuntimeError, ValueError, TypeError, AttributeError, NotImplementedError, MemoryError, OSError, LookupError,
 )
 
 
