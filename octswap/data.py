@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from octswap.errors import InputError, path_argument
-from octswap.images import IMAGENET_MEAN, IMAGENET_STD, check_headers, image_files, open_image, per_channel
+from octswap.images import IMAGENET_MEAN, IMAGENET_STD, check_headers, image_files, open_image
 from octswap.serialization import load_tensors
 
 __all__ = [
@@ -78,22 +78,11 @@ class Preprocessing:
     crop: tuple[int, int] | None = None
 
     def transform(self, input_shape: tuple[int, int, int]) -> Callable[[Any], torch.Tensor]:
-        """The torchvision transform for a model taking ``input_shape = (C, H, W)``."""
-        from torchvision.transforms import v2
+        """The torchvision transform for a model taking ``input_shape = (C, H, W)`` (the
+        image-only use of :func:`octswap.dense_data.joint_transform`, which also carries masks)."""
+        from octswap.dense_data import joint_transform
 
-        channels, height, width = input_shape
-        mean = per_channel(self.mean, channels, IMAGENET_MEAN if channels == 3 else (0.0,), "--mean")
-        std = per_channel(self.std, channels, IMAGENET_STD if channels == 3 else (1.0,), "--std")
-        if any(s <= 0 for s in std):
-            raise InputError(f"--std: every value must be positive, got {','.join(map(str, std))}")
-        if self.resize is None and self.crop is None:
-            geometry: list[Any] = [v2.Resize((height, width), antialias=True)]
-        else:
-            geometry = [v2.Resize(self.resize, antialias=True)] if self.resize is not None else []
-            geometry.append(v2.CenterCrop(self.crop or (height, width)))
-        return v2.Compose([
-            v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)),
-        ])  # fmt: skip
+        return joint_transform(input_shape, preprocessing=self)
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
