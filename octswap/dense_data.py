@@ -28,8 +28,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import sys
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,8 +41,10 @@ from torch.utils.data import Dataset
 from octswap.errors import InputError, MissingExtraError
 from octswap.images import IMAGENET_MEAN, IMAGENET_STD, image_files, open_image, per_channel
 
-__all__ = ["CocoBoxes", "DenseSet", "MaskFolder", "collate_detection", "is_mask_folder", "joint_transform",
-           "open_dense"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["CocoBoxes", "DenseSet", "MaskFolder", "coco_category_ids", "collate_detection", "is_mask_folder",
+           "joint_transform", "open_dense"]
 
 
 class DenseSet(NamedTuple):
@@ -143,8 +146,10 @@ class CocoBoxes(Dataset):
     def __init__(self, root: Path, annotations: Path, mode: str, transform: Callable[..., Any]) -> None:
         try:
             from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
-            with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints its progress on stdout
+            chatter = io.StringIO()
+            with contextlib.redirect_stdout(chatter):  # pycocotools prints its progress on stdout: a debug log
                 coco = CocoDetection(str(root), str(annotations))
+            logger.debug("pycocotools: %s", " ".join(chatter.getvalue().split()))
         except ModuleNotFoundError as err:
             raise MissingExtraError(f"COCO annotations need pycocotools ({err}): pip install 'octswap[dense]'") from None
         coco._load_image = lambda id_: open_image(str(root / coco.coco.loadImgs(id_)[0]["file_name"]), mode)  # type: ignore[method-assign]
@@ -216,6 +221,11 @@ def _check_annotations(root: Path, annotations: Path) -> None:
         raise InputError(f"{annotations} lists no images")
 
 
+def coco_category_ids(annotations: Path) -> set[int]:
+    """The ``category_id`` values the annotations use (a file :func:`open_dense` has checked)."""
+    return {int(a["category_id"]) for a in json.loads(annotations.read_text())["annotations"]}
+
+
 def open_dense(
     path: str | Path,
     *,
@@ -246,7 +256,8 @@ def open_dense(
     if annotations is not None:
         annotations = Path(annotations)
         if not path.is_dir():
-            raise InputError(f"--data must be the folder of the annotated images, got {path}")
+            raise InputError(f"{path} is not a folder: COCO annotations ({annotations.name}) go with the folder "
+                             "of the images they annotate")
         _check_annotations(path, annotations)
         boxes = CocoBoxes(path, annotations, mode, transform or joint_transform(input_shape, normalise=False))
         return DenseSet("coco", boxes, collate_detection)

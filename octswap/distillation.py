@@ -94,7 +94,8 @@ def require_labels(train: Data | Dataset, options: HealOptions) -> None:
     """
     if options.labels and isinstance(train, Data) and not train.labelled:
         raise InputError(
-            f"labels=True but {train.path} has no labels (set labels=False, or use a folder of class sub-folders)"
+            f"learning from labels (labels=True, --labels) needs labelled data but {train.path} has none "
+            "(use a folder of class sub-folders or images/ + masks/, or heal by distillation alone)"
         )
 
 
@@ -195,8 +196,8 @@ def _heal(
     model = prepare_models(student, teacher, options, device, inplace=inplace)
     task, method = _task_and_method(teacher, dataset, options)
     if options.labels and task == "segmentation" and isinstance(train, Data) and train.kind != "masks":
-        raise InputError(f"labels=True with a segmentation model needs masks (a folder holding images/ and "
-                         f"masks/); {train.path} has none")  # fmt: skip
+        raise InputError(f"learning from labels (labels=True, --labels) with a segmentation model needs masks "
+                         f"(a folder holding images/ and masks/); {train.path} has none")  # fmt: skip
     torch.manual_seed(options.seed)
     sampler = DistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                  seed=options.seed)  # fmt: skip
@@ -226,8 +227,8 @@ def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions)
     """The task (``options.task`` or the teacher's output on one sample's shape) and the distillation method.
 
     Raises:
-        InputError: ``options.task`` or ``options.distill`` does not fit the teacher, or
-            labels are asked of a detector.
+        InputError: ``options.task`` or ``options.distill`` does not fit the teacher,
+            labels are asked of a detector, or ``options.features`` without feature distillation.
     """
     from octswap.fidelity.tasks import model_task
 
@@ -235,8 +236,11 @@ def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions)
     task = model_task(teacher, tuple(sample.shape), task=options.task)
     method = method_for(task, options.distill)
     if options.labels and task in ("detection", "features"):
-        raise InputError(f"labels=True needs a classifier or a segmentation model; heal a {task} model "
-                         "by distillation alone (labels=False)")  # fmt: skip
+        raise InputError(f"learning from labels (labels=True, --labels) needs a classifier or a segmentation "
+                         f"model; heal a {task} model by distillation alone")  # fmt: skip
+    if options.features is not None and method != "features":
+        raise InputError(f"features= (--features) names the modules of feature distillation, but this run "
+                         f"distils {method} (distill={options.distill!r}); drop it or distil features")
     logger.info("healing a %s model by %s distillation", task, method)
     return task, method
 

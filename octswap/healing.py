@@ -193,8 +193,9 @@ def _run_options(given: HealOptions, previous: Checkpoint | None) -> HealOptions
     if previous is None:
         return given
     saved = HealOptions.from_dict(previous.healing["options"])  # type: ignore[index]
-    # The saved run recorded what it resolved (task, feature modules); given None means "as resolved".
+    # The saved run recorded what it resolved (task, method, feature modules); None/"auto" means "as resolved".
     resolved = replace(given, task=given.task or saved.task,
+                       distill=saved.distill if given.distill == "auto" else given.distill,
                        features=given.features if given.features is not None else saved.features)
     if replace(saved, workers=given.workers) != resolved:
         logger.warning("resuming with the options the run started with, not the ones given")
@@ -251,7 +252,8 @@ def default_features(plan: Plan) -> tuple[str, ...]:
 
 
 def _dense_options(options: HealOptions, task: str, plan: Plan) -> HealOptions:
-    """``options`` with the task recorded and, for feature distillation, the modules to match."""
+    """``options`` with the task and the distillation method resolved (``auto`` -> what it means for
+    the task) and, for feature distillation, the modules to match."""
     from octswap.losses import method_for
 
     method = method_for(task, options.distill)
@@ -259,7 +261,7 @@ def _dense_options(options: HealOptions, task: str, plan: Plan) -> HealOptions:
     if method == "features" and features is None:
         features = default_features(plan) or None
         logger.info("feature distillation on %s", ", ".join(features) if features else "the model's outputs")
-    return replace(options, task=task, features=features)
+    return replace(options, task=task, distill=method, features=features)
 
 
 @dataclass(frozen=True)

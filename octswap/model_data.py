@@ -18,11 +18,11 @@ from typing import Any
 from torch import nn
 
 from octswap.data import Data, Preprocessing, choose_transform, open_data, weights_transform
-from octswap.dense_data import is_mask_folder, joint_transform
+from octswap.dense_data import coco_category_ids, is_mask_folder, joint_transform
 from octswap.errors import InputError
 from octswap.fidelity.tasks import model_task
 
-__all__ = ["layout_task", "open_for_model"]
+__all__ = ["detector_classes", "layout_task", "open_for_model"]
 
 
 def layout_task(path: Path, annotations: Path | None) -> str | None:
@@ -69,9 +69,9 @@ def open_for_model(
     task = model_task(model, input_shape, task=task)
     carried = layout_task(path, annotations)
     if carried is not None and carried != task:
-        what = "COCO boxes (--annotations)" if carried == "detection" else "masks (images/ and masks/)"
+        what = f"COCO boxes ({annotations.name})" if annotations is not None else "masks (images/ and masks/)"
         name = model_name or type(model).__name__
-        raise InputError(f"--data holds {what}, for a {carried} model, but {name} is a {task} model"
+        raise InputError(f"{path} comes with {what}, for a {carried} model, but {name} is a {task} model"
                          f"{' (guessed from its output; --task to say otherwise)' if given is None else ''}")
     transform: Any = None
     if task == "detection" and not path.is_file():
@@ -83,9 +83,43 @@ def open_for_model(
         transform = choose_transform(input_shape, model_name=model_name, weights=weights, preprocessing=preprocessing)
     data = open_data(path, input_shape=input_shape, transform=transform, limit=limit, seed=seed,
                      annotations=annotations)  # fmt: skip
+    if task == "detection" and annotations is not None:
+        _check_categories(annotations, model, model_name or type(model).__name__)
     if task in ("segmentation", "detection") and data.kind in ("imagefolder", "tensors") and data.labelled:
         where = "class sub-folders" if data.kind == "imagefolder" else "a 'labels' tensor"
         need = "a folder holding images/ and masks/" if task == "segmentation" else "--annotations"
-        raise InputError(f"--data {path} holds class labels ({where}), for a classifier, but "
+        raise InputError(f"{path} holds class labels ({where}), for a classifier, but "
                          f"{model_name or type(model).__name__} is a {task} model: give {need}, or unlabelled images")
     return data, task
+
+
+def detector_classes(model: nn.Module) -> int | None:
+    """The number of labels a detector predicts (background included, torchvision's
+    ``num_classes``), read from its box predictor or classification head; ``None``: unknown."""
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    scores = getattr(predictor, "cls_score", None)
+    if isinstance(scores, nn.Linear):  # Faster/Mask R-CNN
+        return scores.out_features
+    for module in model.modules():
+        classes = getattr(module, "num_classes", None)  # RetinaNet, FCOS, a user's own
+        if classes is None and type(module).__name__.endswith("ClassificationHead"):
+            classes = getattr(module, "num_columns", None)  # SSD, SSDlite
+        if isinstance(classes, int) and classes > 0:
+            return classes
+    return None
+
+
+def _check_categories(annotations: Path, model: nn.Module, name: str) -> None:
+    """Category ids the detector cannot predict would count as missed in every mAP.
+
+    Raises:
+        InputError: an annotation's ``category_id`` is beyond the model's labels.
+    """
+    classes = detector_classes(model)
+    if classes is None:
+        return
+    used = coco_category_ids(annotations)
+    if used and max(used) >= classes:
+        raise InputError(f"{annotations.name} uses category ids up to {max(used)} but {name} predicts labels "
+                         f"0..{classes - 1} (num_classes={classes}): re-number the categories, or give the model "
+                         f"num_classes={max(used) + 1}")

@@ -97,7 +97,7 @@ def test_report_on_masks_gives_segmentation_fields(scenes):
 @pytest.mark.parametrize("args, message", [
     (["-m", "classes=2"], "mask label 3 is beyond the model's 2 classes"),
     (["-m", "classes=4", "--task", "detection"], "--task detection needs a list of dicts"),
-    (["-m", "classes=4", "--annotations", "instances.json"], "holds COCO boxes (--annotations), for a detection "
+    (["-m", "classes=4", "--annotations", "instances.json"], "comes with COCO boxes (instances.json), for a detection "
                                                             "model, but tests.nets:size_checked_segmenter is a "
                                                             "segmentation model"),
 ])  # fmt: skip
@@ -115,6 +115,16 @@ def test_dense_input_errors_write_nothing(scenes, tmp_path, args, message):
 def test_annotations_need_data():
     result = run("report", SEGMENTER, "-s", "32", "--annotations", "x.json")
     assert result.exit_code == 2 and "--annotations needs --data" in result.stderr
+
+
+def test_category_ids_the_detector_cannot_predict_are_refused(scenes):
+    result = run("report", "fasterrcnn_mobilenet_v3_large_320_fpn", "-m", "num_classes=3", "-m", "weights_backbone=None",
+                 "-m", "min_size=64", "-m", "max_size=64", "-s", "64", "--data", scenes / "images",
+                 "--annotations", scenes / "instances.json", "--no-layers")  # fmt: skip
+    used = max(a["category_id"] for a in json.loads((scenes / "instances.json").read_text())["annotations"])
+    assert used >= 3, "the scenes should use a category beyond the model's"
+    assert result.exit_code == 2, result.output
+    assert f"instances.json uses category ids up to {used} but" in result.stderr and "num_classes=3" in result.stderr
 
 
 def test_report_on_a_torchvision_detector_with_annotations(scenes):

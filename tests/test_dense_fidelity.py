@@ -160,6 +160,23 @@ def test_identical_detections_and_none_at_all():
     assert fid.agreement == 1.0 and fid.detection.precision is None and fid.detection.map50_vs_original is None
 
 
+def test_detection_without_torchmetrics(monkeypatch):
+    """Label-free figures need no extra; mAP against annotations the user gave does."""
+    import sys
+
+    from octswap.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "torchmetrics.detection", None)  # import raises ImportError
+    original = [dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [1, 2])]
+    converted = [dets([[0, 0, 10, 10]], [0.9], [1])]
+    fid = measure_fidelity(Table(original), Table(converted), [inputs(1)], stages=())
+    assert fid.detection.matched == 1 and fid.agreement == pytest.approx(2 * 1 / 3)
+    assert fid.detection.map50_vs_original is None and fid.detection.map_vs_original is None
+    annotations = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}]
+    with pytest.raises(MissingExtraError, match="mAP needs torchmetrics"):
+        measure_fidelity(Table(original), Table(converted), [(inputs(1), annotations)], stages=())
+
+
 # ------------------------------------------------------------------ features and tasks given
 def test_features_compared_output_by_output():
     gen = torch.Generator().manual_seed(1)

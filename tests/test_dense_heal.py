@@ -4,6 +4,8 @@ exactly, runs the same under DDP (gloo), and the command line on masks and detec
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -187,6 +189,22 @@ def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
         bad = run("heal", tmp_path / "oct.pt", "--data", folder, *args, "--allow-import", "-o", tmp_path / "bad.pt")
         assert bad.exit_code == 2 and message in bad.stderr, bad.output
         assert not (tmp_path / "bad.pt").exists()
+    mixed = run("heal", tmp_path / "oct.pt", "--data", folder, "--distill", "pixels", "--features", "encoder",
+                "--allow-import", "-o", tmp_path / "bad.pt")  # fmt: skip
+    assert mixed.exit_code == 2 and "does not go with --distill pixels" in mixed.stderr, mixed.output
+    # --features alone means feature distillation, recorded as such; CSV holds numbers; an early stop is announced.
+    features = run("heal", tmp_path / "oct.pt", "--data", folder, "--val", folder, "--features", "encoder",
+                   "--epochs", "3", "--target", "0.01", "--batch-size", "16", "--allow-import", "-f", "csv",
+                   "--workers", "0", "-o", tmp_path / "f.pt")  # fmt: skip
+    assert features.exit_code == 0, features.output
+    healing = octswap.read_checkpoint(tmp_path / "f.pt").healing
+    assert healing["options"]["distill"] == "features" and healing["options"]["features"] == ["encoder"]
+    assert healing["stopped_early"] and healing["epochs_done"] == 1
+    assert "stopped early" in features.stderr and "--target 1.00%" in features.stderr
+    rows = list(csv.DictReader(io.StringIO(features.stdout)))
+    assert [r["model"] for r in rows] == ["converted", "calibrated", "healed"]
+    for row in rows:
+        assert 0.0 <= float(row["agreement"]) <= 1.0 and 0.0 <= float(row["miou_converted"]) <= 1.0
     # Class labels are for classifiers: a .pt file with labels is refused for a segmentation model.
     torch.save({"inputs": torch.randn(4, 3, 32, 32), "labels": torch.zeros(4, dtype=torch.long)}, tmp_path / "c.pt")
     bad = run("heal", tmp_path / "oct.pt", "--data", tmp_path / "c.pt", "--allow-import", "-o", tmp_path / "bad.pt")
@@ -225,12 +243,15 @@ def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path):
                  "--epochs", "1", "--batch-size", "4", "--calibrate-bn", "1", "-f", "json", "--workers", "0")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)["healing"]
-    assert record["options"]["task"] == "detection" and record["options"]["distill"] == "auto"
+    assert record["options"]["task"] == "detection" and record["options"]["distill"] == "features"
     assert record["options"]["features"] == ["backbone", "rpn.head"]
     assert record["fidelity"]["healed"]["task"] == "detection" and record["fidelity"]["healed"]["map50_original"] is not None
     labels = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--annotations", folder / "instances.json",
                  "--labels", "-o", tmp_path / "x.pt")  # fmt: skip
-    assert labels.exit_code == 2 and "labels=True needs a classifier or a segmentation model" in labels.stderr
+    assert labels.exit_code == 2 and "needs a classifier or a segmentation model" in labels.stderr
+    # One line, nothing before it: no pycocotools chatter, no line left by a progress bar never shown.
+    assert labels.stderr.splitlines() == [line for line in labels.stderr.splitlines() if "octswap: error:" in line]
+    assert len(labels.stderr.splitlines()) == 1
 
 
 def test_ctrl_c_on_a_segmentation_heal_saves_and_resume_finishes(segmentation, tmp_path):

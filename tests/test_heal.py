@@ -91,7 +91,7 @@ def test_bad_options(task):
     with pytest.raises(octswap.InputError, match="^target needs val data"):
         heal(converted, teacher, data, options=HealOptions(target=0.9))
     unlabelled = Data.from_tensors(torch.randn(4, 3, 16, 16))
-    with pytest.raises(octswap.InputError, match="^labels=True but .* has no labels"):
+    with pytest.raises(octswap.InputError, match="^learning from labels .* needs labelled data but .* has none"):
         heal(converted, teacher, unlabelled, options=HealOptions(labels=True))
 
 

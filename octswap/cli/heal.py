@@ -57,15 +57,31 @@ def _cell(field: str, value: Any) -> str:
     return f"{value:.4f}" if field in ("kl", "relative_error") else _percent(value)
 
 
+def _columns(fidelity: dict[str, Any]) -> list[tuple[str, str]]:
+    """The before/after columns for the task of the first fidelity measured."""
+    first = next((f for key in ("converted", "calibrated", "healed") if (f := fidelity.get(key)) is not None), {})
+    return _COLUMNS.get(first.get("task", "classification"), _COLUMNS["classification"])
+
+
 def healing_view(healing: dict[str, Any]) -> TableView:
     fidelity = healing.get("fidelity") or {}
     labels = {"converted": "converted", "calibrated": "BatchNorm re-estimated", "healed": "healed"}
     measured = [(label, f) for key, label in labels.items() if (f := fidelity.get(key)) is not None]
-    task = measured[0][1].get("task", "classification") if measured else "classification"
-    columns = _COLUMNS.get(task, _COLUMNS["classification"])
+    columns = _columns(fidelity)
     rows = [[label, *(_cell(name, f.get(name)) for _, name in columns)] for label, f in measured]
     return TableView(["model", *(header for header, _ in columns)], rows,
                      title=f"fidelity on {fidelity.get('data', 'the data')} (vs the original)")
+
+
+def healing_csv(healing: dict[str, Any]) -> str:
+    """The before/after table as CSV with plain numbers (fractions, not percent strings; empty: not measured)."""
+    from octswap.tables import csv_text
+
+    fidelity = healing.get("fidelity") or {}
+    fields = ["model", *(name for _, name in _columns(fidelity))]
+    rows = [{"model": key, **{name: f.get(name) for name in fields[1:]}}
+            for key in ("converted", "calibrated", "healed") if (f := fidelity.get(key)) is not None]
+    return csv_text(fields, rows)
 
 
 def _progress(epochs: int, *, main: bool) -> tuple[Progress, Any, Any]:
@@ -78,6 +94,8 @@ def _progress(epochs: int, *, main: bool) -> tuple[Progress, Any, Any]:
     bars: dict[int, Any] = {}
 
     def on_step(info: Any) -> None:
+        if not progress.live.is_started:  # started by the first step: an error before training leaves no line
+            progress.start()
         if info.epoch not in bars:
             bars[info.epoch] = progress.add_task(f"epoch {info.epoch + 1}/{epochs}", total=info.steps, loss=0.0,
                                                  speed=0.0)
@@ -97,6 +115,11 @@ def _report_written(outcome: HealOutcome, path: Path) -> None:
     size = path.stat().st_size / 2**20
     epochs_done = outcome.healing["epochs_done"]
     note(f"wrote {path} ({size:.1f} MiB): {epochs_done} epoch{'s' * (epochs_done != 1)} of distillation")
+    history, target = outcome.healing.get("history") or [], outcome.healing["options"].get("target")
+    if outcome.healing.get("stopped_early") and history and target is not None:
+        reached = (history[-1].get("fidelity") or {}).get("agreement")
+        note(f"stopped early: agreement {_percent(reached)} on --val reached --target {_percent(target)} after "
+             f"epoch {epochs_done} of {outcome.healing['options']['epochs']}")
     calibrated, healed = outcome.fidelity("calibrated"), outcome.fidelity("healed")
     if calibrated is not None and healed is not None and healed.agreement < calibrated.agreement:
         note(f"warning: the healed model agrees less with the original than after BatchNorm re-estimation alone "
@@ -123,7 +146,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def _check_flags(output: Path, *, resume: bool, force: bool, target: float | None, val: Path | None,
-                 val_annotations: Path | None) -> None:
+                 val_annotations: Path | None, distill: Distill, features: str | None) -> None:
     """What the library checks too (naming its parameters), checked first here to name the flags."""
     from octswap.errors import InputError, OutputExistsError
 
@@ -136,6 +159,9 @@ def _check_flags(output: Path, *, resume: bool, force: bool, target: float | Non
         raise InputError("--target needs --val data to measure agreement on")
     if val_annotations is not None and val is None:
         raise InputError("--val-annotations needs --val")
+    if features is not None and distill not in (Distill.auto, Distill.features):
+        raise InputError(f"--features names the modules of feature distillation; it does not go with "
+                         f"--distill {distill.value}")
 
 
 def _heal(checkpoint: Path, data: Path, output: Path, *, main: bool, options: Any, **given: Any) -> HealOutcome:
@@ -146,9 +172,13 @@ def _heal(checkpoint: Path, data: Path, output: Path, *, main: bool, options: An
 
     progress, on_step, on_epoch = _progress(options.epochs, main=main)
     try:
-        with stop_on_signal() as stop, progress:
-            return heal_checkpoint(checkpoint, data, output, options=options, on_step=on_step, on_epoch=on_epoch,
-                                   stop=stop, **given)
+        with stop_on_signal() as stop:
+            try:
+                return heal_checkpoint(checkpoint, data, output, options=options, on_step=on_step, on_epoch=on_epoch,
+                                       stop=stop, **given)
+            finally:
+                if progress.live.is_started:
+                    progress.stop()
     except HealInterrupted as stopped:
         if main:
             note(f"octswap: {stopped}; progress saved to {output} (continue with --resume)")
@@ -180,11 +210,12 @@ def command(
     ] = False,
     distill: Annotated[Distill, typer.Option(
         "--distill", help="What to match: auto (logits for classifiers, pixels for segmentation, features "
-        "otherwise), logits, pixels (KL per pixel), cwd (channel-wise) or features (PKD: MSE of standardised feature maps).")
+        "otherwise; --features: features), logits, pixels (KL per pixel), cwd (channel-wise) or features "
+        "(MSE of the converted modules' outputs, per channel over the original's variance).")
     ] = Distill.auto,
     features: Annotated[Optional[str], typer.Option(
-        "--features", help="With --distill features: comma-separated module names whose outputs to match "
-        "[default: the converted regions].")] = None,
+        "--features", help="Feature distillation on these modules' outputs (comma-separated names; implies "
+        "--distill features) [default: the converted regions].")] = None,
     task: TaskOpt = None,
     annotations: AnnotationsOpt = None,
     val_annotations: Annotated[Optional[Path], typer.Option(
@@ -223,7 +254,10 @@ def command(
     from octswap.distillation import HealOptions
     main = _is_main()
     target_path = output if output is not None else checkpoint.with_name(f"{checkpoint.stem}-healed.pt")
-    _check_flags(target_path, resume=resume, force=force, target=target, val=val, val_annotations=val_annotations)
+    _check_flags(target_path, resume=resume, force=force, target=target, val=val, val_annotations=val_annotations,
+                 distill=distill, features=features)
+    if features is not None:
+        distill = Distill.features
     options = HealOptions(
         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
         labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target, seed=seed,
@@ -237,6 +271,7 @@ def command(
         return
     if outcome.already_complete:
         note(f"{target_path} already holds a finished healing run; nothing to do")
-    emit(Output({"checkpoint": str(target_path), "healing": outcome.healing}, [healing_view(outcome.healing)]), fmt)
+    emit(Output({"checkpoint": str(target_path), "healing": outcome.healing}, [healing_view(outcome.healing)],
+                csv=healing_csv(outcome.healing)), fmt)
     if not outcome.already_complete:
         _report_written(outcome, target_path)

@@ -10,6 +10,7 @@ detectors number COCO's categories by their ids).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from torchvision.ops import box_iou
 
 from octswap.errors import InputError, MissingExtraError
 from octswap.fidelity.result import DetectionFigures
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DetectionTally", "match_detections"]
 
@@ -53,13 +56,28 @@ def _above(detections: Mapping[str, torch.Tensor], threshold: float) -> dict[str
     return {k: detections[k][keep].detach().cpu() for k in ("boxes", "scores", "labels")}
 
 
-def _mean_ap() -> Any:
+def _mean_ap(*, required: bool = True) -> Any:
+    """torchmetrics' ``MeanAveragePrecision``; without the ``dense`` extra ``None`` (logged once)
+    unless ``required`` (mAP against annotations the user gave).
+
+    Raises:
+        MissingExtraError: ``required`` and torchmetrics or pycocotools is missing.
+    """
     try:
         from torchmetrics.detection import MeanAveragePrecision
 
         return MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
     except (ImportError, ModuleNotFoundError) as err:
-        raise MissingExtraError(f"mAP needs torchmetrics and pycocotools ({err}): pip install 'octswap[dense]'") from None
+        message = f"mAP needs torchmetrics and pycocotools ({err}): pip install 'octswap[dense]'"
+        if required:
+            raise MissingExtraError(message) from None
+        if not _warned:
+            _warned.append(message)
+            logger.warning("%s; reporting matches, precision, recall and F1 without mAP", message)
+        return None
+
+
+_warned: list[str] = []  # the missing-extra warning, once per process
 
 
 def _map(metric: Any, key: str) -> float | None:
@@ -78,7 +96,7 @@ class DetectionTally:
     def __init__(self, *, score_threshold: float = 0.5) -> None:
         self.score_threshold = score_threshold
         self.counts = {"original": 0, "converted": 0, "matched": 0}
-        self.vs_original = _mean_ap()
+        self.vs_original = _mean_ap(required=False)
         self.annotated = True  # every image so far has annotations
         self.against: dict[str, Any] = {}
 
@@ -98,7 +116,8 @@ class DetectionTally:
             self.counts["converted"] += len(b["boxes"])
             self.counts["matched"] += match_detections(a, b)
         everything_c = [_above(d, float("-inf")) for d in c]
-        self.vs_original.update(everything_c, [{"boxes": a["boxes"], "labels": a["labels"]} for a in kept_o])
+        if self.vs_original is not None:
+            self.vs_original.update(everything_c, [{"boxes": a["boxes"], "labels": a["labels"]} for a in kept_o])
         targets = labels if isinstance(labels, (list, tuple)) and all(isinstance(t, Mapping) for t in labels) else None
         if targets is None:
             self.annotated = False
@@ -119,8 +138,8 @@ class DetectionTally:
             precision=matched / n_c if n_c else None,
             recall=matched / n_o if n_o else None,
             f1=2 * matched / (n_o + n_c) if n_o + n_c else 1.0,
-            map50_vs_original=_map(self.vs_original, "map_50") if n_o else None,
-            map_vs_original=_map(self.vs_original, "map") if n_o else None,
+            map50_vs_original=_map(self.vs_original, "map_50") if n_o and self.vs_original is not None else None,
+            map_vs_original=_map(self.vs_original, "map") if n_o and self.vs_original is not None else None,
             map50_original=_map(self.against["original"], "map_50") if annotated else None,
             map50_converted=_map(self.against["converted"], "map_50") if annotated else None,
             map_original=_map(self.against["original"], "map") if annotated else None,
