@@ -270,6 +270,35 @@ def test_cli_writes_a_policy_and_json(workdir):
     assert again.exit_code == 2 and "exists; pass --force" in again.stderr
 
 
+def test_uniform_alphas_beside_the_curve(workdir):
+    result = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7", "--alphas", "0.25,0.5", "-f", "json",
+                  "--plot", "t.png", "--plot", "t.svg")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    uniform = data["uniform"]
+    assert [u["alpha"] for u in uniform] == [0.25, 0.5]
+    # Without data the drop is alpha x the unit's share of the units' MACs: every unit at alpha adds up to alpha.
+    assert [u["drop"] for u in uniform] == pytest.approx([0.25, 0.5])
+    assert 1 > uniform[0]["predicted_ratio"] > uniform[1]["predicted_ratio"] > 0
+    # The curve's end (every unit at its largest alpha) is the uniform 0.5 policy.
+    assert min(r for r, _ in data["curve"]) == pytest.approx(uniform[1]["predicted_ratio"])
+    assert (workdir / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (workdir / "t.svg").read_text()
+    assert "wrote the trade-off plot: t.png, t.svg" in result.stderr
+    table = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7", "--alphas", "0.25,0.5", "--force")
+    assert table.exit_code == 0 and "uniform alpha 0.25" in table.stdout and "chosen" in table.stdout
+
+
+def test_a_plot_needs_matplotlib_and_a_known_format(workdir, monkeypatch):
+    bad = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7", "--plot", "t.xyz")
+    assert bad.exit_code == 2 and "--plot t.xyz: give a file ending in one of" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and list(workdir.iterdir()) == []
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    missing = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7", "--plot", "t.png")
+    assert missing.exit_code != 0 and "pip install 'octswap[plot]'" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and list(workdir.iterdir()) == []
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--target-latency", "0"], "--target-latency must be a ratio"),
     (["--target-flops", "0.01"], "closest is"),

@@ -48,7 +48,26 @@ def tune_output(result: TuneResult, *, model: str, policy_file: Path, measuremen
              f"{len(result.plan.layers)} convs converted, {result.plan.mode} mode)")  # fmt: skip
     lines = result.summary()
     data = {"model": model, "policy_file": str(policy_file), "measurements_file": str(measurements), **result.to_dict()}
-    return Output(data, [TableView(headers, rows, title=title, align="lrrrr" + "r" * measured), *lines])
+    return Output(data, [TableView(headers, rows, title=title, align="lrrrr" + "r" * measured), *lines,
+                         _tradeoff_view(result)])
+
+
+def _tradeoff_view(result: TuneResult) -> TableView:
+    """Uniform alphas against tuned policies, as the search saw them, and the chosen one measured."""
+    from octswap.tuning.plot import tradeoff_rows
+
+    flops = result.objective == "flops"
+    measured = result.drop_kind == "agreement points"
+    drop = "agreement lost (points)" if measured else "change (proxy)"
+
+    def number(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    rows = [[r["policy"], number(r["ratio"], 3), number(r["drop"], 2 if measured else 3),
+             number(r["measured_ratio"], 3), number(r["measured_drop"], 2)] for r in tradeoff_rows(result)]
+    cost = "FLOPs ratio" if flops else "latency ratio"
+    return TableView(["policy", f"predicted {cost}", f"predicted {drop}", f"measured {cost}", "measured points lost"],
+                     rows, title="trade-off: uniform alpha against tuned policies", align="lrrrr")
 
 
 def _progress() -> tuple[Any, Any]:
@@ -107,6 +126,9 @@ def command(
     = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Reuse the measurements file of an interrupted or earlier run (same setting).")] = False,
+    plot: Annotated[Optional[list[Path]], typer.Option(
+        "--plot", help="Also draw the trade-off (uniform alpha against tuned policies) to this file; the suffix "
+        "gives the format (.png, .svg, ...); repeat for several [needs matplotlib: octswap[plot]].")] = None,
     force: ForceOpt = False,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -121,6 +143,10 @@ def command(
     store = measurements if measurements is not None else target.with_name(target.name + ".measurements.json")
     candidates = _alphas(alphas)
     _check_outputs(target, store, resume=resume, force=force)
+    if plot:
+        from octswap.tuning.plot import check_plot_paths
+
+        check_plot_paths(plot, force=force)
     check_goal(target_latency, target_flops, max_drop, candidates, data, device)
     loaded = load(model, options)
     loader = _loader(data, loaded, model=model, weights=weights, prep=preprocessing(mean, std, resize, crop),
@@ -140,6 +166,11 @@ def command(
         raise typer.Exit(130) from None
     _write(result, target, store, model=model, fmt=fmt, force=force,
            again=_convert_line(model, input_size=input_size, model_arg=model_arg, mode=mode, weights=weights))
+    if plot:
+        from octswap.tuning.plot import write_tradeoff_plot
+
+        written = write_tradeoff_plot(result, plot, title=f"octswap tune: {model}", force=force)
+        note(f"wrote the trade-off plot: {', '.join(map(str, written))}")
 
 
 def _check_outputs(target: Path, store: Path, *, resume: bool, force: bool) -> None:

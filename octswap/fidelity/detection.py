@@ -3,7 +3,8 @@ mAP of the converted model against the original's detections, and with annotatio
 mAP@0.5 and mAP@[.5:.95] of both models.
 
 mAP is torchmetrics' ``MeanAveragePrecision`` (COCO's evaluation through pycocotools), an
-optional extra (``pip install 'octswap[dense]'``). Labels are compared as the model gives
+optional extra (``pip install 'octswap[dense]'``): without it the matching figures are reported
+and mAP against the original is left out (logged once); mAP against annotations needs it. Labels are compared as the model gives
 them; COCO annotations' category ids are taken as labels unchanged (torchvision's
 detectors number COCO's categories by their ids).
 """

@@ -60,6 +60,9 @@ SWEEPS = 1
 #: Whole-model measurements of a latency target (each one may correct the next search).
 CHECKS = 3
 
+#: Points of the trade-off curve reported (each predicted whole).
+CURVE_POINTS = 24
+
 @dataclass(frozen=True)
 class UnitChoice:
     """What the tuner chose for one unit, with the figures it chose by."""
@@ -103,8 +106,11 @@ class TuneResult:
     agreement: float | None = None
     #: What ``drop`` means: ``"agreement points"`` (with data) or ``"proxy"``.
     drop_kind: str = "proxy"
-    #: The trade-off curve the search chose from: (predicted ratio, drop) per point.
+    #: The trade-off curve the search chose from, up to :data:`CURVE_POINTS` points along it:
+    #: (ratio predicted whole, drop) per point.
     curve: tuple[tuple[float, float], ...] = ()
+    #: Every unit at one alpha, as the search sees it: (alpha, predicted ratio, drop) per candidate.
+    uniform: tuple[tuple[float, float, float], ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     def summary(self) -> list[str]:
@@ -130,7 +136,9 @@ class TuneResult:
             "measurements": self.measurements, "reused": self.reused,
             "converted_convs": len(self.plan.octave_layers), "convs": len(self.plan.layers),
             "units": [u.to_dict() for u in self.units], "notes": list(self.notes),
-            "curve": [list(p) for p in self.curve], "policy": self.policy.to_dict(),
+            "curve": [list(p) for p in self.curve],
+            "uniform": [{"alpha": a, "predicted_ratio": r, "drop": d} for a, r, d in self.uniform],
+            "policy": self.policy.to_dict(),
         }  # fmt: skip
 
 
@@ -328,8 +336,27 @@ class _Run:
             measurements=(table.measured if table else 0) + (self.objectives.agreement.measured if self.objectives.agreement else 0),
             reused=self.store.reused, agreement=tried.agreement,
             drop_kind="agreement points" if self.objectives.agreement else "proxy",
-            curve=tuple((1 - p.saving / scale, p.drop) for p in front), notes=tuple(self.notes),
+            curve=self._curve(front), uniform=self._uniform(options), notes=tuple(self.notes),
         )  # fmt: skip
+
+    def _whole_ratio(self, assignment: Mapping[str, float]) -> float:
+        return 1 - self.objectives.saving(assignment) / self.scale
+
+    def _curve(self, front: Sequence[Point]) -> tuple[tuple[float, float], ...]:
+        """Up to :data:`CURVE_POINTS` points of the search's trade-off curve, spread along it (ends
+        kept), each predicted whole like the chosen policy; the drop is the units' drops added."""
+        step = max(1, math.ceil(len(front) / CURVE_POINTS))
+        picked = [*front[::step], *front[-1:]] if front else []
+        unique = {id(p): p for p in picked}.values()
+        return tuple(sorted((self._whole_ratio(p.assignment), p.drop) for p in unique))
+
+    def _uniform(self, options: Mapping[str, Sequence[Option]]) -> tuple[tuple[float, float, float], ...]:
+        """Every unit at each candidate alpha, predicted whole; the drop is the units' drops added."""
+        points = []
+        for alpha in self.alphas:
+            drop = sum(_option(choices, alpha)[1] for choices in options.values())
+            points.append((alpha, self._whole_ratio({unit: alpha for unit in options}), drop))
+        return tuple(points)
 
     def _flops_ratio(self, tried: _Tried, flops_before: int) -> float:
         """Whole-model FLOPs ratio (fvcore), or the convs' where fvcore cannot count the model."""
