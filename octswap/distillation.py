@@ -95,7 +95,7 @@ def require_labels(train: Data | Dataset, options: HealOptions) -> None:
     if options.labels and isinstance(train, Data) and not train.labelled:
         raise InputError(
             f"learning from labels (labels=True, --labels) needs labelled data but {train.path} has none "
-            "(use a folder of class sub-folders or images/ + masks/, or heal by distillation alone)"
+            "(class sub-folders, images/ + masks/, or COCO boxes with --annotations; or heal by distillation alone)"
         )
 
 
@@ -198,6 +198,9 @@ def _heal(
     if options.labels and task == "segmentation" and isinstance(train, Data) and train.kind != "masks":
         raise InputError(f"learning from labels (labels=True, --labels) with a segmentation model needs masks "
                          f"(a folder holding images/ and masks/); {train.path} has none")  # fmt: skip
+    if options.labels and task == "detection" and isinstance(train, Data) and train.kind != "coco":
+        raise InputError(f"learning from labels (labels=True, --labels) with a detector needs its boxes "
+                         f"(annotations=, --annotations); {train.path} has none")  # fmt: skip
     torch.manual_seed(options.seed)
     sampler = DistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                  seed=options.seed)  # fmt: skip
@@ -206,7 +209,9 @@ def _heal(
         state.calibrated_batches = calibrate(model, dataset, sampler, options=options, device=device, world=world)
         if state.calibrated_batches > 0 and hooks.on_calibrated is not None:
             hooks.on_calibrated(model)
-    frozen = _freeze_outside(model, options.features if method == "features" else None)
+    # Feature distillation trains only the tapped modules; a detector's own loss reaches all of it.
+    own_loss = task == "detection" and options.labels
+    frozen = _freeze_outside(model, options.features if method == "features" and not own_loss else None)
     run = setup_run(model, teacher, dataset, sampler, options=options, val=val, device=device, world=world,
                     task=task, method=method)  # fmt: skip
     if resume is not None:
@@ -228,16 +233,17 @@ def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions)
 
     Raises:
         InputError: ``options.task`` or ``options.distill`` does not fit the teacher,
-            labels are asked of a detector, or ``options.features`` without feature distillation.
+            labels are asked of a model of no known task, or ``options.features`` without
+            feature distillation.
     """
     from octswap.fidelity.tasks import model_task
 
     sample = dataset[0][0]
     task = model_task(teacher, tuple(sample.shape), task=options.task)
     method = method_for(task, options.distill)
-    if options.labels and task in ("detection", "features"):
-        raise InputError(f"learning from labels (labels=True, --labels) needs a classifier or a segmentation "
-                         f"model; heal a {task} model by distillation alone")  # fmt: skip
+    if options.labels and task == "features":
+        raise InputError("learning from labels (labels=True, --labels) needs a classifier, a segmentation model "
+                         "or a detector; heal a model of other outputs by distillation alone")  # fmt: skip
     if options.features is not None and method != "features":
         raise InputError(f"features= (--features) names the modules of feature distillation, but this run "
                          f"distils {method} (distill={options.distill!r}); drop it or distil features")

@@ -5,7 +5,9 @@
 its backbone's and heads' feature maps without its post-processing, and without the
 targets its train-mode forward wants. After the first call it knows how often each
 watched module runs per forward, and stops the forward once they all have (the rest of
-the model, NMS and all, is skipped).
+the model, NMS and all, is skipped). With ``complete=True`` the forward runs to its end and
+the model's own output comes back beside the taps: a detector in train mode, given its
+targets, returns its loss dict (healing with the detector's own loss and its features).
 
 Example:
     >>> tapped = Tapped(detector, ["backbone"])   # doctest: +SKIP
@@ -37,12 +39,13 @@ class Tapped(nn.Module):
         InputError: a name is not a submodule of ``model``, or a watched module did not run.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str], *, complete: bool = False) -> None:
         super().__init__()
         if not names:
             raise InputError("feature distillation needs at least one module name")
         self.model = model
         self.names = list(names)
+        self.complete = complete
         self._seen: dict[str, list[Any]] = {}
         self._calls: dict[str, int] | None = None  # per forward, known after the first
         for name in self.names:
@@ -55,17 +58,19 @@ class Tapped(nn.Module):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             self._seen.setdefault(name, []).append(output)
             calls = self._calls
-            if calls is not None and all(len(self._seen.get(n, ())) >= calls[n] for n in self.names):
+            if calls is not None and not self.complete and all(len(self._seen.get(n, ())) >= calls[n] for n in self.names):
                 raise _Enough
 
         return hook
 
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``{name: output}`` of the watched modules; with ``complete``, ``(taps, model output)``."""
         self._seen = {}
+        output = None
         # Hooks live only inside this call: the model stays a plain model everywhere else.
         handles = [self.model.get_submodule(n).register_forward_hook(self._hook(n)) for n in self.names]
         try:
-            self.model(*args, **kwargs)
+            output = self.model(*args, **kwargs)
         except _Enough:
             pass
         finally:
@@ -77,4 +82,5 @@ class Tapped(nn.Module):
         if self._calls is None:
             self._calls = {n: len(self._seen[n]) for n in self.names}
         seen, self._seen = self._seen, {}
-        return {n: v[0] if len(v) == 1 else v for n, v in seen.items()}
+        taps = {n: v[0] if len(v) == 1 else v for n, v in seen.items()}
+        return (taps, output) if self.complete else taps

@@ -18,7 +18,8 @@
   :mod:`octswap.feature_taps`), else of the model.
 
 With labels (``HealOptions.labels``) the cross-entropy with the classes (classifiers) or
-the masks (segmentation, ``ignore_index`` left out) is mixed in with ``label_weight``.
+the masks (segmentation, ``ignore_index`` left out), or a detector's own losses on its boxes
+(torchvision's loss dict in train mode, summed), is mixed in with ``label_weight``.
 
 Example:
     >>> criterion = make_criterion("segmentation", "cwd", temperature=4.0)      # doctest: +SKIP
@@ -132,7 +133,10 @@ def make_criterion(task: str, method: str, *, temperature: float = 4.0, labels: 
     (see the module docstring); ``HealOptions`` carries the keyword arguments.
 
     Labels: ``Tensor[N]`` classes (``-1`` unknown) or ``Tensor[N, H, W]`` masks; read only
-    with ``labels=True``, their cross-entropy then weighing ``label_weight``. With
+    with ``labels=True``, their cross-entropy then weighing ``label_weight``. A detector with
+    ``labels=True`` gives ``(taps, loss dict)`` as its output (its train-mode forward on the
+    targets, :class:`octswap.feature_taps.Tapped` with ``complete``): the sum of its own losses
+    weighs ``label_weight``. With
     ``features`` the outputs are compared whole (for regions, the dict
     :class:`octswap.feature_taps.Tapped` returns).
     """
@@ -172,6 +176,9 @@ def make_criterion(task: str, method: str, *, temperature: float = 4.0, labels: 
         return mixed(loss, ce)
 
     def features(student: Any, teacher: Any, targets: Any) -> torch.Tensor:
+        if task == "detection" and labels:  # (taps, the detector's own loss dict in train mode)
+            taps, own = student
+            return mixed(features_loss(taps, teacher), lambda: sum(own.values()))
         return features_loss(student, teacher)
 
     return {"logits": logits, "pixels": dense, "cwd": dense, "features": features}[method]

@@ -62,7 +62,8 @@ class HealOptions:
         weight_decay: AdamW's decoupled weight decay.
         batch_size: Samples per step *per process* (torchvision's convention under torchrun).
         temperature: Softening temperature ``T`` of both distributions.
-        labels: Add cross-entropy with the data's labels.
+        labels: Also learn from the data's labels: cross-entropy with classes or masks; a
+            detector's own loss dict in train mode with its boxes (COCO annotations).
         label_weight: Weight of the cross-entropy when ``labels`` (distillation: ``1 - w``).
         warmup: Share of all steps with a linear warm-up from 1% of ``lr``.
         clip_grad: Clip the gradients' global L2 norm to this (``None``: no clipping).
@@ -218,6 +219,12 @@ class Run:
         return math.ceil(len(self.sampler) / self.options.batch_size)
 
     @property
+    def own_loss(self) -> bool:
+        """A detector healed with its labels: the student runs in train mode on the targets and
+        returns its own loss dict beside its features."""
+        return self.task == "detection" and self.options.labels
+
+    @property
     def use_amp(self) -> bool:
         """Autocast (mixed precision) on CUDA only."""
         return self.device.type == "cuda"
@@ -331,7 +338,12 @@ def setup_run(
     from octswap.feature_taps import Tapped
 
     tapped = options.features if method == "features" else None
-    forward_model, teach = (Tapped(model, tapped), Tapped(teacher, tapped)) if tapped else (model, teacher)
+    own_loss = task == "detection" and options.labels
+    if own_loss and not tapped:
+        raise InputError("a detector healed with its labels needs the modules whose features to distil (features=, "
+                         "--features)")  # fmt: skip
+    forward_model, teach = ((Tapped(model, tapped, complete=own_loss), Tapped(teacher, tapped)) if tapped
+                            else (model, teacher))  # fmt: skip
     trained = data_parallel(forward_model, device, world,
                             sync_batchnorm=device.type == "cuda" and options.bn == "train")  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
@@ -401,11 +413,12 @@ def train_one_epoch(
     started = time.perf_counter() - state.seconds
     for inputs, labels in batches(loader):
         inputs = _move(inputs, device, options.channels_last)
-        labels = labels.to(device, non_blocking=True) if isinstance(labels, torch.Tensor) else labels
+        labels = _labels_to(labels, device)
         with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.use_amp):
             with torch.no_grad():
                 target = run.teach(inputs)
-            loss = criterion(run.trained(inputs), target, labels)
+            output = run.trained(inputs, labels) if run.own_loss else run.trained(inputs)
+            loss = criterion(output, target, labels)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if options.clip_grad is not None:
@@ -440,15 +453,25 @@ def _train_mode(run: Run) -> None:
     """Train mode, but with ``bn="frozen"`` every BatchNorm keeps its running statistics (eval).
 
     Feature distillation of named modules: the model in eval mode (a detector takes its
-    inference path, without targets) and only those modules in train mode."""
+    inference path, without targets) and only those modules in train mode; a detector healed
+    with its labels stays in train mode whole (its own loss needs it)."""
     run.trained.train()
-    if run.method == "features" and run.options.features:
+    if run.method == "features" and run.options.features and not run.own_loss:
         run.model.eval()
         for name in run.options.features:
             run.model.get_submodule(name).train()
     if run.options.bn == "frozen":
         for bn in batchnorm_layers(run.model):
             bn.eval()
+
+
+def _labels_to(labels: Any, device: torch.device) -> Any:
+    """Class labels or masks (a tensor), or detection targets (a list of dicts of tensors), on ``device``."""
+    if isinstance(labels, torch.Tensor):
+        return labels.to(device, non_blocking=True)
+    if isinstance(labels, (list, tuple)) and all(isinstance(t, Mapping) for t in labels):
+        return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in labels]
+    return labels
 
 
 def _move(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

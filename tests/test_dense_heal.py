@@ -7,6 +7,7 @@ import copy
 import csv
 import io
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -246,12 +247,22 @@ def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path):
     assert record["options"]["task"] == "detection" and record["options"]["distill"] == "features"
     assert record["options"]["features"] == ["backbone", "rpn.head"]
     assert record["fidelity"]["healed"]["task"] == "detection" and record["fidelity"]["healed"]["map50_original"] is not None
+    # Its own losses on the boxes, in train mode, beside the features: every parameter trains.
     labels = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--annotations", folder / "instances.json",
-                 "--labels", "-o", tmp_path / "x.pt")  # fmt: skip
-    assert labels.exit_code == 2 and "needs a classifier or a segmentation model" in labels.stderr
-    # One line, nothing before it: no pycocotools chatter, no line left by a progress bar never shown.
-    assert labels.stderr.splitlines() == [line for line in labels.stderr.splitlines() if "octswap: error:" in line]
-    assert len(labels.stderr.splitlines()) == 1
+                 "--labels", "--epochs", "1", "--batch-size", "4", "--calibrate-bn", "0", "-f", "json",
+                 "--workers", "0", "-o", tmp_path / "labels.pt")  # fmt: skip
+    assert labels.exit_code == 0, labels.output
+    record = json.loads(labels.stdout)["healing"]
+    assert record["options"]["labels"] is True and math.isfinite(record["history"][0]["loss"])
+    before = octswap.read_checkpoint(tmp_path / "oct.pt").state_dict
+    after = octswap.read_checkpoint(tmp_path / "labels.pt").state_dict
+    box_head = [k for k in before if k.startswith("roi_heads.box_predictor")]
+    assert box_head and all(not torch.equal(before[k], after[k]) for k in box_head)  # outside the tapped modules
+    # Without boxes there is no loss of its own: one line, nothing before it (no pycocotools chatter,
+    # no line left by a progress bar never shown).
+    bare = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--labels", "-o", tmp_path / "x.pt")
+    assert bare.exit_code == 2 and "needs labelled data" in bare.stderr and "--annotations" in bare.stderr
+    assert len(bare.stderr.splitlines()) == 1 and bare.stderr.startswith("octswap: error:")
 
 
 def test_ctrl_c_on_a_segmentation_heal_saves_and_resume_finishes(segmentation, tmp_path):

@@ -206,7 +206,8 @@ def command(
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
     batch_size: BatchSizeOpt = 64,
     labels: Annotated[bool, typer.Option(
-        "--labels/--no-labels", help="Also learn from the data's labels (cross-entropy with classes or masks).")
+        "--labels/--no-labels", help="Also learn from the data's labels: cross-entropy with classes or masks; "
+        "a detector's own losses on its --annotations boxes (train mode).")
     ] = False,
     distill: Annotated[Distill, typer.Option(
         "--distill", help="What to match: auto (logits for classifiers, pixels for segmentation, features "
@@ -222,7 +223,7 @@ def command(
         "--val-annotations", help="COCO instances JSON for the images in --val (detection mAP).")] = None,
     ignore_index: IgnoreIndexOpt = 255,
     label_weight: Annotated[float, typer.Option(
-        "--label-weight", min=0.0, max=1.0, help="Weight of the cross-entropy with --labels.")] = 0.5,
+        "--label-weight", min=0.0, max=1.0, help="Weight of the labels' loss with --labels.")] = 0.5,
     temperature: Annotated[float, typer.Option(
         "--temperature", min=0.0, help="Distillation temperature T.")] = 4.0,
     calibrate_bn: Annotated[int, typer.Option(
