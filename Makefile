@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime bench-tune bench-dense bench-dense-detection venv clean
+.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime bench-tune bench-tune-data bench-dense bench-dense-detection venv clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,12 @@ bench: $(DEV_STAMP)
 bench-tune: $(STAMP)
 	$(BIN)/python benchmarks/bench_tune.py
 
+# octswap tune with data: resnet18 trained on real digits at 128x128, tuned at three latency
+# targets against every uniform alpha (agreement after BN re-estimation, latency side by side),
+# the middle one healed 3 epochs (files in /tmp/octswap-tune-data).
+bench-tune-data: $(DEV_STAMP)
+	$(BIN)/python benchmarks/bench_tune_data.py
+
 # Latency under ONNX Runtime, original vs converted, both exported alike (~25 min on 2 cores).
 bench-onnxruntime: $(STAMP)
 	$(BIN)/python benchmarks/bench_onnxruntime.py
@@ -75,7 +81,7 @@ bench-dense: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_dense.py --task segmentation
 
 bench-dense-detection: $(DEV_STAMP)
-	$(BIN)/python benchmarks/bench_dense.py --task detection --seeds 0
+	$(BIN)/python benchmarks/bench_dense.py --task detection --seeds 0 --epochs 20
 
 # Training speed of a heal step vs fine-tuning the original (ResNet-50, batch 32, ~5 min).
 bench-training: $(STAMP)
