@@ -356,3 +356,43 @@ def test_each_form_of_octave_conv_is_timed_against_the_plain_conv(in_low, out_lo
     timing = table.timing(site, in_low=in_low, out_low=out_low, form=form)
     assert timing.plain > 0 and timing.octave > 0 and table.measured == 1
     assert table.timing(site, in_low=in_low, out_low=out_low, form=form) == timing and table.measured == 1
+
+
+# ------------------------------------------------------------------ ONNX Runtime
+@pytest.mark.parametrize(("in_low", "out_low", "form"), [(16, 8, "pair"), (0, 8, "block")])
+def test_convs_timed_in_onnxruntime_sessions(in_low, out_low, form):
+    pytest.importorskip("onnxruntime")
+    from octswap.tuning.cache import MeasurementCache
+    from octswap.tuning.costs import LatencyTable
+
+    site = ConvSite("c", "Conv2d", 32, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "zeros", (9, 9), (9, 9), 1)
+    table = LatencyTable(MeasurementCache(None, {}, resume=False), batch=1, threads=1, rounds=1,
+                         min_round_time=0.001, runtime="onnxruntime")  # fmt: skip
+    try:
+        timing = table.timing(site, in_low=in_low, out_low=out_low, form=form)
+        assert timing.plain > 0 and timing.octave > 0 and table.measured == 1
+        # The plain conv alone (the original's per-conv stand-in) reuses its export and is cached.
+        plain = table.plain_seconds(site)
+        assert plain > 0 and table.plain_seconds(site) == plain and table.measured == 2
+        assert len(table.onnx._files) == 2  # one plain conv, one octave conv
+    finally:
+        table.onnx.close()
+
+
+def test_an_unknown_or_missing_runtime_is_refused(workdir, monkeypatch):
+    with pytest.raises(InputError, match="unknown runtime 'tvm'"):
+        tune(UnitsNet(), input_shape=SHAPE, runtime="tvm")
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    result = _run("tune", UNITS_NET, "-s", "32", "--runtime", "onnxruntime")
+    assert result.exit_code != 0 and "pip install 'octswap[export]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and list(workdir.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_whole_tune_in_onnxruntime(workdir):
+    pytest.importorskip("onnxruntime")
+    result = _run("tune", UNITS_NET, "-s", "32", "--runtime", "onnxruntime", "-b", "1", "-t", "1", "--rounds", "2",
+                  "--alphas", "0.5", "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["runtime"] == "onnxruntime" and data["measured_ratio"] > 0 and data["measurements"] > 0

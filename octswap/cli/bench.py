@@ -3,14 +3,13 @@ model, side by side. Also times both models for ``report --latency``."""
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from octswap.cli.options import (AllowImportOpt, AlphaOpt, BatchOpt, ChannelMultipleOpt, CompileOpt, DeviceOpt,
                                  FoldOpt, FormatOpt, InputSizeOpt, LayoutOpt, Mode, ModeOpt, ModelArgOpt, PolicyOpt,
-                                 PrepackOpt, RoundsOpt, ThreadsOpt, parse_batches)
+                                 PrepackOpt, RoundsOpt, Runtime, ThreadsOpt, parse_batches)
 from octswap.cli.output import Format, Output, TableView, emit
 from octswap.cli.resolve import Target, choice, resolve
 from octswap.errors import InputError
@@ -23,11 +22,6 @@ if TYPE_CHECKING:
     from octswap.latency import LatencyResult
 
 __all__ = ["command", "latency_markdown", "latency_view", "time_both"]
-
-
-class Runtime(str, Enum):
-    pytorch = "pytorch"
-    onnxruntime = "onnxruntime"
 
 
 def time_both(original: nn.Module, converted: nn.Module, shape: tuple[int, int, int],

@@ -21,6 +21,13 @@ from octswap.errors import InputError
 __all__ = ["Mode", "parse_batches", "parse_model_args", "preprocessing"]
 
 
+class Runtime(str, Enum):
+    """What latency is measured in: PyTorch, or ONNX Runtime sessions of exported files."""
+
+    pytorch = "pytorch"
+    onnxruntime = "onnxruntime"
+
+
 class Mode(str, Enum):
     auto = "auto"
     graph = "graph"

@@ -11,7 +11,7 @@ import typer
 from octswap.cli import fidelity as data_options
 from octswap.cli.options import (BatchSizeOpt, ChannelMultipleOpt, CropOpt, DataOpt, DeviceOpt, ForceOpt, FormatOpt,
                                  InputSizeOpt, LimitOpt, MeanOpt, Mode, ModeOpt, ModelArgOpt, PolicyOpt, ResizeOpt,
-                                 StdOpt, ThreadsOpt, WeightsOpt, WorkersOpt, preprocessing)
+                                 Runtime, StdOpt, ThreadsOpt, WeightsOpt, WorkersOpt, preprocessing)
 from octswap.cli.output import Format, Output, TableView, emit, err, note
 from octswap.cli.resolve import choice, load, model_stem
 from octswap.cli.signals import stop_on_signal
@@ -118,6 +118,9 @@ def command(
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Batch size to time at.")] = 8,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
+    runtime: Annotated[Runtime, typer.Option(
+        "--runtime", help="What to time in: pytorch, or onnxruntime (convs and whole models exported to ONNX and run "
+        "by ONNX Runtime sessions, as bench --runtime onnxruntime; needs octswap[export]).")] = Runtime.pytorch,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Alternating rounds per measurement.")] = 5,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Policy file to write [default: <model>-tuned.yaml].")] = None,
@@ -147,7 +150,7 @@ def command(
         from octswap.tuning.plot import check_plot_paths
 
         check_plot_paths(plot, force=force)
-    check_goal(target_latency, target_flops, max_drop, candidates, data, device)
+    check_goal(target_latency, target_flops, max_drop, candidates, data, device, runtime.value)
     loaded = load(model, options)
     loader = _loader(data, loaded, model=model, weights=weights, prep=preprocessing(mean, std, resize, crop),
                      limit=limit, batch_size=batch_size, workers=workers)  # fmt: skip
@@ -158,7 +161,8 @@ def command(
                           mode=options.mode_value, target_latency=target_latency, target_flops=target_flops,
                           max_drop=max_drop, data=loader, calibrate_batches=calibrate_bn, eval_batches=eval_batches,
                           data_key=f"{data}|{limit}|{batch_size}|{mean}|{std}|{resize}|{crop}" if data else "",
-                          alphas=candidates, batch=batch, threads=threads, device=device, rounds=rounds, cache=store,
+                          alphas=candidates, batch=batch, threads=threads, device=device, runtime=runtime.value,
+                          rounds=rounds, cache=store,
                           resume=resume, force=force and not resume, model_key=model, progress=update, stop=stop)
     except TuneInterrupted:
         kept = f"measurements kept in {store} (continue with --resume)" if store.exists() else "nothing was measured"

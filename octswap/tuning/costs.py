@@ -5,7 +5,9 @@ replaces, on inputs of the shapes the probe saw, both prepared as
 :func:`octswap.measure_latency` prepares whole models (BatchNorm folded into a bias,
 channels-last, packed weights), with ``torch.utils.benchmark`` in alternating rounds.
 Measurements are keyed by geometry and low channel counts (a ResNet's repeated blocks
-share them) and cached (:class:`~octswap.tuning.cache.MeasurementCache`). A plan's
+share them) and cached (:class:`~octswap.tuning.cache.MeasurementCache`). Under ONNX Runtime
+(``runtime="onnxruntime"``) both convs are exported and timed in sessions instead
+(:mod:`octswap.tuning.onnx_costs`). A plan's
 predicted latency is the original's measured latency plus the sum of its convs' changes;
 the tuner checks that prediction against the converted model measured whole.
 """
@@ -139,7 +141,14 @@ class LatencyTable:
 
     def __init__(self, cache: MeasurementCache, *, batch: int, threads: int, device: str = "cpu",
                  options: InferenceOptions | None = None, rounds: int = 5, min_round_time: float = 0.02,
-                 progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
+                 progress: Callable[[int], None] | None = None, runtime: str = "pytorch") -> None:  # fmt: skip
+        self.runtime = runtime
+        #: ONNX Runtime: the exporter and timer of convs (:mod:`octswap.tuning.onnx_costs`).
+        self.onnx = None
+        if runtime == "onnxruntime":
+            from octswap.tuning.onnx_costs import OnnxTimer
+
+            self.onnx = OnnxTimer(threads=threads, device=device, rounds=rounds, min_round_time=min_round_time)
         self.cache = cache
         self.batch = batch
         self.threads = threads
@@ -211,6 +220,8 @@ class LatencyTable:
         else:
             octave = OctaveConvBlock.from_conv(plain, alpha_in=in_low / site.in_channels, alpha_out=out_low / site.out_channels,
                                                in_low=in_low, out_low=out_low)  # fmt: skip
+        if self.onnx is not None:
+            return self._measure_onnx(site, in_low, out_low, form, plain, octave)
         models = [optimize_for_inference(_One(m).to(self.device), self.options, inplace=True) for m in (plain, octave)]
         layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
         x = torch.randn(self.batch, site.in_channels, *site.input_size, device=self.device)
@@ -223,6 +234,36 @@ class LatencyTable:
                                rounds=self.rounds, min_round_time=self.min_round_time)  # fmt: skip
         return ConvTiming(timings[0].median, timings[1].median)
 
+
+
+    def _measure_onnx(self, site: ConvSite, in_low: int, out_low: int, form: str, plain: nn.Module,
+                      octave: nn.Module) -> ConvTiming:  # fmt: skip
+        """:meth:`_measure` under ONNX Runtime: both exported (the plain conv once per geometry)."""
+        assert self.onnx is not None and site.input_size is not None
+        x = torch.randn(self.batch, site.in_channels, *site.input_size)
+        octave_inputs = split_frequencies(x, in_low) if form == "pair" and in_low > 0 else (x,)
+        geometry = geometry_key(site)
+        plain_s, octave_s = self.onnx.side_by_side([(f"plain|{geometry}", plain, (x,)),
+                                                    (f"octave|{geometry}|{in_low}|{out_low}|{form}", octave,
+                                                     tuple(octave_inputs))])  # fmt: skip
+        return ConvTiming(plain_s, octave_s)
+
+    def plain_seconds(self, site: ConvSite) -> float:
+        """Seconds per call of the plain conv alone (ONNX Runtime's stand-in for its time
+        inside the original), cached by geometry; 0 for a conv the probe did not reach."""
+        if site.input_size is None or self.onnx is None:
+            return 0.0
+        key = f"plain|{geometry_key(site)}"
+        cached = self.cache.get(key)
+        if cached is None:
+            torch.manual_seed(0)
+            x = torch.randn(self.batch, site.in_channels, *site.input_size)
+            cached = self.onnx.side_by_side([(key, _plain_conv(site), (x,))])[0]
+            self.cache.put(key, cached)
+            self.measured += 1
+            if self.progress is not None:
+                self.progress(self.measured)
+        return float(cached)
 
 
 def original_times(model: nn.Module, input_shape: tuple[int, int, int], *, batch: int, threads: int, device: str,

@@ -19,7 +19,7 @@ from octswap.checkpoint import atomic_write
 from octswap.errors import InputError, MissingExtraError
 
 if TYPE_CHECKING:
-    from octswap.tuning.tuner import TuneResult
+    from octswap.tuning.result import TuneResult
 
 __all__ = ["check_plot_paths", "tradeoff_rows", "write_tradeoff_plot"]
 

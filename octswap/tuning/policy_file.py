@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from octswap.tuning.tuner import TuneResult
+from octswap.tuning.result import TuneResult
 
 __all__ = ["policy_yaml"]
 

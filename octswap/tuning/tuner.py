@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from torch import nn
 from octswap.conversion import convert
 from octswap.errors import InputError
 from octswap.inference import InferenceOptions
-from octswap.latency import LatencyResult, check_device, measure_latency
+from octswap.latency import RUNTIMES, LatencyResult, check_device, measure_latency, measure_onnxruntime_latency
 from octswap.plan import Plan, example_input
 from octswap.policy import Policy
 from octswap.tuning.accuracy import AgreementTable
@@ -44,7 +44,8 @@ from octswap.tuning.costs import LatencyTable, plan_macs
 from octswap.tuning.objectives import Objectives, Progress, TuneInterrupted, original_seconds
 from octswap.tuning.search import (Option, Point, coordinate_descent, fewest_drop_reaching, most_saving_within,
                                    pareto_front)
-from octswap.tuning.space import SearchSpace, Unit
+from octswap.tuning.result import TuneResult, UnitChoice
+from octswap.tuning.space import SearchSpace
 
 __all__ = ["CHECKS", "DEFAULT_ALPHAS", "Goal", "TuneResult", "UnitChoice", "check_goal", "tune"]
 
@@ -63,93 +64,21 @@ CHECKS = 3
 #: Points of the trade-off curve reported (each predicted whole).
 CURVE_POINTS = 24
 
-@dataclass(frozen=True)
-class UnitChoice:
-    """What the tuner chose for one unit, with the figures it chose by."""
-
-    unit: Unit
-    alpha: float
-    #: Seconds per forward saved with only this unit converted (predicted), or multiply-adds
-    #: per image for a FLOPs target.
-    saving: float
-    #: Points of agreement lost with only this unit converted (with data), else the proxy.
-    drop: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.unit.to_dict(), "alpha": self.alpha, "saving": self.saving, "drop": self.drop}
-
-
-@dataclass(frozen=True)
-class TuneResult:
-    """A tuned policy and how it measured.
-
-    Ratios are converted / original; latencies in seconds per forward at ``batch``.
-    ``measured_ratio`` is None for a FLOPs target (nothing is timed); ``agreement`` (top-1
-    agreement with the original after BatchNorm re-estimation, whole policy) only with data.
-    """
-
-    policy: Policy
-    plan: Plan
-    objective: str
-    target: float | None
-    units: tuple[UnitChoice, ...]
-    predicted_ratio: float
-    measured_ratio: float | None
-    flops_ratio: float
-    original_seconds: float | None
-    converted_seconds: float | None
-    batch: int
-    threads: int
-    device: str
-    measurements: int
-    reused: int
-    agreement: float | None = None
-    #: What ``drop`` means: ``"agreement points"`` (with data) or ``"proxy"``.
-    drop_kind: str = "proxy"
-    #: The trade-off curve the search chose from, up to :data:`CURVE_POINTS` points along it:
-    #: (ratio predicted whole, drop) per point.
-    curve: tuple[tuple[float, float], ...] = ()
-    #: Every unit at one alpha, as the search sees it: (alpha, predicted ratio, drop) per candidate.
-    uniform: tuple[tuple[float, float, float], ...] = ()
-    notes: tuple[str, ...] = field(default=())
-
-    def summary(self) -> list[str]:
-        """What was measured, a line each (``octswap tune`` prints them; the policy file has
-        them as comments)."""
-        if self.measured_ratio is not None:
-            lines = [f"latency ratio {self.measured_ratio:.3f} measured (predicted {self.predicted_ratio:.3f}), batch "
-                     f"{self.batch}, {self.threads} threads, {self.device}, torch {torch.__version__}; FLOPs ratio "
-                     f"{self.flops_ratio:.3f}"]  # fmt: skip
-        else:
-            lines = [f"FLOPs ratio {self.flops_ratio:.3f} (predicted {self.predicted_ratio:.3f}); nothing timed"]
-        if self.agreement is not None:
-            lines.append(f"agreement with the original {self.agreement:.2%} after BatchNorm re-estimation (whole policy)")
-        return lines + [f"note: {n}" for n in self.notes]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "objective": self.objective, "target": self.target, "mode": self.plan.mode,
-            "predicted_ratio": self.predicted_ratio, "measured_ratio": self.measured_ratio,
-            "flops_ratio": self.flops_ratio, "agreement": self.agreement, "drop_kind": self.drop_kind,
-            "original_seconds": self.original_seconds, "converted_seconds": self.converted_seconds,
-            "batch": self.batch, "threads": self.threads, "device": self.device,
-            "measurements": self.measurements, "reused": self.reused,
-            "converted_convs": len(self.plan.octave_layers), "convs": len(self.plan.layers),
-            "units": [u.to_dict() for u in self.units], "notes": list(self.notes),
-            "curve": [list(p) for p in self.curve],
-            "uniform": [{"alpha": a, "predicted_ratio": r, "drop": d} for a, r, d in self.uniform],
-            "policy": self.policy.to_dict(),
-        }  # fmt: skip
-
-
 def check_goal(target_latency: float | None, target_flops: float | None, max_drop: float | None,
-               alphas: Sequence[float], data: Any, device: str = "cpu") -> None:  # fmt: skip
-    """Refuse bad targets, alphas or device before any work.
+               alphas: Sequence[float], data: Any, device: str = "cpu", runtime: str = "pytorch") -> None:  # fmt: skip
+    """Refuse bad targets, alphas, device or runtime before any work.
 
     Raises:
         InputError: which, and why.
+        MissingExtraError: ``runtime="onnxruntime"`` without the export extra.
     """
     check_device(device)
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and target_flops is None:
+        from octswap.export.onnx_file import require_onnx
+
+        require_onnx()
     if target_latency is not None and target_flops is not None:
         raise InputError("give one target: --target-latency or --target-flops, not both")
     for flag, value in (("--target-latency", target_latency), ("--target-flops", target_flops)):
@@ -180,7 +109,7 @@ def _tables(model: nn.Module, space: SearchSpace, store: MeasurementCache, setti
     """The latency table (unless a FLOPs target: nothing timed) and the agreement table (with data)."""
     table = None if not timed else LatencyTable(
         store, batch=setting["batch"], threads=setting["threads"], device=setting["device"],
-        options=InferenceOptions.from_dict(setting["inference"]),
+        options=InferenceOptions.from_dict(setting["inference"]), runtime=setting["runtime"],
         progress=(lambda n: progress("timing convs", n, 0)) if progress else None)  # fmt: skip
     agreement = None if data is None else AgreementTable(
         model, space, data=data, cache=store, calibrate_batches=setting["calibrate_batches"],
@@ -211,6 +140,7 @@ def tune(
     batch: int = 8,
     threads: int | None = None,
     device: str = "cpu",
+    runtime: str = "pytorch",
     options: InferenceOptions | None = None,
     rounds: int = 5,
     tolerance: float = 0.02,
@@ -237,6 +167,9 @@ def tune(
             over ``eval_batches``). Without data the drop is a proxy.
         alphas: Candidate alphas per unit besides 0.
         batch, threads, device, options: What to time with (as ``octswap bench``).
+        runtime: ``"pytorch"`` or ``"onnxruntime"``: convs and whole models exported to
+            ONNX and timed in ONNX Runtime sessions (``octswap[export]``; ``options`` then
+            unused: ONNX Runtime prepares the graph itself).
         rounds, tolerance: Rounds per whole-model measurement; how far from ``target_latency`` it may land.
         cache: JSON file the measurements go to as they are made (None: memory only);
             ``resume`` reuses what it holds (same setting), ``force`` starts it over.
@@ -256,14 +189,15 @@ def tune(
     Example:
         >>> result = tune(torchvision.models.resnet50(), target_latency=0.65, batch=8, threads=2)  # doctest: +SKIP
     """
-    check_goal(target_latency, target_flops, max_drop, alphas, data, device)
+    check_goal(target_latency, target_flops, max_drop, alphas, data, device, runtime)
     threads = threads or torch.get_num_threads()
     options = options if options is not None else InferenceOptions()
     space = SearchSpace(model, policy=policy if policy is not None else Policy(), input_shape=input_shape, mode=mode)
     if not space.units:
         raise InputError("no conv of this model converts under the policy: nothing to tune")
     setting = {"model": model_key, "input_shape": list(input_shape), "batch": batch, "threads": threads,
-               "device": device, "torch": torch.__version__, "machine": machine(), "inference": options.to_dict(),
+               "device": device, "runtime": runtime, "torch": torch.__version__, "machine": machine(),
+               "inference": options.to_dict(),
                "data": data_key, "calibrate_batches": calibrate_batches, "eval_batches": eval_batches}  # fmt: skip
     store = MeasurementCache(cache, setting, resume=resume, force=force)
     table, agreement = _tables(model, space, store, setting, timed=target_flops is None, data=data, progress=progress)
@@ -275,6 +209,8 @@ def tune(
         raise TuneInterrupted("interrupted") from None
     finally:
         store.save()
+        if table is not None and table.onnx is not None:
+            table.onnx.close()
 
 
 @dataclass
@@ -324,6 +260,7 @@ class _Run:
         choices = tuple(UnitChoice(u, tried.assignment.get(u.name, 0.0), *_option(options[u.name], tried.assignment.get(u.name, 0.0)))
                         for u in space.units)  # fmt: skip
         latency = tried.latency
+        curve, uniform = self._curve(front), self._uniform(options)  # may time forms not timed yet: count them
         return TuneResult(
             policy=space.policy_for(tried.assignment), plan=tried.plan, objective=goal.objective, target=goal.target,
             units=choices, predicted_ratio=1 - self.objectives.saving(tried.assignment) / scale,
@@ -336,7 +273,8 @@ class _Run:
             measurements=(table.measured if table else 0) + (self.objectives.agreement.measured if self.objectives.agreement else 0),
             reused=self.store.reused, agreement=tried.agreement,
             drop_kind="agreement points" if self.objectives.agreement else "proxy",
-            curve=self._curve(front), uniform=self._uniform(options), notes=tuple(self.notes),
+            curve=curve, uniform=uniform, notes=tuple(self.notes),
+            runtime=table.runtime if table else "pytorch",
         )  # fmt: skip
 
     def _whole_ratio(self, assignment: Mapping[str, float]) -> float:
@@ -405,7 +343,11 @@ class _Run:
         tried = _Tried(assignment, converted, plan)
         if self.progress is not None:
             self.progress("checking the tuned model whole", attempt + 1, CHECKS)
-        if self.table is not None:
+        if self.table is not None and self.table.onnx is not None:
+            tried.latency = measure_onnxruntime_latency(self.model, converted, self.space.input_shape,
+                                                        batches=(self.table.batch,), threads=self.table.threads,
+                                                        device=str(self.table.device), rounds=self.rounds)[0]  # fmt: skip
+        elif self.table is not None:
             tried.latency = measure_latency(self.model, converted, self.space.input_shape, batches=(self.table.batch,),
                                             threads=self.table.threads, options=self.table.options,
                                             device=str(self.table.device), rounds=self.rounds, memory=False)[0]  # fmt: skip
