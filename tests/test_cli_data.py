@@ -110,7 +110,7 @@ def test_heal_writes_a_checkpoint_with_its_record(runner, setup, tmp_path):
         (["report", TINY, "-s", "16", "--data", "{folder}/bars.pt", "--mean", "a,b"], "--mean: expected a number"),
         (["report", TINY, "-s", "16", "--data", "{folder}/bars.pt", "--crop", "3x"], "--crop: expected N or HxW"),
         (["heal", "{ckpt}", "--data", "{folder}/nothing.pt", "--allow-import"], "data not found"),
-        (["heal", "{ckpt}", "--data", "{folder}/unlabelled.pt", "--labels", "--allow-import"], "has no labels"),
+        (["heal", "{ckpt}", "--data", "{folder}/unlabelled.pt", "--labels", "--allow-import"], "needs labelled data"),
         (["heal", "{ckpt}", "--data", "{folder}/bars.pt"], "--allow-import"),
         (["heal", "{ckpt}", "--data", "{folder}/bars.pt", "--allow-import", "-o", "typo.pt", "--resume"],
          "--resume: typo.pt does not exist"),

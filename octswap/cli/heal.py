@@ -191,6 +191,20 @@ def _heal(checkpoint: Path, data: Path, output: Path, *, main: bool, options: An
         raise typer.Exit(130) from None
 
 
+LabelsOpt = Annotated[bool, typer.Option(
+    "--labels/--no-labels", help="Also learn from the data's labels: cross-entropy with classes or masks; "
+    "a detector's own losses on its --annotations boxes (train mode).")]
+DistillOpt = Annotated[Distill, typer.Option(
+    "--distill", help="What to match: auto (logits for classifiers, pixels for segmentation, features "
+    "otherwise; --features: features), logits, pixels (KL per pixel), cwd (channel-wise) or features "
+    "(MSE of the converted modules' outputs, per channel over the original's variance).")]
+FeaturesOpt = Annotated[Optional[str], typer.Option(
+    "--features", help="Feature distillation on these modules' outputs (comma-separated names; implies "
+    "--distill features) [default: the converted regions].")]
+ValAnnotationsOpt = Annotated[Optional[Path], typer.Option(
+    "--val-annotations", help="COCO instances JSON for the images in --val (detection mAP).")]
+
+
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by octswap convert.")],
     data: Annotated[Path, typer.Option(
@@ -205,22 +219,12 @@ def command(
         "--lr", min=0.0, help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 1e-4,
     batch_size: BatchSizeOpt = 64,
-    labels: Annotated[bool, typer.Option(
-        "--labels/--no-labels", help="Also learn from the data's labels: cross-entropy with classes or masks; "
-        "a detector's own losses on its --annotations boxes (train mode).")
-    ] = False,
-    distill: Annotated[Distill, typer.Option(
-        "--distill", help="What to match: auto (logits for classifiers, pixels for segmentation, features "
-        "otherwise; --features: features), logits, pixels (KL per pixel), cwd (channel-wise) or features "
-        "(MSE of the converted modules' outputs, per channel over the original's variance).")
-    ] = Distill.auto,
-    features: Annotated[Optional[str], typer.Option(
-        "--features", help="Feature distillation on these modules' outputs (comma-separated names; implies "
-        "--distill features) [default: the converted regions].")] = None,
+    labels: LabelsOpt = False,
+    distill: DistillOpt = Distill.auto,
+    features: FeaturesOpt = None,
     task: TaskOpt = None,
     annotations: AnnotationsOpt = None,
-    val_annotations: Annotated[Optional[Path], typer.Option(
-        "--val-annotations", help="COCO instances JSON for the images in --val (detection mAP).")] = None,
+    val_annotations: ValAnnotationsOpt = None,
     ignore_index: IgnoreIndexOpt = 255,
     label_weight: Annotated[float, typer.Option(
         "--label-weight", min=0.0, max=1.0, help="Weight of the labels' loss with --labels.")] = 0.5,

@@ -85,16 +85,29 @@ def _progress() -> tuple[Any, Any]:
     return progress, update
 
 
+TargetLatencyOpt = Annotated[Optional[float], typer.Option(
+    "--target-latency", help="Latency ratio to reach (converted / original), with the least change "
+    "[default: the fastest policy, never slower than the original].")]
+TargetFlopsOpt = Annotated[Optional[float], typer.Option(
+    "--target-flops", help="FLOPs ratio to reach instead (nothing is timed: for hardware not at hand).")]
+MaxDropOpt = Annotated[Optional[float], typer.Option(
+    "--max-drop", help="With --data: the fastest policy losing at most this many points of agreement "
+    "with the original (after BatchNorm re-estimation).")]
+RuntimeOpt = Annotated[Runtime, typer.Option(
+    "--runtime", help="What to time in: pytorch, or onnxruntime (convs and whole models exported to ONNX and run "
+    "by ONNX Runtime sessions, as bench --runtime onnxruntime; needs octswap[export]).")]
+MeasurementsOpt = Annotated[Optional[Path], typer.Option(
+    "--measurements", help="Where measurements are kept as they are made [default: <output>.measurements.json].")]
+PlotOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--plot", help="Also draw the trade-off (uniform alpha against tuned policies) to this file; the suffix "
+    "gives the format (.png, .svg, ...); repeat for several [needs matplotlib: octswap[plot]].")]
+
+
 def command(
     model: Annotated[str, typer.Argument(help="torchvision name (resnet50) or package.module:factory.")],
-    target_latency: Annotated[Optional[float], typer.Option(
-        "--target-latency", help="Latency ratio to reach (converted / original), with the least change "
-        "[default: the fastest policy, never slower than the original].")] = None,
-    target_flops: Annotated[Optional[float], typer.Option(
-        "--target-flops", help="FLOPs ratio to reach instead (nothing is timed: for hardware not at hand).")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(
-        "--max-drop", help="With --data: the fastest policy losing at most this many points of agreement "
-        "with the original (after BatchNorm re-estimation).")] = None,
+    target_latency: TargetLatencyOpt = None,
+    target_flops: TargetFlopsOpt = None,
+    max_drop: MaxDropOpt = None,
     data: DataOpt = None,
     calibrate_bn: Annotated[int, typer.Option(
         "--calibrate-bn", min=1, help="With --data: batches for BatchNorm re-estimation per measurement.")] = 10,
@@ -118,20 +131,14 @@ def command(
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Batch size to time at.")] = 8,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
-    runtime: Annotated[Runtime, typer.Option(
-        "--runtime", help="What to time in: pytorch, or onnxruntime (convs and whole models exported to ONNX and run "
-        "by ONNX Runtime sessions, as bench --runtime onnxruntime; needs octswap[export]).")] = Runtime.pytorch,
+    runtime: RuntimeOpt = Runtime.pytorch,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Alternating rounds per measurement.")] = 5,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Policy file to write [default: <model>-tuned.yaml].")] = None,
-    measurements: Annotated[Optional[Path], typer.Option(
-        "--measurements", help="Where measurements are kept as they are made [default: <output>.measurements.json].")]
-    = None,
+    measurements: MeasurementsOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Reuse the measurements file of an interrupted or earlier run (same setting).")] = False,
-    plot: Annotated[Optional[list[Path]], typer.Option(
-        "--plot", help="Also draw the trade-off (uniform alpha against tuned policies) to this file; the suffix "
-        "gives the format (.png, .svg, ...); repeat for several [needs matplotlib: octswap[plot]].")] = None,
+    plot: PlotOpt = None,
     force: ForceOpt = False,
     fmt: FormatOpt = Format.table,
 ) -> None:

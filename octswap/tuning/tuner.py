@@ -167,15 +167,14 @@ def tune(
             over ``eval_batches``). Without data the drop is a proxy.
         alphas: Candidate alphas per unit besides 0.
         batch, threads, device, options: What to time with (as ``octswap bench``).
-        runtime: ``"pytorch"`` or ``"onnxruntime"``: convs and whole models exported to
-            ONNX and timed in ONNX Runtime sessions (``octswap[export]``; ``options`` then
-            unused: ONNX Runtime prepares the graph itself).
+        runtime: ``"pytorch"``, or ``"onnxruntime"``: exported convs and models timed in
+            ONNX Runtime sessions (``octswap[export]``; ``options`` unused).
         rounds, tolerance: Rounds per whole-model measurement; how far from ``target_latency`` it may land.
         cache: JSON file the measurements go to as they are made (None: memory only);
             ``resume`` reuses what it holds (same setting), ``force`` starts it over.
         model_key, data_key: What the measurements are of (recorded in ``cache``).
-        progress: Called as ``progress(stage, done, total)``.
-        stop: Polled between measurements; when true, saves and raises :class:`TuneInterrupted`.
+        progress, stop: ``progress(stage, done, total)``; ``stop()`` polled between
+            measurements (true: save and raise :class:`TuneInterrupted`).
 
     Returns:
         The policy (:func:`octswap.convert` takes it unchanged), its plan and figures.
@@ -184,33 +183,37 @@ def tune(
         InputError: bad targets, alphas or device; no conv converts; a target no policy reaches
             (the message gives the closest); ``cache`` from another setting; not a classifier.
         OutputExistsError: ``cache`` exists without ``resume`` or ``force``.
+        MissingExtraError: ``runtime="onnxruntime"`` without ``octswap[export]``.
         TuneInterrupted: ``stop`` asked to stop.
 
     Example:
         >>> result = tune(torchvision.models.resnet50(), target_latency=0.65, batch=8, threads=2)  # doctest: +SKIP
     """
     check_goal(target_latency, target_flops, max_drop, alphas, data, device, runtime)
-    threads = threads or torch.get_num_threads()
-    options = options if options is not None else InferenceOptions()
+    threads, options = threads or torch.get_num_threads(), options if options is not None else InferenceOptions()
     space = SearchSpace(model, policy=policy if policy is not None else Policy(), input_shape=input_shape, mode=mode)
     if not space.units:
         raise InputError("no conv of this model converts under the policy: nothing to tune")
-    setting = {"model": model_key, "input_shape": list(input_shape), "batch": batch, "threads": threads,
-               "device": device, "runtime": runtime, "torch": torch.__version__, "machine": machine(),
-               "inference": options.to_dict(),
+    setting = {"model": model_key, "input_shape": list(input_shape), "batch": batch, "threads": threads, "device": device,
+               "runtime": runtime, "torch": torch.__version__, "machine": machine(), "inference": options.to_dict(),
                "data": data_key, "calibrate_batches": calibrate_batches, "eval_batches": eval_batches}  # fmt: skip
     store = MeasurementCache(cache, setting, resume=resume, force=force)
     table, agreement = _tables(model, space, store, setting, timed=target_flops is None, data=data, progress=progress)
     goal = _goal(target_latency, target_flops, max_drop, tolerance)
     run = _Run(model, space, Objectives(space, table, agreement, stop), store, progress=progress, rounds=rounds)
+    return _tune_and_save(run, goal, alphas)
+
+
+def _tune_and_save(run: _Run, goal: Goal, alphas: Sequence[float]) -> TuneResult:
+    """The run; whatever ends it, the measurements are saved and exported files removed."""
     try:
         return run.tune(goal, alphas)
     except KeyboardInterrupt:
         raise TuneInterrupted("interrupted") from None
     finally:
-        store.save()
-        if table is not None and table.onnx is not None:
-            table.onnx.close()
+        run.store.save()
+        if run.table is not None and run.table.onnx is not None:
+            run.table.onnx.close()
 
 
 @dataclass
