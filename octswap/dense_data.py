@@ -210,10 +210,14 @@ def _check_annotations(root: Path, annotations: Path) -> None:
         raise InputError(f"{annotations}: expected COCO instances JSON with 'images' and 'annotations' lists")
     try:
         names = [str(image["file_name"]) for image in content["images"]]
-        [(float(a["bbox"][3]), int(a["category_id"]), a["image_id"]) for a in content["annotations"]]
+        [(float(a["bbox"][2]), float(a["bbox"][3]), int(a["category_id"]), a["image_id"]) for a in content["annotations"]]
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise InputError(f"{annotations}: an image lacks file_name or an annotation bbox/category_id/image_id "
                          f"({err!r})") from None  # fmt: skip
+    flat = [a for a in content["annotations"] if not (float(a["bbox"][2]) > 0 and float(a["bbox"][3]) > 0)]
+    if flat:
+        raise InputError(f"{annotations}: {len(flat)} box(es) without area (annotation id {flat[0].get('id')}: bbox "
+                         f"{flat[0]['bbox']}); width and height must be positive")  # fmt: skip
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
         raise InputError(f"{annotations} names {len(missing)} images missing from {root} ({', '.join(missing[:3])}...)")

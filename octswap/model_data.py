@@ -119,7 +119,15 @@ def _check_categories(annotations: Path, model: nn.Module, name: str) -> None:
     if classes is None:
         return
     used = coco_category_ids(annotations)
+    if 0 in used and predictor_has_background(model):
+        raise InputError(f"{annotations.name} uses category id 0, which {name} keeps for the background: "
+                         "number the categories from 1")
     if used and max(used) >= classes:
         raise InputError(f"{annotations.name} uses category ids up to {max(used)} but {name} predicts labels "
                          f"0..{classes - 1} (num_classes={classes}): re-number the categories, or give the model "
                          f"num_classes={max(used) + 1}")
+
+
+def predictor_has_background(model: nn.Module) -> bool:
+    """Whether label 0 is the background class (torchvision's two-stage and SSD detectors)."""
+    return hasattr(getattr(model, "roi_heads", None), "box_predictor") or type(model).__name__ in ("SSD",)

@@ -127,6 +127,22 @@ def test_category_ids_the_detector_cannot_predict_are_refused(scenes):
     assert f"instances.json uses category ids up to {used} but" in result.stderr and "num_classes=3" in result.stderr
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda a: a.update(bbox=[a["bbox"][0], a["bbox"][1], 0, a["bbox"][3]]), "box(es) without area"),
+    (lambda a: a.update(category_id=0), "uses category id 0, which"),
+])  # fmt: skip
+def test_boxes_without_area_and_the_background_id_are_refused(scenes, tmp_path, change, message):
+    content = json.loads((scenes / "instances.json").read_text())
+    change(content["annotations"][0])
+    (tmp_path / "bad.json").write_text(json.dumps(content))
+    result = run("report", "fasterrcnn_mobilenet_v3_large_320_fpn", "-m", "num_classes=4", "-m", "weights_backbone=None",
+                 "-m", "min_size=64", "-m", "max_size=64", "-s", "64", "--data", scenes / "images",
+                 "--annotations", tmp_path / "bad.json", "--no-layers")  # fmt: skip
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert len([line for line in result.stderr.splitlines() if line.startswith("octswap: error:")]) == 1
+    assert "Traceback" not in result.output
+
+
 def test_report_on_a_torchvision_detector_with_annotations(scenes):
     result = run("report", "fasterrcnn_mobilenet_v3_large_320_fpn", "-m", "num_classes=4", "-m", "weights_backbone=None",
                  "-m", "min_size=64", "-m", "max_size=64", "-m", "box_score_thresh=0.0", "-s", "64", "-a", "0.5",

@@ -279,7 +279,7 @@ def test_uniform_alphas_beside_the_curve(workdir):
     assert [u["alpha"] for u in uniform] == [0.25, 0.5]
     # Without data the drop is alpha x the unit's share of the units' MACs: every unit at alpha adds up to alpha.
     assert [u["drop"] for u in uniform] == pytest.approx([0.25, 0.5])
-    assert 1 > uniform[0]["predicted_ratio"] > uniform[1]["predicted_ratio"] > 0
+    assert 1 > uniform[0]["predicted_ratio"] > uniform[1]["predicted_ratio"] > 0 and len(data["curve"]) <= 24
     # The curve's end (every unit at its largest alpha) is the uniform 0.5 policy.
     assert min(r for r, _ in data["curve"]) == pytest.approx(uniform[1]["predicted_ratio"])
     assert (workdir / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -304,6 +304,7 @@ def test_a_plot_needs_matplotlib_and_a_known_format(workdir, monkeypatch):
     (["--target-flops", "0.01"], "closest is"),
     (["--target-flops", "0.5", "--target-latency", "0.5"], "give one target"),
     (["--alphas", "0.5,x"], "--alphas takes comma-separated numbers"),
+    (["--target-flops", "0.7", "--runtime", "onnxruntime"], "--runtime does not apply"),
     (["--device", "tpu"], "unknown device"),
     (["-o", "no/such/folder/p.yaml"], "cannot write to no/such/folder"),
 ])  # fmt: skip

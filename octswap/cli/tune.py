@@ -3,6 +3,8 @@ FLOPs target with the least change; writes a policy ``convert --policy`` takes."
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -78,6 +80,8 @@ def _progress() -> tuple[Any, Any]:
     tasks: dict[str, Any] = {}
 
     def update(stage: str, done: int, total: int) -> None:
+        if not progress.live.is_started:  # started by the first report: an early error leaves no blank line
+            progress.start()
         if stage not in tasks:
             tasks[stage] = progress.add_task(stage, total=total or None)
         progress.update(tasks[stage], completed=done)
@@ -163,7 +167,7 @@ def command(
                      limit=limit, batch_size=batch_size, workers=workers)  # fmt: skip
     progress, update = _progress()
     try:
-        with stop_on_signal() as stop, progress:
+        with stop_on_signal() as stop, _stopping(progress):
             result = tune(loaded.model, policy=options.resolved_policy, input_shape=loaded.shape,
                           mode=options.mode_value, target_latency=target_latency, target_flops=target_flops,
                           max_drop=max_drop, data=loader, calibrate_batches=calibrate_bn, eval_batches=eval_batches,
@@ -182,6 +186,16 @@ def command(
 
         written = write_tradeoff_plot(result, plot, title=f"octswap tune: {model}", force=force)
         note(f"wrote the trade-off plot: {', '.join(map(str, written))}")
+
+
+@contextlib.contextmanager
+def _stopping(progress: Any) -> Iterator[None]:
+    """Stop the progress display on the way out, if it was started."""
+    try:
+        yield
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 def _check_outputs(target: Path, store: Path, *, resume: bool, force: bool) -> None:

@@ -87,7 +87,7 @@ def tradeoff_rows(result: TuneResult, *, points: int = 8) -> list[dict[str, Any]
     curve = sorted(result.curve)
     if curve and points > 0:
         step = max(1, len(curve) // points)
-        picked = curve[::step][:points]
+        picked = [*curve[::step][: points - 1], curve[-1]]  # both ends
         rows += [{"policy": "tuned (curve)", "ratio": r, "drop": d, "measured_ratio": None, "measured_drop": None}
                  for r, d in picked]  # fmt: skip
     chosen_drop = sum(c.drop for c in result.units if c.alpha)

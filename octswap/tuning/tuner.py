@@ -75,7 +75,9 @@ def check_goal(target_latency: float | None, target_flops: float | None, max_dro
     check_device(device)
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
-    if runtime == "onnxruntime" and target_flops is None:
+    if runtime != "pytorch" and target_flops is not None:
+        raise InputError("--target-flops times nothing, so --runtime does not apply; drop one of them")
+    if runtime == "onnxruntime":
         from octswap.export.onnx_file import require_onnx
 
         require_onnx()
@@ -287,7 +289,7 @@ class _Run:
         """Up to :data:`CURVE_POINTS` points of the search's trade-off curve, spread along it (ends
         kept), each predicted whole like the chosen policy; the drop is the units' drops added."""
         step = max(1, math.ceil(len(front) / CURVE_POINTS))
-        picked = [*front[::step], *front[-1:]] if front else []
+        picked = [*front[::step][: CURVE_POINTS - 1], *front[-1:]] if front else []
         unique = {id(p): p for p in picked}.values()
         return tuple(sorted((self._whole_ratio(p.assignment), p.drop) for p in unique))
 
