@@ -28,7 +28,7 @@ from torch import nn
 from octswap.errors import InputError
 from octswap.inference import InferenceOptions
 
-__all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency", "session_forward",
+__all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency", "session_forward", "session_run",
            "side_by_side", "check_device", "inference_call"]
 
 #: Runtimes ``octswap bench --runtime`` times models in.
@@ -280,9 +280,14 @@ def measure_onnxruntime_latency(
 
 
 def session_forward(session: Any, x: Any) -> Callable[[], None]:
-    name = session.get_inputs()[0].name
+    """One run of an ONNX Runtime session on ``x``, its only input (:func:`session_run`)."""
+    return session_run(session, {session.get_inputs()[0].name: x})
+
+
+def session_run(session: Any, feed: dict[str, Any]) -> Callable[[], None]:
+    """One run of an ONNX Runtime session on ``feed`` (input name -> array), for timing."""
 
     def forward() -> None:
-        session.run(None, {name: x})
+        session.run(None, feed)
 
     return forward

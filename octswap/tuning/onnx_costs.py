@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from octswap.latency import session_forward, side_by_side
+from octswap.latency import session_forward, session_run, side_by_side
 
 __all__ = ["OnnxTimer"]
 
@@ -101,7 +101,7 @@ class OnnxTimer:
         for key, module, inputs in items:
             session = onnxruntime_session(self._export(key, module, inputs), threads=self.threads, device=self.device)
             feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
-            forwards.append(_run(session, feed))
+            forwards.append(session_run(session, feed))
         timings = side_by_side(forwards, self.threads, rounds=self.rounds, min_round_time=self.min_round_time)
         return [t.median for t in timings]
 
@@ -117,10 +117,3 @@ class OnnxTimer:
         session = onnxruntime_session(path, threads=self.threads, device=self.device, fixed_dims=fixed)
         forward = session_forward(session, torch.randn(batch, *input_shape).numpy())
         return side_by_side([forward], self.threads, rounds=self.rounds, min_round_time=0.2)[0].median
-
-
-def _run(session: Any, feed: dict[str, Any]) -> Any:
-    def forward() -> None:
-        session.run(None, feed)
-
-    return forward
