@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime bench-tune bench-tune-data bench-dense bench-dense-detection venv clean
+.PHONY: run test test-slow zoo-test zoo-timm bench bench-fidelity bench-training bench-onnxruntime bench-tune bench-tune-onnxruntime bench-tune-data bench-dense bench-dense-detection venv clean
 
 venv: $(STAMP)
 
@@ -59,6 +59,10 @@ bench: $(DEV_STAMP)
 # timed in 3 fresh processes (~40 min on 2 cores; measurements cached in /tmp/octswap-tune).
 bench-tune: $(STAMP)
 	$(BIN)/python benchmarks/bench_tune.py
+
+# The same for ONNX Runtime: mobilenet_v2 tuned and timed in ONNX Runtime sessions (octswap[export]).
+bench-tune-onnxruntime: $(STAMP)
+	$(BIN)/python benchmarks/bench_tune.py --runtime onnxruntime --models mobilenet_v2
 
 # octswap tune with data: resnet18 trained on real digits at 128x128, tuned at three latency
 # targets against every uniform alpha (agreement after BN re-estimation, latency side by side),

@@ -3,7 +3,9 @@
 For each model (segmentation_models_pytorch architectures with a resnet34 and a
 mobilenet_v2 encoder at 256x256; every torchvision segmentation model at 256x256 and every
 detection model built with ``min_size=max_size=320``, so the network runs at 320x320 --
-SSDs at their own 300 or 320),
+SSDs at their own 300 or 320; two-stage detectors with NMS off and every score kept, so both
+models run their heads on the same number of proposals and detections, see FIXED_WORKLOAD;
+random weights seeded alike in every process),
 converted at --alpha (default 0.5) with the default policy (or --policy's rules):
 
 - mode and graph-mode regions (auto: the whole model, else its parts that trace);
@@ -38,13 +40,22 @@ import torch
 
 import octswap
 from octswap.flops import count_cost
-from octswap.latency import measure_latency
-from octswap.plan import example_input
+from octswap.latency import measure_latency, timing_input
 from octswap.rewrite.graph.planning import is_alone
 from octswap.rewrite.regions.rewriter import LAYER_MODE
 
 SMP_ARCHS = ("Unet", "FPN", "DeepLabV3Plus", "UnetPlusPlus", "PSPNet", "Linknet")
 SMP = [f"smp:{arch}:{encoder}" for arch in SMP_ARCHS for encoder in ("resnet34", "mobilenet_v2")]
+
+
+# Two-stage detectors run their box (mask, keypoint) heads once per proposal (detection), and how
+# many survive NMS depends on the weights: with random weights, a converted model kept 4% fewer
+# proposals than its original in one process and far fewer in another, which made the heads' time
+# -- most of the whole -- differ for reasons that are not the convs (a 0.47 "latency ratio" for a
+# FLOPs ratio of 0.80). With NMS off and every score kept, both models run their heads on the same
+# counts: rpn_post_nms_top_n_test (1000) proposals and box_detections_per_img (100) detections.
+TWO_STAGE = ("fasterrcnn", "maskrcnn", "keypointrcnn")
+FIXED_WORKLOAD = {"rpn_nms_thresh": 1.0, "box_score_thresh": 0.0, "box_nms_thresh": 1.0}
 
 
 def _torchvision() -> list[str]:
@@ -67,9 +78,12 @@ def build(spec: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
     builder = torchvision.models.get_model_builder(rest)
     kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None}
+    torch.manual_seed(0)  # the same random weights in every process
     if rest in torchvision.models.list_models(module=torchvision.models.detection):
         if not rest.startswith("ssd"):  # SSDs resize to their own 300 or 320
             kwargs.update(min_size=320, max_size=320)
+        if rest.startswith(TWO_STAGE):
+            kwargs.update(FIXED_WORKLOAD)
         return builder(**kwargs).eval(), (3, 320, 320)
     return builder(**kwargs).eval(), (3, 256, 256)
 
@@ -83,7 +97,7 @@ def _flops(model: torch.nn.Module, x: torch.Tensor) -> Any:
 
 def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     model, shape = build(spec)
-    x = example_input(shape)
+    x = timing_input(1, shape)  # the image the models are timed on: FLOPs of the same work
     policy = octswap.load_policy(args.policy) if args.policy else None
     converted, plan = octswap.convert(model, policy, alpha=args.alpha, input_shape=shape)
     layered, _ = octswap.convert(model, policy, alpha=args.alpha, input_shape=shape, mode="layer")

@@ -10,13 +10,15 @@ optionally with a latency target (``resnet50=0.65``):
 2. in each of --processes fresh processes, convert it with the tuned policy and with the
    default policy at --uniform-alpha (0.25: the default), and time both against the original
    side by side (``octswap.measure_latency``: prepared alike, BatchNorm folded,
-   channels-last, packed weights; --rounds interleaved rounds);
+   channels-last, packed weights; --rounds interleaved rounds; with ``--runtime onnxruntime``
+   the tune times ONNX Runtime sessions and the checks ``octswap.latency.measure_onnxruntime_latency``);
 3. print one Markdown row: tune minutes, units, convs converted, FLOPs ratio, predicted and
    measured latency ratio (median over processes, range), the uniform default's ratio.
 
 Usage:
     .venv/bin/python benchmarks/bench_tune.py [--models densenet121,mobilenet_v2,resnet50=0.65]
         [--batch 8] [--threads 2] [--processes 3] [--rounds 7] [--cache-dir /tmp/octswap-tune]
+        [--runtime pytorch|onnxruntime]
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def build(spec: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 
 def _paths(args: argparse.Namespace, spec: str) -> tuple[Path, Path]:
-    stem = spec.replace(":", "-").replace("=", "-")
+    stem = spec.replace(":", "-").replace("=", "-") + f"-b{args.batch}-t{args.threads}"
+    stem += "-ort" if args.runtime == "onnxruntime" else ""
     folder = Path(args.cache_dir)
-    return folder / f"{stem}-b{args.batch}-t{args.threads}.yaml", folder / f"{stem}-b{args.batch}-t{args.threads}.json"
+    return folder / f"{stem}.yaml", folder / f"{stem}.json"
 
 
 def tune_worker(spec: str, target: float | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def tune_worker(spec: str, target: float | None, args: argparse.Namespace) -> di
     policy_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = tune(model, input_shape=shape, target_latency=target, batch=args.batch, threads=args.threads,
-                  rounds=5, cache=cache, resume=True, model_key=spec)  # fmt: skip
+                  runtime=args.runtime, rounds=5, cache=cache, resume=True, model_key=spec)  # fmt: skip
     seconds = time.perf_counter() - start
     policy_file.write_text(policy_yaml(result, model=spec), encoding="utf-8")
     octswap.load_policy(policy_file)
@@ -82,8 +85,14 @@ def check_worker(spec: str, policy_file: str, args: argparse.Namespace) -> dict[
     uniform = octswap.Policy(alpha=args.uniform_alpha)
     for label, policy in (("tuned", octswap.load_policy(policy_file)), ("uniform", uniform)):
         converted, _ = octswap.convert(model, policy, input_shape=shape)
-        result = octswap.measure_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
-                                         rounds=args.rounds, memory=False)[0]  # fmt: skip
+        if args.runtime == "onnxruntime":
+            from octswap.latency import measure_onnxruntime_latency
+
+            result = measure_onnxruntime_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
+                                                 rounds=args.rounds)[0]  # fmt: skip
+        else:
+            result = octswap.measure_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
+                                             rounds=args.rounds, memory=False)[0]  # fmt: skip
         out[label] = result.ratio
         out[f"{label}_original_ms"] = result.original.median * 1e3
     return out
@@ -105,6 +114,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--cache-dir", default="/tmp/octswap-tune")
+    parser.add_argument("--runtime", choices=("pytorch", "onnxruntime"), default="pytorch",
+                        help="what to tune and time in (onnxruntime: exported files in ONNX Runtime sessions)")
     parser.add_argument("--uniform-alpha", type=float, default=0.25, help="the default policy's alpha to compare with")
     parser.add_argument("--worker", choices=("tune", "check"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -122,12 +133,12 @@ def main() -> None:
             print(json.dumps(check_worker(args.spec, args.policy, args)), flush=True)
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, batch {args.batch}, "
-          f"{args.threads} threads; latency ratios: median over {args.processes} processes (range), "
+          f"{args.threads} threads, runtime {args.runtime}; latency ratios: median over {args.processes} processes (range), "
           f"{args.rounds} interleaved rounds each")  # fmt: skip
     print("| model | target | tune min | units tuned | convs converted | FLOPs ratio | predicted | measured | "
           f"uniform α={args.uniform_alpha:g} |\n|---|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
     common = ["--batch", str(args.batch), "--threads", str(args.threads), "--rounds", str(args.rounds),
-              "--cache-dir", args.cache_dir, "--uniform-alpha", str(args.uniform_alpha)]  # fmt: skip
+              "--cache-dir", args.cache_dir, "--uniform-alpha", str(args.uniform_alpha), "--runtime", args.runtime]  # fmt: skip
     for item in args.models.split(","):
         spec, _, target = item.partition("=")
         tuned = _run(["--worker", "tune", "--spec", spec, *(["--target", target] if target else []), *common])

@@ -18,7 +18,8 @@ digits' own 30% held-out split as validation):
 
 Prints a Markdown table (policy, measured latency ratio, agreement after BatchNorm
 re-estimation, and for each tuned policy whether it beats every uniform alpha whose measured
-latency is no lower), then the healing line. Timings are single measurements of --rounds
+latency is no lower), draws the middle tune's trade-off (--out/tradeoff-digits.png), then
+the healing line. Timings are single measurements of --rounds
 interleaved rounds: run it on an otherwise idle machine.
 
 Usage:
@@ -47,6 +48,7 @@ from digits import accuracy, digits_split, train
 import octswap
 from octswap.distillation import HealOptions, heal
 from octswap.tuning import tune
+from octswap.tuning.plot import write_tradeoff_plot
 from octswap.tuning.tuner import DEFAULT_ALPHAS
 
 SHAPE = (3, 128, 128)
@@ -80,7 +82,7 @@ def measure(model: torch.nn.Module, converted: torch.nn.Module, calibration: lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", default="0.55,0.65,0.75")
+    parser.add_argument("--targets", default="0.75,0.82,0.9")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of the original")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=8)
@@ -110,22 +112,35 @@ def main() -> None:
           f"{args.threads} threads; original resnet18: {original_accuracy * 100:.2f}% on {len(y_val)} held-out "
           "digits", flush=True)  # fmt: skip
     rows: list[dict[str, Any]] = []
+    uniform_file = args.out / f"uniform-b{args.batch}-t{args.threads}.json"  # kept: a rerun reuses them
+    done = json.loads(uniform_file.read_text()) if uniform_file.exists() else {}
     for alpha in DEFAULT_ALPHAS:
-        converted, _ = octswap.convert(model, octswap.Policy(alpha=alpha), input_shape=SHAPE)
-        rows.append({"policy": f"uniform α = {alpha:g}", **measure(model, converted, calibration, val, args)})
+        if f"{alpha:g}" not in done:
+            converted, _ = octswap.convert(model, octswap.Policy(alpha=alpha), input_shape=SHAPE)
+            measured = measure(model, converted, calibration, val, args)
+            done[f"{alpha:g}"] = {"agreement": measured["agreement"], "ratio": measured["ratio"]}
+            uniform_file.write_text(json.dumps(done, indent=1))
+        rows.append({"policy": f"uniform α = {alpha:g}", **done[f"{alpha:g}"]})
         print(f"  uniform {alpha:g}: ratio {rows[-1]['ratio']:.3f}, agreement {rows[-1]['agreement']:.4f}",
               flush=True)  # fmt: skip
     targets = [float(t) for t in args.targets.split(",")]
     cache = args.out / f"tune-b{args.batch}-t{args.threads}.json"
+    results = []
     for target in targets:
         started = time.perf_counter()
-        result = tune(model, input_shape=SHAPE, target_latency=target, data=calibration,
-                      calibrate_batches=args.calibrate_bn, eval_batches=args.eval_batches, batch=args.batch, threads=args.threads, cache=cache,
-                      resume=cache.exists(), model_key="resnet18-digits128", data_key="digits-train")  # fmt: skip
+        try:
+            result = tune(model, input_shape=SHAPE, target_latency=target, data=calibration,
+                          calibrate_batches=args.calibrate_bn, eval_batches=args.eval_batches, batch=args.batch,
+                          threads=args.threads, cache=cache, resume=cache.exists(), model_key="resnet18-digits128",
+                          data_key="digits-train")  # fmt: skip
+        except octswap.InputError as error:  # a target no policy reaches here
+            print(f"  tuned {target:g}: {error}", flush=True)
+            continue
         converted, _ = octswap.convert(model, result.policy, input_shape=SHAPE)
         row = {"policy": f"tuned, target {target:g}", "target": target, "tune_seconds": time.perf_counter() - started,
                "predicted": result.predicted_ratio, **measure(model, converted, calibration, val, args)}  # fmt: skip
         rows.append(row)
+        results.append(result)
         print(f"  tuned {target:g}: ratio {row['ratio']:.3f}, agreement {row['agreement']:.4f} "
               f"({row['tune_seconds'] / 60:.1f} min)", flush=True)  # fmt: skip
     uniform = [r for r in rows if "target" not in r]
@@ -138,7 +153,14 @@ def main() -> None:
             verdict = "yes" if all(r["agreement"] > u["agreement"] for u in slower) else "no"
             verdict += f" ({len(slower)} uniform no faster)"
         print(f"| {r['policy']} | {r['ratio']:.3f} | {r['agreement'] * 100:.2f}% | {verdict} |")
-    middle = [r for r in rows if "target" in r][len(targets) // 2]
+    tuned = [r for r in rows if "target" in r]
+    if not tuned:
+        return
+    middle = tuned[len(tuned) // 2]
+    plot = args.out / "tradeoff-digits.png"
+    write_tradeoff_plot(results[len(tuned) // 2], [plot], force=True,
+                        title=f"resnet18 on digits, 3x128x128, batch {args.batch}, {args.threads} threads")
+    print(f"\ntrade-off of the tune at target {middle['target']:g}: {plot}")
     options = HealOptions(epochs=args.heal_epochs, batch_size=64, workers=0, calibrate_bn=args.calibrate_bn)
     started = time.perf_counter()
     healed = heal(copy.deepcopy(middle["converted"]), model, TensorDataset(x_train, y_train), options=options)

@@ -291,6 +291,8 @@ def _fit(run: Run, state: TrainingState, criterion: Criterion, hooks: _Hooks) ->
                            time.perf_counter() - started, run.lr, fidelity)  # fmt: skip
         state.finish_epoch(done)
         reached = fidelity is not None and options.target is not None and fidelity.agreement >= options.target
+        # An F1 of 1 because neither model detected anything is no agreement to stop at.
+        reached = reached and not (fidelity.detection is not None and not fidelity.detection.detections_original)
         state.stopped_early = broadcast_flag(reached, world) and state.epoch < options.epochs
         saved = {**state.to_dict(run), "stopped_early": state.stopped_early}
         if world.is_main:

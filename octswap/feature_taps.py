@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from octswap.errors import InputError
 
@@ -29,6 +29,21 @@ __all__ = ["Tapped"]
 
 class _Enough(Exception):
     """Raised by the last hook: every watched module has run."""
+
+
+def _why(model: nn.Module, name: str) -> str:
+    """Why ``name`` may not have run: it sits inside a traced graph that calls only its leaves."""
+    parts = name.split(".")
+    for depth in range(len(parts)):
+        owner = model.get_submodule(".".join(parts[:depth]))
+        if isinstance(owner, fx.GraphModule):
+            called = {str(n.target) for n in owner.graph.nodes if n.op == "call_module"}
+            rest = ".".join(parts[depth:])
+            if rest not in called:
+                return (" (the converted model was traced there, so only the layers its graph calls run: "
+                        "distil its outputs without --features, or convert with --mode layer)")
+            return ""
+    return ""
 
 
 class Tapped(nn.Module):
@@ -78,7 +93,7 @@ class Tapped(nn.Module):
                 handle.remove()
         missing = [n for n in self.names if n not in self._seen]
         if missing:
-            raise InputError(f"--features: {', '.join(missing)} did not run in the model's forward")
+            raise InputError(f"--features: {', '.join(missing)} did not run in the model's forward{_why(self.model, missing[0])}")
         if self._calls is None:
             self._calls = {n: len(self._seen[n]) for n in self.names}
         seen, self._seen = self._seen, {}

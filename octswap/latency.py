@@ -28,8 +28,8 @@ from torch import nn
 from octswap.errors import InputError
 from octswap.inference import InferenceOptions
 
-__all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency", "session_forward", "session_run",
-           "side_by_side", "check_device", "inference_call"]
+__all__ = ["RUNTIMES", "LatencyResult", "Timing", "measure_latency", "measure_onnxruntime_latency", "session_forward",
+           "session_run", "timing_input", "side_by_side", "check_device", "inference_call"]
 
 #: Runtimes ``octswap bench --runtime`` times models in.
 RUNTIMES = ("pytorch", "onnxruntime")
@@ -118,6 +118,15 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+def timing_input(batch: int, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    """What models are timed on: uniform in [0, 1] as images are, the same in every run (seed 0).
+
+    Convs take the same time on any values, but a detector's heads do not: how many proposals
+    and detections survive depends on its input, and torchvision's detectors expect images in
+    [0, 1] (they normalise inside). Seeded, both models and every process see one input."""
+    return torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
 def measure_latency(
     original: nn.Module,
     converted: nn.Module,
@@ -167,7 +176,7 @@ def measure_latency(
     layout = torch.channels_last if options.channels_last else torch.contiguous_format
     results = []
     for batch in batches:
-        x = torch.randn(batch, *input_shape, device=dev).contiguous(memory_format=layout)
+        x = timing_input(batch, input_shape).to(dev).contiguous(memory_format=layout)
         peaks: list[int | None] = [None, None]
         if memory and not options.compile:
             peaks = [measure_activations(m, x).peak for m in models]
@@ -271,7 +280,7 @@ def measure_onnxruntime_latency(
             # One session per file and batch size, the shape fixed in it (the files keep it dynamic).
             fixed = {"batch": batch, "height": input_shape[1], "width": input_shape[2]}
             sessions = [onnxruntime_session(p, threads=threads, device=str(dev), fixed_dims=fixed) for p in paths]
-            x = torch.randn(batch, *input_shape).numpy()
+            x = timing_input(batch, input_shape).numpy()
             forwards = [session_forward(session, x) for session in sessions]
             timings = side_by_side(forwards, threads, rounds=rounds, min_round_time=min_round_time)
             results.append(LatencyResult(batch, threads, str(dev), InferenceOptions(True, False, False, False),

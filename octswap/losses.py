@@ -84,14 +84,17 @@ def channel_wise_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def _normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Per sample and channel ``mean((s - t)^2) / (var(t) + eps)`` over the positions (over all
     of a sample's values when there is one position or no channel dim), averaged;
-    ``eps`` is 1e-3 of the sample's mean variance plus 1e-8, so dead channels stay finite."""
+    ``eps`` is 1e-3 of the sample's mean variance and of its mean square, plus 1e-8, so dead
+    channels stay finite, and so do maps that are near-constant as a whole (a constant map is
+    then matched to about its relative error, not to 1e8 times its absolute one)."""
     n = len(t)
     if t.ndim >= 3 and t[0, 0].numel() > 1:
         t, s = t.reshape(n, t.shape[1], -1), s.reshape(n, t.shape[1], -1)
     else:
         t, s = t.reshape(n, 1, -1), s.reshape(n, 1, -1)
     variance = t.var(2, unbiased=False)  # [N, C]
-    eps = 1e-3 * variance.mean(1, keepdim=True) + 1e-8
+    power = t.pow(2).mean((1, 2)).unsqueeze(1)  # [N, 1]
+    eps = 1e-3 * (variance.mean(1, keepdim=True) + power) + 1e-8
     return ((s - t).pow(2).mean(2) / (variance + eps)).mean()
 
 

@@ -90,7 +90,7 @@ class ModelSource:
         if chosen is None:
             raise WeightsError(
                 f"the original {self.name} was converted from random weights (none recorded); "
-                "give its trained weights file"
+                "give its trained weights file (--teacher-weights FILE; weights= in Python)"
             )
         if self.kind not in ("torchvision", "import", "timm"):
             raise ModelLoadError(f"a {self.kind!r} model source cannot be rebuilt; pass the original model")
@@ -156,6 +156,8 @@ def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Mo
     # Segmentation/detection builders fetch ImageNet backbone weights unless told not to.
     if "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
         kwargs = {"weights_backbone": None, **kwargs}
+    if "weights" in kwargs:
+        raise ModelLoadError(f"give {name}'s weights with --weights (weights= in Python), not as a builder argument")
     try:
         with _no_downloads():
             return models.get_model(name, weights=weights, **kwargs)

@@ -241,6 +241,24 @@ def test_command_help_exits_0(runner, command):
     assert "Usage:" in result.stdout and "error" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["frobnicate"], "No such command 'frobnicate'. (see 'octswap --help')"),
+        (["convert", TINY, "-f", "xml"], "Invalid value for '--format'"),
+        (["convert", TINY, "--alpah", "0.5"], "No such option: --alpah"),
+        (["bench", TINY, "--rounds", "0"], "Invalid value for '--rounds'"),
+    ],
+)
+def test_usage_errors_are_one_line(runner, args, message):
+    """click's own usage errors read like every other input error: one line, exit 2."""
+    result = run(runner, *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("octswap: error: ") and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Usage:" not in result.output
+    assert run(runner, "convert").exit_code == 2  # nothing to convert: click's "Missing argument", one line too
+
+
 def test_python_dash_m_runs_the_cli():
     """`torchrun ... -m octswap.cli heal ...` (README) needs the package to run as a module."""
     import subprocess

@@ -150,14 +150,17 @@ def test_detection_figures_by_hand():
     assert data["task"] == "detection" and data["matched"] == 2 and data["map50_original"] == pytest.approx(1.0)
 
 
-def test_identical_detections_and_none_at_all():
+def test_identical_detections_and_none_at_all(caplog, monkeypatch):
+    monkeypatch.setattr("octswap.fidelity.detection._WARNED_EMPTY", set())
     same = [dets([[0, 0, 10, 10]], [0.9], [1])]
     fid = measure_fidelity(Table(same), Table(same), [inputs(1)], stages=())
+    assert "made no detection" not in caplog.text
     assert fid.agreement == 1.0 and fid.detection.map50_vs_original == pytest.approx(1.0)
     assert fid.detection.map50_original is None  # no annotations
     empty = [dets([], [], [])]
     fid = measure_fidelity(Table(empty), Table(empty), [inputs(1)], stages=())
     assert fid.agreement == 1.0 and fid.detection.precision is None and fid.detection.map50_vs_original is None
+    assert "the original made no detection with score >= 0.5" in caplog.text  # an F1 of 1 that says nothing
 
 
 def test_detection_without_torchmetrics(monkeypatch):

@@ -60,7 +60,7 @@ def test_feature_loss_by_hand():
     want = 0.0
     for n in range(2):
         var = [float(t[n, c].var(unbiased=False)) for c in range(3)]
-        eps = 1e-3 * sum(var) / 3 + 1e-8
+        eps = 1e-3 * (sum(var) / 3 + float(t[n].pow(2).mean())) + 1e-8
         want += sum(float((s[n, c] - t[n, c]).pow(2).mean()) / (var[c] + eps) for c in range(3)) / 6
     assert float(features_loss({"a": s}, {"a": t})) == pytest.approx(want, rel=1e-5)
     # The mean over tensors; identical tensors add 0; the teacher's scale sets the unit.
@@ -68,6 +68,17 @@ def test_feature_loss_by_hand():
     assert float(features_loss({"a": s * 10}, {"a": t * 10})) == pytest.approx(want, rel=1e-5)
     with pytest.raises(octswap.InputError, match="no output tensor of the same shape"):
         features_loss({"a": s}, {"b": t})
+
+
+def test_feature_loss_stays_finite_on_a_near_constant_teacher():
+    # A feature map that is constant up to rounding (as random-weight detectors give): its
+    # variance is ~1e-17, so dividing by it alone made a 1% error a loss of ~1e7.
+    gen = torch.Generator().manual_seed(2)
+    t = 0.5 + 1e-9 * torch.randn(2, 3, 8, 8, generator=gen)
+    s = t * 1.01
+    # Per sample: (0.005)^2 over 1e-3 * (mean variance ~0 + mean square 0.25) + 1e-8.
+    want = 0.005**2 / (1e-3 * 0.25 + 1e-8)
+    assert float(features_loss(s, t)) == pytest.approx(want, rel=1e-3)
 
 
 # ------------------------------------------------------------------ segmentation
@@ -132,6 +143,21 @@ def test_tapped_returns_the_watched_outputs_and_skips_the_rest(features):
     assert len(teacher(x)) == 2  # no hook left behind: the model is a plain model again
     with pytest.raises(octswap.InputError, match="'neck' is not a submodule"):
         Tapped(teacher, ["neck"])
+
+
+def test_tapped_says_why_a_module_of_a_traced_graph_did_not_run():
+    net = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()), torch.nn.Conv2d(8, 4, 1),
+    ).eval()
+    traced = torch.fx.symbolic_trace(net)  # calls the leaves: "0" is a container it never calls
+    with pytest.raises(octswap.InputError, match=r"0 did not run .*traced there, .*--mode layer"):
+        Tapped(traced, ["0"])(torch.randn(1, 3, 8, 8))
+    assert set(Tapped(traced, ["0.0"])(torch.randn(1, 3, 8, 8))) == {"0.0"}
+    unused = torch.nn.Module()
+    unused.conv, unused.spare = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+    unused.forward = lambda x: unused.conv(x)
+    with pytest.raises(octswap.InputError, match=r"spare did not run in the model's forward$"):
+        Tapped(unused, ["spare"])(torch.randn(1, 3, 8, 8))
 
 
 def test_feature_distillation_raises_similarity(features):
@@ -230,7 +256,8 @@ def test_feature_distillation_under_ddp_matches_one_process(features, tmp_path):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-4), key
 
 
-def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path):
+def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path, monkeypatch):
+    monkeypatch.setattr("octswap.fidelity.detection._WARNED_EMPTY", set())
     folder = write_scenes(tmp_path / "scenes", 8, seed=3)
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
@@ -241,9 +268,14 @@ def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path):
                     "-a", "0.5", "-o", tmp_path / "oct.pt")  # fmt: skip
     assert converted.exit_code == 0, converted.output
     result = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--annotations", folder / "instances.json",
-                 "--epochs", "1", "--batch-size", "4", "--calibrate-bn", "1", "-f", "json", "--workers", "0")
+                 "--val", folder / "images", "--val-annotations", folder / "instances.json", "--target", "0.01",
+                 "--epochs", "2", "--batch-size", "4", "--calibrate-bn", "1", "-f", "json", "--workers", "0")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)["healing"]
+    # Untrained, the detector scores every class about 1/4: no detection reaches 0.5, so F1 is 1 with
+    # nothing detected. That is no agreement to stop at: both epochs run, and the figures say why.
+    assert record["fidelity"]["healed"]["detections_original"] == 0 and len(record["history"]) == 2
+    assert result.stderr.count("the original made no detection") == 1  # said once, not at every evaluation
     assert record["options"]["task"] == "detection" and record["options"]["distill"] == "features"
     assert record["options"]["features"] == ["backbone", "rpn.head"]
     assert record["fidelity"]["healed"]["task"] == "detection" and record["fidelity"]["healed"]["map50_original"] is not None

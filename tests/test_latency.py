@@ -39,6 +39,32 @@ def test_models_are_prepared_alike_on_copies():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+class _Recorder(torch.nn.Module):
+    """Records what it is called on (an image model whose work could depend on it, as a detector's).
+    The record is kept on the class: measure_latency times deep copies."""
+
+    seen: list[torch.Tensor] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        _Recorder.seen.append(x.detach().clone())
+        return self.conv(x)
+
+
+def test_both_models_and_every_run_see_one_image_like_input(monkeypatch):
+    monkeypatch.setattr(_Recorder, "seen", [])
+    for _ in range(2):
+        measure_latency(_Recorder().eval(), _Recorder().eval(), (3, 8, 8), batches=(2,), rounds=2,
+                        min_round_time=0.0, memory=False, options=InferenceOptions(fold_bn=False))  # fmt: skip
+    inputs = _Recorder.seen
+    assert len(inputs) >= 4 and all(torch.equal(x, inputs[0]) for x in inputs)
+    assert inputs[0].shape == (2, 3, 8, 8) and 0 <= float(inputs[0].min()) and float(inputs[0].max()) <= 1
+    assert float(inputs[0].std()) > 0.2  # uniform in [0, 1]: std 0.29, not a constant image
+
+
 def test_bench_command_json():
     result = CliRunner().invoke(app, ["bench", "tests.nets:tiny_resnet", "-s", "16", "-a", "0.5", "--batch", "1",
                                       "--rounds", "2", "--format", "json"])  # fmt: skip

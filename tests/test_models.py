@@ -163,3 +163,5 @@ def test_smp_models_by_import_path_are_built_without_pretrained_encoders(monkeyp
 def test_a_value_a_torchvision_builder_rejects_is_a_model_error():
     with pytest.raises(ModelLoadError, match="cannot build fasterrcnn_mobilenet_v3_large_320_fpn"):
         load_model("fasterrcnn_mobilenet_v3_large_320_fpn", kwargs={"weights_backbone": "bogus"})
+    with pytest.raises(ModelLoadError, match="give resnet18's weights with --weights"):
+        load_model("resnet18", kwargs={"weights": "IMAGENET1K_V1"})

@@ -226,6 +226,24 @@ def test_a_units_drop_is_the_agreement_it_costs_after_batchnorm_re_estimation(di
     assert table.drop(unit.name, 0.0) == 0.0 and table.measured == 1
 
 
+def test_equal_measured_drops_are_told_apart_by_how_much_changes(digits_like):
+    """Units that measure the same drop (0 on a few hundred samples) must not look free to convert:
+    the change proxy, scaled far below a measurement's resolution, breaks the tie."""
+    from octswap.tuning.objectives import TIE_BREAK, Objectives
+
+    class Flat:  # every unit measures no drop at all
+        def drop(self, unit, alpha):
+            return 0.0
+
+    model, _ = digits_like
+    space = SearchSpace(model, policy=Policy(), input_shape=(3, 16, 16))
+    objectives = Objectives(space, None, Flat(), None)
+    big = max(space.units, key=lambda u: u.macs)
+    small = min(space.units, key=lambda u: u.macs)
+    assert 0 < objectives.drop(small, 0.25) < objectives.drop(small, 0.5) < objectives.drop(big, 0.5) <= TIE_BREAK
+    assert objectives.drop(big, 0.5) == pytest.approx(TIE_BREAK * 0.5 * big.macs / sum(u.macs for u in space.units))
+
+
 def test_max_drop_keeps_the_measured_agreement_within_the_budget(digits_like):
     model, loader = digits_like
     result = tune(model, input_shape=(3, 16, 16), data=loader, max_drop=2.0, calibrate_batches=3, alphas=(0.25, 0.5),

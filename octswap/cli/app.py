@@ -17,11 +17,28 @@ from typer.core import TyperGroup
 from octswap import __version__
 from octswap.cli import bench, convert, export, heal, models, plan, report, tune, zoo
 from octswap.cli.errors import HANDLED, exit_code_for
-from octswap.cli.output import out
+from octswap.cli.output import error_line, out
 
 __all__ = ["app", "main"]
 
 _DEBUG = "--debug"
+
+
+
+def _click_errors(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception ``name`` and, from typer 0.2x on, its vendored copy's (typer._click)."""
+    modules = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.2x ships its own click
+
+        modules.append(vendored)
+    except ImportError:
+        pass
+    return tuple(getattr(m, name) for m in modules if hasattr(m, name))
+
+
+_USAGE = _click_errors("UsageError")
+_NO_ARGS = _click_errors("NoArgsIsHelpError")  # click >= 8.2: a command given nothing shows its help
 
 
 class OctswapGroup(TyperGroup):
@@ -38,6 +55,14 @@ class OctswapGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _NO_ARGS:
+            raise  # `octswap convert` alone: click shows the command's help
+        except _USAGE as error:  # a bad option or value: one line, as every other input error
+            if ctx.meta.get("octswap.debug"):
+                raise
+            command = error.ctx.command_path if error.ctx is not None else "octswap"
+            error_line(f"{error.format_message()} (see '{command} --help')")
+            raise typer.Exit(error.exit_code) from None
         except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException, BrokenPipeError):
             # A command's own exit (typer.Exit subclasses RuntimeError), click's usage errors and
             # a closed stdout (`octswap models | head`) are typer's to handle.

@@ -84,12 +84,17 @@ def healing_csv(healing: dict[str, Any]) -> str:
     return csv_text(fields, rows)
 
 
+def _rate(per_second: float) -> str:
+    """Samples per second for people: three significant figures under 100 (0.25, 4.12, 31.4)."""
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.3g}"
+
+
 def _progress(epochs: int, *, main: bool) -> tuple[Progress, Any, Any]:
     """A progress bar per epoch on stderr, and the callbacks that feed it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.0f} samples/s"),
+                        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]} samples/s"),
                         TimeRemainingColumn(), console=err, transient=True, disable=not main)
     bars: dict[int, Any] = {}
 
@@ -98,12 +103,12 @@ def _progress(epochs: int, *, main: bool) -> tuple[Progress, Any, Any]:
             progress.start()
         if info.epoch not in bars:
             bars[info.epoch] = progress.add_task(f"epoch {info.epoch + 1}/{epochs}", total=info.steps, loss=0.0,
-                                                 speed=0.0)
-        progress.update(bars[info.epoch], completed=info.step, loss=info.loss, speed=info.samples_per_s)
+                                                 speed=_rate(0.0))
+        progress.update(bars[info.epoch], completed=info.step, loss=info.loss, speed=_rate(info.samples_per_s))
 
     def on_epoch(done: Any) -> None:
         line = (f"epoch {done.epoch}/{epochs}: loss {done.loss:.4f}, {done.seconds:.1f} s, "
-                f"{done.samples / max(done.seconds, 1e-9):.0f} samples/s")
+                f"{_rate(done.samples / max(done.seconds, 1e-9))} samples/s")
         if done.fidelity is not None:
             line += f"; validation {done.fidelity.summary()}"
         progress.console.print(line, highlight=False, markup=False)

@@ -22,6 +22,7 @@ from octswap.errors import InputError, MissingExtraError
 from octswap.fidelity.result import DetectionFigures
 
 logger = logging.getLogger(__name__)
+_WARNED_EMPTY: set[float] = set()  # score thresholds at which "the original detected nothing" was said
 
 __all__ = ["DetectionTally", "match_detections"]
 
@@ -132,6 +133,11 @@ class DetectionTally:
     def figures(self) -> dict[str, Any]:
         """:class:`~octswap.fidelity.result.Fidelity` fields of all batches added."""
         n_o, n_c, matched = self.counts["original"], self.counts["converted"], self.counts["matched"]
+        if not n_o and self.score_threshold not in _WARNED_EMPTY:  # once per process: healing evaluates often
+            _WARNED_EMPTY.add(self.score_threshold)
+            logger.warning("the original made no detection with score >= %g on these images, so agreement with it "
+                           "says nothing (F1 %s); lower --score-threshold or give images it detects in",
+                           self.score_threshold, "1 as neither detects" if not n_c else "0")
         annotated = self.annotated and bool(self.against)
         figures = DetectionFigures(
             score_threshold=self.score_threshold,

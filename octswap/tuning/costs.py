@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from octswap.inference import InferenceOptions, optimize_for_inference
-from octswap.latency import inference_call, side_by_side
+from octswap.latency import inference_call, side_by_side, timing_input
 from octswap.layers import OctaveConv2d, OctaveConvBlock
 from octswap.layers.resample import split_frequencies
 from octswap.plan import ConvSite, LayerDecision
@@ -298,7 +298,7 @@ def original_times(model: nn.Module, input_shape: tuple[int, int, int], *, batch
     handles = [h for n, m in convs.items() for h in (m.register_forward_pre_hook(before(n)),
                                                       m.register_forward_hook(after(n)))]  # fmt: skip
     layout = torch.channels_last if options.channels_last else torch.contiguous_format
-    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=layout)
+    x = timing_input(batch, input_shape).to(device).contiguous(memory_format=layout)
     samples: dict[str, list[float]] = {n: [] for n in convs}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

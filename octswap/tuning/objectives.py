@@ -4,7 +4,10 @@ Saving: seconds per forward at the tuning batch (the latency table, predicted fr
 per-conv measurements), or multiply-adds per image (a FLOPs target). Drop: points of
 agreement lost on the user's data (:class:`~octswap.tuning.accuracy.AgreementTable`), or
 without data a proxy for how much of the model changes: alpha times the unit's share of
-the candidate convs' multiply-adds.
+the candidate convs' multiply-adds. With data the proxy, scaled by :data:`TIE_BREAK`, is added
+to the measured drop: many units measure the same drop (0 where a few hundred samples show no
+difference), and without it the search cannot tell converting them from leaving them, so every
+latency target would get the same fastest zero-drop policy rather than the least change.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 
 from octswap.errors import OctswapError
 from octswap.inference import InferenceOptions, optimize_for_inference
-from octswap.latency import inference_call, side_by_side
+from octswap.latency import inference_call, side_by_side, timing_input
 from octswap.plan import LayerDecision
 from octswap.tuning.accuracy import AgreementTable
 from octswap.tuning.cache import MeasurementCache
@@ -26,6 +29,10 @@ from octswap.tuning.search import Option
 from octswap.tuning.space import SearchSpace, Unit
 
 __all__ = ["Objectives", "Progress", "TuneInterrupted", "original_seconds"]
+
+#: Points of agreement per unit of the change proxy, added to measured drops: far below what an
+#: agreement measurement resolves (1/256 of the samples is 0.39 points), so it only breaks ties.
+TIE_BREAK = 1e-3
 
 #: Progress callback: (stage, done, total); total 0 when unknown.
 Progress = Callable[[str, int, int], None]
@@ -63,7 +70,7 @@ def _whole(model: nn.Module, input_shape: tuple[int, int, int], *, batch: int, t
            options: InferenceOptions, rounds: int) -> float:  # fmt: skip
     prepared = optimize_for_inference(copy.deepcopy(model).to(device), options, inplace=True)
     layout = torch.channels_last if options.channels_last else torch.contiguous_format
-    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=layout)
+    x = timing_input(batch, input_shape).to(device).contiguous(memory_format=layout)
     return side_by_side([inference_call(prepared, x)], threads, rounds=rounds, min_round_time=0.2)[0].median
 
 
@@ -98,7 +105,11 @@ class Objectives:
         if self.agreement is not None:
             if self.stop is not None and self.stop():
                 raise TuneInterrupted("stopped on request")
-            return self.agreement.drop(unit.name, alpha)
+            return self.agreement.drop(unit.name, alpha) + TIE_BREAK * self.proxy(unit, alpha)
+        return self.proxy(unit, alpha)
+
+    def proxy(self, unit: Unit, alpha: float) -> float:
+        """How much of the model converting ``unit`` at ``alpha`` changes: alpha x its MAC share."""
         return alpha * unit.macs / self.total_macs
 
     def options(self, alphas: Sequence[float], progress: Progress | None) -> dict[str, list[Option]]:
