@@ -93,7 +93,8 @@ class Tapped(nn.Module):
                 handle.remove()
         missing = [n for n in self.names if n not in self._seen]
         if missing:
-            raise InputError(f"--features: {', '.join(missing)} did not run in the model's forward{_why(self.model, missing[0])}")
+            why = _why(self.model, missing[0])
+            raise InputError(f"--features: {', '.join(missing)} did not run in the model's forward{why}")
         if self._calls is None:
             self._calls = {n: len(self._seen[n]) for n in self.names}
         seen, self._seen = self._seen, {}
