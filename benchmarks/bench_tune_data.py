@@ -112,7 +112,8 @@ def main() -> None:
           f"{args.threads} threads; original resnet18: {original_accuracy * 100:.2f}% on {len(y_val)} held-out "
           "digits", flush=True)  # fmt: skip
     rows: list[dict[str, Any]] = []
-    uniform_file = args.out / f"uniform-b{args.batch}-t{args.threads}.json"  # kept: a rerun reuses them
+    # Kept, beside the trained weights they were measured on (same seed): a rerun reuses them.
+    uniform_file = args.out / f"uniform-seed{args.seed}-b{args.batch}-t{args.threads}.json"
     done = json.loads(uniform_file.read_text()) if uniform_file.exists() else {}
     for alpha in DEFAULT_ALPHAS:
         if f"{alpha:g}" not in done:
