@@ -156,7 +156,20 @@ def save(
 ) -> Path:
     """Write a converted model as an octswap checkpoint.
 
+    Args:
+        path: The file to write (atomically: a temporary file, then a rename).
+        model: The converted model (as :func:`octswap.convert` returned it, trained or not).
+        plan: The plan :func:`octswap.convert` returned with it; :func:`octswap.load` replays it.
+        source: How to rebuild the original architecture: what :func:`octswap.load_model`
+            returns beside the model, or ``octswap.ModelSource("torchvision", "resnet50")``,
+            ``ModelSource("timm", "timm:resnet18")``, ``ModelSource("import", "pkg.mod:factory",
+            kwargs={...})``. A ``"user"`` source (an in-memory model) saves, but loading it
+            needs the original model passed to :func:`octswap.load`.
+        report, healing, training: Summaries kept in the file (shown by ``octswap report``).
+        force: Overwrite an existing file.
+
     Example:
+        >>> model, source = octswap.load_model("resnet50")                         # doctest: +SKIP
         >>> converted, plan = octswap.convert(model, alpha=0.25)                 # doctest: +SKIP
         >>> octswap.save("resnet50-oct0.25.pt", converted, plan, source=source)  # doctest: +SKIP
 
