@@ -165,7 +165,9 @@ def save(
             ``ModelSource("timm", "timm:resnet18")``, ``ModelSource("import", "pkg.mod:factory",
             kwargs={...})``. A ``"user"`` source (an in-memory model) saves, but loading it
             needs the original model passed to :func:`octswap.load`.
-        report, healing, training: Summaries kept in the file (shown by ``octswap report``).
+        report, healing, training: Summaries kept in the file beside the model (``report``:
+            :meth:`Report.summary`; ``healing``, ``training``: what heal and training record);
+            :func:`read` returns them on the :class:`Checkpoint`.
         force: Overwrite an existing file.
 
     Example:
