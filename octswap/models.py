@@ -27,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from octswap.builder_args import warn_unclaimed
 from octswap.errors import ModelLoadError, WeightsError, one_line, path_argument
 from octswap.serialization import load_tensors
 from octswap.timm_models import PREFIX as TIMM_PREFIX
@@ -160,11 +161,13 @@ def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Mo
         raise ModelLoadError(f"give {name}'s weights with --weights (weights= in Python), not as a builder argument")
     try:
         with _no_downloads():
-            return models.get_model(name, weights=weights, **kwargs)
+            model = models.get_model(name, weights=weights, **kwargs)
     except TypeError as err:
         raise ModelLoadError(f"cannot build {name} with {kwargs}: {err}") from None
     except (ValueError, LookupError) as err:  # LookupError: a weights enum name it does not know
         raise ModelLoadError(f"cannot build {name}: {_short(one_line(err))}") from None
+    warn_unclaimed(name, models.get_model_builder(name), model, kwargs)
+    return model
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -222,6 +225,7 @@ def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ModelLoadError(f"cannot build {path} with {kwargs}: {why}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path} returned a {type(model).__name__}, not an nn.Module")
+    warn_unclaimed(path, obj, model, kwargs)
     return model
 
 

@@ -215,6 +215,20 @@ def output_tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from output_tensors(v)
 
 
+def run_once(model: nn.Module, input_shape: tuple[int, int, int]) -> Any:
+    """``model``'s output, in eval mode without gradients, on :func:`example_input` (batch 1).
+
+    Raises:
+        InputError: the model does not run at this input shape (any exception its code raises).
+    """
+    try:
+        with eval_mode(model), torch.no_grad():
+            return model(example_input(input_shape))
+    except Exception as err:  # noqa: BLE001 - any failure of user code means "does not run here"
+        shape = "x".join(map(str, (1, *input_shape)))
+        raise InputError(f"the model does not run on an input of shape {shape}: {type(err).__name__}: {err}") from err
+
+
 def example_input(input_shape: tuple[int, int, int], *, batch: int = 1) -> torch.Tensor:
     """The deterministic random input used for probing, verifying and counting."""
     gen = torch.Generator().manual_seed(0)
@@ -258,11 +272,7 @@ def probe(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[Con
 
     handles = [m.register_forward_hook(hook(name)) for name, m in convs]
     try:
-        with eval_mode(model), torch.no_grad():
-            output = model(example_input(input_shape))
-    except Exception as err:  # noqa: BLE001 - any failure of user code means "does not run here"
-        shape = "x".join(map(str, (1, *input_shape)))
-        raise InputError(f"the model does not run on an input of shape {shape}: {type(err).__name__}: {err}") from err
+        output = run_once(model, input_shape)
     finally:
         for handle in handles:
             handle.remove()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -39,6 +41,15 @@ class TinyResNet(nn.Module):
 
 def tiny_resnet(num_classes: int = 10) -> TinyResNet:
     return TinyResNet(num_classes)
+
+
+def tiny_resnet_kwargs(num_classes: int = 10, **kwargs: Any) -> TinyResNet:
+    """Like torchvision's builders: ``**kwargs`` reach a constructor (``TinyResNet(num_classes)``) that
+    may not use them all; ``scale`` is taken here (a string fails only when the model runs)."""
+    scale = kwargs.pop("scale", 1.0)
+    model = TinyResNet(num_classes)
+    model.stem.register_forward_pre_hook(lambda module, args: (args[0] * scale,))
+    return model
 
 
 class Gated(TinyResNet):

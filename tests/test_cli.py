@@ -146,6 +146,11 @@ def _policy(tmp_path, name, text):
         (["convert", TINY, "--input-size", "big"], 2, "--input-size: expected N, HxW or CxHxW"),
         (["convert", TINY, "--input-size", "1x16x16"], 2, "does not run on an input of shape 1x1x16x16"),
         (["convert", TINY, "--model-arg", "oops"], 2, "--model-arg: expected KEY=VALUE"),
+        (["convert", TINY, "-m", "num_classes=[1"], 2, "--model-arg num_classes: '[1' is not a valid YAML value"),
+        (["plan", TINY, "-m", "num_classes=a: b: c"], 2, "--model-arg num_classes: 'a: b: c' is not a valid YAML value"),
+        (["bench", TINY, "-m", "num_classes=[1"], 2, "--model-arg num_classes: '[1' is not a valid YAML value"),
+        (["convert", f"{TINY}_kwargs", "-s", "16", "-m", "scale=abc"], 2,
+         "does not run on an input of shape 1x3x16x16: TypeError"),
         (["convert", TINY, "-s", "16", "-o", "no/such/dir/m.pt"], 2, "cannot write to no/such/dir"),
         (["convert", TINY, "-s", "16", "--policy", "{unmatched}", "--strict"], 2, "matches no conv"),
         (["report", "{corrupt}"], 2, "cannot read checkpoint"),
@@ -266,3 +271,18 @@ def test_python_dash_m_runs_the_cli():
 
     done = subprocess.run([sys.executable, "-m", "octswap.cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == f"octswap {octswap.__version__}"
+
+
+def test_a_bad_builder_value_is_named_not_the_input_shape(runner, workdir):
+    result = run(runner, "plan", f"{TINY}_kwargs", "-s", "16", "-m", "scale=abc")
+    assert result.exit_code == 2
+    assert "(built with --model-arg scale=abc: check those values)" in result.stderr
+
+
+def test_a_builder_argument_nothing_takes_is_warned_about(runner, workdir):
+    result = run(runner, "plan", f"{TINY}_kwargs", "-s", "16", "-m", "num_clases=3", "-m", "scale=2", "-f", "json")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "model argument" in line]
+    assert len(warnings) == 1, result.stderr  # scale is popped inside the factory's module: no warning
+    assert "num_clases=3" in warnings[0] and "did you mean num_classes?" in warnings[0]
+    json.loads(result.stdout)

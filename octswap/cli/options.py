@@ -127,7 +127,14 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise InputError(f"--model-arg: expected KEY=VALUE, got {item!r}")
-        kwargs[key] = yaml.safe_load(value) if value and value != "None" else None
+        if not value or value == "None":
+            kwargs[key] = None
+            continue
+        try:
+            kwargs[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            reason = str(getattr(exc, "problem", None) or "not a YAML value")
+            raise InputError(f"--model-arg {key}: {value!r} is not a valid YAML value ({reason})") from None
     return kwargs
 
 

@@ -107,8 +107,17 @@ def load(name: str, options: ModelChoice) -> Loaded:
     import octswap
     from octswap.models import default_input_shape
 
-    model, source = octswap.load_model(name, weights=options.weights, kwargs=parse_model_args(options.model_arg))
+    kwargs = parse_model_args(options.model_arg)
+    model, source = octswap.load_model(name, weights=options.weights, kwargs=kwargs)
     shape = parse_input_shape(options.input_size) if options.input_size else default_input_shape(model)
+    if kwargs:  # a bad builder value often fails only when the model runs: name the values, not the shape
+        from octswap.plan import run_once
+
+        try:
+            run_once(model, shape)
+        except InputError as err:
+            given = ", ".join(options.model_arg or ())
+            raise InputError(f"{err} (built with --model-arg {given}: check those values)") from None
     return Loaded(model, source, shape)
 
 
