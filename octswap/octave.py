@@ -27,6 +27,7 @@ from octswap.layers.conv import _half as _half
 from octswap.layers.convertible import CONVERTIBLE_CONVS as CONVERTIBLE_CONVS
 from octswap.layers.convertible import REPARAMETRIZED_CONVS as REPARAMETRIZED_CONVS
 from octswap.layers.convertible import SAME_PADDING_CONVS as SAME_PADDING_CONVS
+from octswap.layers.convertible import STATIC_PADDING_CONVS as STATIC_PADDING_CONVS
 from octswap.layers.convertible import _scaled_standardized as _scaled_standardized
 from octswap.layers.convertible import _standardized as _standardized
 from octswap.layers.convertible import conv_padding as conv_padding

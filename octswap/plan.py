@@ -10,7 +10,8 @@ them, serialises to plain data for checkpoints, and is what the rewriters apply.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -348,6 +349,18 @@ def decide(site: ConvSite, policy: Policy) -> LayerDecision:
     return LayerDecision(site.name, "octave", res.alpha_in, res.alpha_out, in_low, out_low, res.source, site, True)
 
 
+def _custom_conv_warning(layers: Sequence[LayerDecision]) -> str | None:
+    """A warning when custom ``Conv2d`` subclasses (kept: their forward would be lost) hold a quarter
+    or more of the model's convs, naming the classes: most of the model may then stay plain."""
+    custom = Counter(d.site.module_type for d in layers if d.site is not None and d.reason.startswith("custom Conv2d"))
+    total = sum(custom.values())
+    if not layers or total * 4 < len(layers):
+        return None
+    classes = ", ".join(f"{name.rpartition('.')[2]} ({count})" for name, count in custom.most_common(3))
+    return (f"{total} of {len(layers)} convs are custom Conv2d subclasses octswap cannot convert, and stay plain: "
+            f"{classes} (supported subclasses: octswap.layers.CONVERTIBLE_CONVS)")
+
+
 def policy_plan(
     model: nn.Module, policy: Policy, *, input_shape: tuple[int, int, int], mode: str, strict: bool = False
 ) -> Plan:
@@ -372,4 +385,8 @@ def policy_plan(
             warnings.append(message)
     if not sites:
         warnings.append("the model has no nn.Conv2d layers")
+    custom = _custom_conv_warning(layers)
+    if custom:
+        logger.warning(custom)
+        warnings.append(custom)
     return Plan(mode=mode, input_shape=input_shape, policy=policy, layers=layers, warnings=tuple(warnings), output=output)

@@ -93,3 +93,30 @@ def test_torchvision_segmentation_models_convert(name, tmp_path):
     source = octswap.ModelSource(kind="torchvision", name=name, kwargs={"aux_loss": False})
     model = source.build().eval()
     _check(model, (3, 96, 96), ((96, 96), (97, 131), (64, 64)), tmp_path, source)
+
+
+def test_efficientnet_static_same_padding_convs_convert(tmp_path):
+    """smp's efficientnet-b* encoders (the EfficientNet port) pad each conv with a fixed ZeroPad2d
+    before a plain conv. Symmetric padding is an ordinary conv's: alpha 0 is exact at every size;
+    the stride-2 convs' (0, 1, 0, 1) has no symmetric equivalent and stays plain, saying so."""
+    from segmentation_models_pytorch.encoders._efficientnet import Conv2dStaticSamePadding
+
+    from octswap.layers import OctaveConv2d
+
+    conv = Conv2dStaticSamePadding(8, 16, 5, image_size=32, bias=True).eval()
+    plain = OctaveConv2d.from_conv(conv)  # alpha 0: a plain conv with the equivalent padding
+    for h, w in ((9, 7), (16, 16), (5, 12)):
+        x = torch.randn(1, 8, h, w)
+        with torch.no_grad():
+            reference = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2)), conv.weight, conv.bias)
+            torch.testing.assert_close(plain(x), reference)
+            torch.testing.assert_close(conv(x), reference)
+    source = octswap.ModelSource(kind="import", name="segmentation_models_pytorch:Unet",
+                                 kwargs={"encoder_name": "efficientnet-b0", "encoder_weights": None, "classes": 3})
+    model = source.build().eval()
+    converted, plan = _check(model, (3, 64, 64), SMP_SIZES, tmp_path, source)
+    static = {n for n, m in model.named_modules() if isinstance(m, Conv2dStaticSamePadding)}
+    octave = {d.name for d in plan.octave_layers}
+    assert len(static & octave) >= 10, "the encoder's convs convert"
+    strided = [d for d in plan.kept_layers if d.name in static and d.site.stride == (2, 2)]
+    assert strided and all("asymmetric padding" in d.reason for d in strided)

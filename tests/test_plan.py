@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import octswap
 from octswap.errors import InputError, PolicyError
 from octswap.conversion import make_plan as _make_plan
 from octswap.plan import Plan
@@ -136,3 +137,18 @@ def test_mixed_training_modes_survive_probe_and_conversion(tiny_resnet):
     for model in (tiny_resnet,):
         assert model.training and model.layer2.bn1.training and not model.layer1.bn1.training
     assert converted.training and not converted.layer1.bn1.training and converted.layer2.bn1.training
+
+
+def test_custom_conv_subclasses_holding_many_convs_are_warned_about():
+    class Padded(nn.Conv2d):  # a forward octswap does not know: kept
+        def forward(self, x):
+            return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+    few = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), *(nn.Conv2d(16, 16, 3, padding=1) for _ in range(3)),
+                        Padded(16, 16, 3))
+    many = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), Padded(16, 16, 3), Padded(16, 16, 3))
+    policy = octswap.Policy(alpha=0.5)
+    assert not any("custom Conv2d" in w for w in octswap.make_plan(few, policy, input_shape=(3, 16, 16)).warnings)
+    warnings = [w for w in octswap.make_plan(many, policy, input_shape=(3, 16, 16)).warnings if "custom Conv2d" in w]
+    assert len(warnings) == 1 and warnings[0].startswith("2 of 3 convs are custom Conv2d subclasses")
+    assert "Padded (2)" in warnings[0]

@@ -100,6 +100,9 @@ def check_geometry(
         padding = 0
     if isinstance(padding, str):
         raise ValueError(f"unknown padding {padding!r}")
+    if not isinstance(padding, int) and len(padding) == 4:
+        raise ValueError(f"asymmetric padding {tuple(padding)} (left, right, top, bottom) has no symmetric "
+                         f"equivalent at every input size")
     got = pair_of(padding, "padding")
     if got != same:
         raise ValueError(f"padding {got} does not preserve the map size for kernel {kernel} (needs {same})")
