@@ -71,6 +71,8 @@ class Report:
     activations_after: ActivationMemory | None = None
     #: Converted vs original on real data (``--data``), if measured.
     fidelity: Fidelity | None = None
+    #: Mode ``regions``: the plan's graph-mode regions (:attr:`octswap.plan.Plan.regions`).
+    regions: tuple[dict[str, Any], ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """The headline figures (stored in checkpoints)."""
@@ -112,9 +114,18 @@ class Report:
             f"written {b.total / 2**20:.1f} MiB -> {a.total / 2**20:.1f} MiB ({a.total / b.total:.2f}x)."
         )
 
+    def regions_line(self) -> str:
+        """One sentence naming the graph-mode regions and their octave convs, or '' outside mode ``regions``
+        (``octswap plan`` shows why each region's parent did not trace)."""
+        if not self.regions:
+            return ""
+        named = ", ".join(f"{r['path'] or '(whole model)'} ({r['convs']} octave convs)" for r in self.regions)
+        return f"Graph-mode regions (pairs flow inside, merged at their outputs): {named}."
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "summary": self.summary(),
+            "regions": [dict(r) for r in self.regions],
             "total": self.total.to_dict(),
             "core": self.core.to_dict(),
             "stages": [r.to_dict() for r in self.stages],
@@ -156,6 +167,8 @@ class Report:
             for row in self.rows(layers=layers)
         ]  # fmt: skip
         lines.append(markdown_table(headers, cells, align="llrrrrrl"))
+        if self.regions_line():
+            lines += ["", self.regions_line()]
         if self.memory_line():
             lines += ["", self.memory_line()]
         if self.uncounted:
@@ -256,7 +269,7 @@ def make_report(
     return Report(
         model=model_name, mode=plan.mode, input_shape=plan.input_shape, convention=CONVENTION,
         total=total, core=core, stages=stages, layers=layers,
-        converted=len(plan.octave_layers), kept=len(plan.kept_layers), uncounted=uncounted,
+        converted=len(plan.octave_layers), kept=len(plan.kept_layers), uncounted=uncounted, regions=plan.regions,
         activations_before=measure_activations(original, inputs) if memory else None,
         activations_after=measure_activations(converted, inputs) if memory else None,
     )  # fmt: skip

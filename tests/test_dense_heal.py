@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 import octswap
 from octswap.cli import app
+from octswap.cli.heal import _report_written, healing_view
 from octswap.data import Data, make_loader, open_data
 from octswap.distillation import HealInterrupted, HealOptions, heal
 from octswap.feature_taps import Tapped
-from octswap.healing import default_features
+from octswap.healing import HealOutcome, default_features
 from octswap.losses import channel_wise_loss, features_loss, pixel_loss
 from tests.nets import pyramid_detector, size_checked_segmenter
 from tests.processes import heal_one_and_two_processes, octswap_cmd
@@ -279,6 +280,11 @@ def test_cli_heals_a_torchvision_detector_by_its_features(tmp_path, monkeypatch)
     assert record["options"]["task"] == "detection" and record["options"]["distill"] == "features"
     assert record["options"]["features"] == ["backbone", "rpn.head"]
     assert record["fidelity"]["healed"]["task"] == "detection" and record["fidelity"]["healed"]["map50_original"] is not None
+    # What feature distillation moves is in the table too: the stages' drift, before and after.
+    view = healing_view(record)
+    assert view.headers[-1].startswith("stage drift")
+    stages = record["fidelity"]["healed"]["stages"]
+    assert stages and view.rows[-1][-1] == f"{sum(s['relative_error'] for s in stages) / len(stages):.4f}"
     # Its own losses on the boxes, in train mode, beside the features: every parameter trains.
     labels = run("heal", tmp_path / "oct.pt", "--data", folder / "images", "--annotations", folder / "instances.json",
                  "--labels", "--epochs", "1", "--batch-size", "4", "--calibrate-bn", "0", "-f", "json",
@@ -315,3 +321,23 @@ def test_ctrl_c_on_a_segmentation_heal_saves_and_resume_finishes(segmentation, t
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads(resumed.stdout)["healing"]
     assert record["complete"] and record["epochs_done"] == 4 and record["fidelity"]["healed"]["task"] == "segmentation"
+
+
+@pytest.mark.parametrize(("converted", "calibrated", "warned"), [
+    (0.90, 0.80, "than the input checkpoint (85.00% < 90.00% on --val)"),
+    (0.70, 0.90, "than BatchNorm re-estimation alone (85.00% < 90.00% on --val)"),
+    (0.70, None, None),
+])
+def test_a_heal_that_ends_below_where_it_started_is_warned_about(tmp_path, capsys, converted, calibrated, warned):
+    def fidelity(agreement):
+        return None if agreement is None else {"task": "features", "samples": 4, "agreement": agreement, "kl": None,
+                                                "relative_error": 0.1}
+
+    path = tmp_path / "healed.pt"
+    path.write_bytes(b"x")
+    healing = {"epochs_done": 1, "options": {"epochs": 1}, "history": [],
+               "fidelity": {"converted": fidelity(converted), "calibrated": fidelity(calibrated),
+                            "healed": fidelity(0.85)}}
+    _report_written(HealOutcome(path, healing), path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert (lines == []) if warned is None else (len(lines) == 1 and warned in lines[0])

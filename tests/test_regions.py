@@ -146,6 +146,24 @@ def test_cli_plan_lists_the_regions_and_graph_mode_still_means_the_whole_model()
     assert graph.exit_code == 1 and "does not trace with torch.fx" in graph.stderr
 
 
+def test_convert_and_report_name_the_regions(tmp_path):
+    runner = CliRunner()
+    ckpt = tmp_path / "m.pt"
+    converted = runner.invoke(app, ["convert", "tests.nets:size_checked_segmenter", "-s", "32", "-o", str(ckpt),
+                                    "-f", "json"])  # fmt: skip
+    assert converted.exit_code == 0, converted.output
+    regions = json.loads(converted.stdout)["regions"]
+    assert [r["path"] for r in regions] == ["encoder", "decoder"]
+    plan = octswap.read_checkpoint(ckpt).plan
+    assert sum(r["convs"] for r in regions) == len(plan.octave_layers)
+    report = runner.invoke(app, ["report", str(ckpt), "--allow-import", "--no-layers"])
+    assert report.exit_code == 0, report.output
+    line = next(line for line in report.stdout.splitlines() if line.startswith("Graph-mode regions"))
+    assert "encoder (" in line and "decoder (" in line
+    markdown = runner.invoke(app, ["report", str(ckpt), "--allow-import", "--no-layers", "-f", "markdown"])
+    assert "Graph-mode regions" in markdown.stdout
+
+
 def test_regions_mode_refuses_a_model_where_nothing_traces():
     with pytest.raises(octswap.ConversionError, match="no part of the model"):
         octswap.convert(untraceable().eval(), alpha=0.5, input_shape=SHAPE, mode="regions")

@@ -43,6 +43,8 @@ def report_output(report: Report, *, layers: bool, extra: dict[str, Any] | None 
     from octswap.reporting import NOT_MEASURED
 
     blocks: list[Any] = [report_view(report, layers=layers)]
+    if report.regions_line():
+        blocks.append(report.regions_line())
     if report.memory_line():
         blocks.append(report.memory_line())
     if report.fidelity is not None:

@@ -136,7 +136,9 @@ class DetectionTally:
         if not n_o and self.score_threshold not in _WARNED_EMPTY:  # once per process: healing evaluates often
             _WARNED_EMPTY.add(self.score_threshold)
             logger.warning("the original made no detection with score >= %g on these images, so agreement with it "
-                           "says nothing (F1 %s); lower --score-threshold or give images it detects in",
+                           "says nothing (F1 %s); lower --score-threshold, and the model's own threshold when "
+                           "converting (-m box_score_thresh=0.01 for torchvision's R-CNNs, -m score_thresh=0.01 for "
+                           "RetinaNet, FCOS and SSD), or give images it detects in",
                            self.score_threshold, "1 as neither detects" if not n_c else "0")
         annotated = self.annotated and bool(self.against)
         figures = DetectionFigures(
