@@ -217,6 +217,13 @@ def test_bench_and_report_latency_work_on_dense_outputs(tmp_path, model):
                                  "-f", "json", "--no-layers"])  # fmt: skip
     assert report.exit_code == 0, report.output
     assert json.loads(report.stdout)["latency"][0]["ratio"] > 0
+    # A checkpoint is timed at another size too; one its original does not run at is one line, exit 2.
+    other = runner.invoke(app, ["bench", str(ckpt), "--allow-import", "-s", "64", "--batch", "1", "--rounds", "1",
+                                "-f", "json"])  # fmt: skip
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout)["latency"][0]["ratio"] > 0
+    bad = runner.invoke(app, ["bench", str(ckpt), "--allow-import", "-s", "1x64x64", "--batch", "1", "--rounds", "1"])
+    assert bad.exit_code == 2 and "does not run on an input of shape 1x1x64x64" in bad.stderr
 
 
 class NormedHead(nn.Module):

@@ -3,12 +3,12 @@ model, side by side. Also times both models for ``report --latency``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from octswap.cli.options import (AllowImportOpt, AlphaOpt, BatchOpt, ChannelMultipleOpt, CompileOpt, DeviceOpt,
-                                 FoldOpt, FormatOpt, InputSizeOpt, LayoutOpt, Mode, ModeOpt, ModelArgOpt, PolicyOpt,
+                                 FoldOpt, FormatOpt, LayoutOpt, Mode, ModeOpt, ModelArgOpt, PolicyOpt,
                                  PrepackOpt, RoundsOpt, Runtime, ThreadsOpt, parse_batches)
 from octswap.cli.output import Format, Output, TableView, emit
 from octswap.cli.resolve import Target, choice, resolve
@@ -72,9 +72,9 @@ def latency_markdown(results: list[LatencyResult], flops_ratio: float) -> str:
     return markdown_table(list(rows[0]), [list(r.values()) for r in rows]) + "\n"
 
 
-def _measure(found: Target, *, runtime: Runtime, dynamic: bool, **timing: Any) -> list[LatencyResult]:
-    """Time both models on ``runtime``; ``timing`` holds :func:`time_both`'s options."""
-    shape = found.plan.input_shape
+def _measure(found: Target, shape: tuple[int, int, int], *, runtime: Runtime, dynamic: bool,
+             **timing: Any) -> list[LatencyResult]:
+    """Time both models at ``shape`` on ``runtime``; ``timing`` holds :func:`time_both`'s options."""
     if runtime is Runtime.onnxruntime:
         from octswap.latency import measure_onnxruntime_latency
 
@@ -99,7 +99,9 @@ def command(
     alpha: AlphaOpt = None,
     channel_multiple: ChannelMultipleOpt = None,
     policy: PolicyOpt = None,
-    input_size: InputSizeOpt = None,
+    input_size: Annotated[Optional[str], typer.Option(
+        "--input-size", "-s", help="Input: N, HxW or CxHxW; a model is converted and timed at it, a checkpoint "
+        "timed at it [default: a timm model's own input size, else 224; a checkpoint's plan size].")] = None,
     mode: ModeOpt = Mode.auto,
     model_arg: ModelArgOpt = None,
     batch: BatchOpt = "1,8",
@@ -121,15 +123,22 @@ def command(
 ) -> None:
     """Latency and peak activation memory of the original vs the converted model, side by side."""
     from octswap.flops import count_cost
-    from octswap.plan import example_input
+    from octswap.plan import example_input, run_once
+    from octswap.shapes import parse_input_shape
 
     batches = parse_batches(batch)
     options = choice(alpha=alpha, channel_multiple=channel_multiple, policy=policy, model_arg=model_arg,
                      input_size=input_size, mode=mode)
-    found = resolve(target, options, allow_import=allow_import)
-    x = example_input(found.plan.input_shape)
+    # A checkpoint is timed at its plan's size, or at --input-size: a converted model runs at every size its
+    # original runs at (the plan's size only chose the conversion).
+    found = resolve(target, options, allow_import=allow_import, keep=("input_size",))
+    shape = found.plan.input_shape
+    if input_size is not None and found.checkpoint is not None:
+        shape = parse_input_shape(input_size)
+        run_once(found.original, shape)  # InputError, naming the shape, where the original does not run
+    x = example_input(shape)
     flops_ratio = count_cost(found.converted, x).flops / count_cost(found.original, x).flops
-    results = _measure(found, runtime=runtime, dynamic=dynamic, batches=batches, threads=threads,
+    results = _measure(found, shape, runtime=runtime, dynamic=dynamic, batches=batches, threads=threads,
                        rounds=rounds, channels_last=channels_last, fold_bn=fold_bn, prepack=prepack,
                        compile_=compile_, device=device)
     rows = _latency_rows(results, flops_ratio)
