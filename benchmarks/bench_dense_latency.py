@@ -22,12 +22,16 @@ converted at --alpha (default 0.5) with the default policy (or --policy's rules)
 Usage:
     .venv/bin/python benchmarks/bench_dense_latency.py [--models smp:FPN:mobilenet_v2,...]
         [--alpha 0.5] [--policy configs/depthwise-plain.yaml] [--processes 3] [--rounds 7] [--threads 2]
-        [--batch 1]
+        [--batch 1] [--aa]
+
+``--aa`` times each original against an identical copy instead (A/A): the spread a ratio shows on this
+machine when nothing differs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -125,6 +129,15 @@ def measure(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def measure_aa(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A/A: the original timed against an identical copy of itself, as ``measure`` times a pair --
+    the spread a latency ratio shows when nothing differs."""
+    model, shape = build(spec)
+    (result,) = measure_latency(model, copy.deepcopy(model), shape, batches=(args.batch,), threads=args.threads,
+                                rounds=args.rounds, memory=False)  # fmt: skip
+    return {"model": spec, "aa": result.ratio, "original_ms": result.original.median * 1e3}
+
+
 def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -138,6 +151,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--aa", action="store_true",
+                        help="A/A: time each original against a copy of itself (the ratios' spread with nothing changed)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.models = args.models or ",".join(SMP + _torchvision())
@@ -146,7 +161,7 @@ def main() -> None:
         import logging
 
         logging.disable(logging.WARNING)
-        print(json.dumps(measure(args.models, args)), flush=True)
+        print(json.dumps((measure_aa if args.aa else measure)(args.models, args)), flush=True)
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, alpha {args.alpha}, "
           f"batch {args.batch}, {args.threads} threads, median of {args.rounds} interleaved rounds, "
@@ -158,6 +173,7 @@ def main() -> None:
         argv = ["--models", spec, "--alpha", str(args.alpha), "--batch", str(args.batch), "--threads",
                 str(args.threads), "--rounds", str(args.rounds), "--worker"]  # fmt: skip
         argv += ["--policy", args.policy] if args.policy else []
+        argv += ["--aa"] if args.aa else []
         runs = []
         for _ in range(args.processes):
             done = subprocess.run([sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True, env=env)
@@ -165,6 +181,12 @@ def main() -> None:
                 runs.append(json.loads(done.stdout.splitlines()[-1]))
         if not runs:
             print(f"| {spec} | failed (exit {done.returncode}) | | | | | | | |", flush=True)
+            continue
+        if args.aa:
+            each = ", ".join(f"{run['aa']:.3f}" for run in runs)
+            print(f"| {spec} | A/A: original vs its copy | ratio per process: {each} | median "
+                  f"{statistics.median(run['aa'] for run in runs):.3f} | original "
+                  f"{statistics.median(x['original_ms'] for x in runs):.1f} ms |", flush=True)  # fmt: skip
             continue
         r = runs[0]
         auto = statistics.median(run["auto"] for run in runs)
