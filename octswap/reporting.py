@@ -237,7 +237,7 @@ def make_report(
         if plan.mode == "graph":
             from octswap.rewrite.graph import trace
 
-            counted = trace(original)
+            counted = trace(original, probe=(inputs,))
         original_cost = count_cost(counted, inputs)
     before = original_cost
     after = count_cost(converted, inputs)

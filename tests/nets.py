@@ -89,7 +89,7 @@ def untraceable(num_classes: int = 10) -> Untraceable:
 
 class SizeCheckedSegmenter(nn.Module):
     """A small encoder-decoder whose top-level forward refuses sizes not divisible by 4
-    (as smp's models check theirs): the whole model does not trace with torch.fx.
+    (as smp's models check theirs): the check traces as a guard (graph mode, whole model).
 
     The encoder returns a list of features; the decoder upsamples the deeper one to the
     shallower one's size (``F.interpolate(size=...)``), adds a lateral 1x1 conv and
@@ -138,6 +138,22 @@ class Decoder(nn.Module):
 
 def size_checked_segmenter(classes: int = 4) -> SizeCheckedSegmenter:
     return SizeCheckedSegmenter(classes)
+
+
+class BranchingSegmenter(SizeCheckedSegmenter):
+    """:class:`SizeCheckedSegmenter` whose forward also branches on the input's size where neither
+    branch raises (not an input check): the whole model does not trace with torch.fx, its encoder
+    and decoder do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if x.shape[-1] > x.shape[-2]:  # a landscape input: the same maps, computed another way
+            out = out + 0
+        return out
+
+
+def branching_segmenter(classes: int = 4) -> BranchingSegmenter:
+    return BranchingSegmenter(classes)
 
 
 class SharedHead(nn.Module):

@@ -202,7 +202,8 @@ def run(*args):
 def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
     teacher, _, _, _, folder = segmentation
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    converted = run("convert", "tests.nets:size_checked_segmenter", "-m", "classes=4", "-w", tmp_path / "teacher.pt",
+    # Regions mode (its forward branches on the size): --features names modules the converted model calls.
+    converted = run("convert", "tests.nets:branching_segmenter", "-m", "classes=4", "-w", tmp_path / "teacher.pt",
                     "-s", "32", "-a", "0.5", "-o", tmp_path / "oct.pt")  # fmt: skip
     assert converted.exit_code == 0, converted.output
     result = run("heal", tmp_path / "oct.pt", "--data", folder, "--val", folder, "--epochs", "1", "--batch-size", "16",

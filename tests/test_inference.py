@@ -359,9 +359,9 @@ def test_compiled_model_matches_eager():
 def test_fold_batchnorm_folds_the_parts_of_a_model_fx_cannot_trace_whole():
     # The root checks its input size (untraceable); the encoder's blocks keep their BatchNorms as
     # attributes (bn1, bn2), not in nn.Sequential pairs, and the decoder unpacks a list.
-    from tests.nets import SizeCheckedSegmenter
+    from tests.nets import BranchingSegmenter
 
-    net = SizeCheckedSegmenter().eval()
+    net = BranchingSegmenter().eval()
     for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
@@ -371,7 +371,7 @@ def test_fold_batchnorm_folds_the_parts_of_a_model_fx_cannot_trace_whole():
     with pytest.raises(fx.proxy.TraceError):
         fx.symbolic_trace(net)
     folded = fold_batchnorm(net)
-    assert type(folded) is SizeCheckedSegmenter and type(folded.encoder.stage1) is type(net.encoder.stage1)
+    assert type(folded) is BranchingSegmenter and type(folded.encoder.stage1) is type(net.encoder.stage1)
     assert norms == 6 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import octswap
 from octswap.cli import app
 from octswap.flops import count_cost
-from tests.nets import Block, Encoder, GatedBlock, TinyResNet, pyramid_detector, size_checked_segmenter, untraceable
+from tests.nets import Block, Encoder, GatedBlock, TinyResNet, pyramid_detector, branching_segmenter, untraceable
 
 SHAPE = (3, 32, 32)
 SIZES = ((32, 32), (48, 64), (64, 40))  # all divisible by the segmenter's stride 4
@@ -24,7 +24,7 @@ def _layer_mode(plan: octswap.Plan) -> list[str]:
 
 
 def test_a_size_checked_model_converts_region_by_region(caplog):
-    model = size_checked_segmenter().eval()
+    model = branching_segmenter().eval()
     with caplog.at_level(logging.WARNING, logger="octswap"):
         converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
     assert plan.mode == "regions"
@@ -48,7 +48,7 @@ def test_a_size_checked_model_converts_region_by_region(caplog):
 
 def test_a_region_computes_what_its_module_converted_alone_computes():
     """The encoder region against graph mode on the encoder as a model of its own."""
-    model = size_checked_segmenter().eval()
+    model = branching_segmenter().eval()
     converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
     alone, alone_plan = octswap.convert(model.encoder, alpha=0.5, input_shape=SHAPE, mode="graph")
     regional = [d for d in plan.layers if d.name.startswith("encoder.")]
@@ -119,7 +119,7 @@ def test_nothing_traceable_falls_back_to_layer_mode_with_one_warning(caplog):
         assert converted(torch.randn(1, *SHAPE)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("factory", ["size_checked_segmenter", "pyramid_detector"])
+@pytest.mark.parametrize("factory", ["branching_segmenter", "pyramid_detector"])
 def test_checkpoints_replay_the_regions_exactly(tmp_path, factory):
     model, source = octswap.load_model(f"tests.nets:{factory}")
     converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
@@ -135,21 +135,21 @@ def test_checkpoints_replay_the_regions_exactly(tmp_path, factory):
 
 def test_cli_plan_lists_the_regions_and_graph_mode_still_means_the_whole_model():
     runner = CliRunner()
-    result = runner.invoke(app, ["plan", "tests.nets:size_checked_segmenter", "--input-size", "32", "-f", "json"])
+    result = runner.invoke(app, ["plan", "tests.nets:branching_segmenter", "--input-size", "32", "-f", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["mode"] == "regions" and [r["path"] for r in data["regions"]] == ["encoder", "decoder"]
     assert all(r["convs"] > 0 for r in data["regions"])
-    table = runner.invoke(app, ["plan", "tests.nets:size_checked_segmenter", "--input-size", "32"])
+    table = runner.invoke(app, ["plan", "tests.nets:branching_segmenter", "--input-size", "32"])
     assert table.exit_code == 0 and "graph-mode regions" in table.stdout
-    graph = runner.invoke(app, ["plan", "tests.nets:size_checked_segmenter", "--input-size", "32", "--mode", "graph"])
+    graph = runner.invoke(app, ["plan", "tests.nets:branching_segmenter", "--input-size", "32", "--mode", "graph"])
     assert graph.exit_code == 1 and "does not trace with torch.fx" in graph.stderr
 
 
 def test_convert_and_report_name_the_regions(tmp_path):
     runner = CliRunner()
     ckpt = tmp_path / "m.pt"
-    converted = runner.invoke(app, ["convert", "tests.nets:size_checked_segmenter", "-s", "32", "-o", str(ckpt),
+    converted = runner.invoke(app, ["convert", "tests.nets:branching_segmenter", "-s", "32", "-o", str(ckpt),
                                     "-f", "json"])  # fmt: skip
     assert converted.exit_code == 0, converted.output
     regions = json.loads(converted.stdout)["regions"]
@@ -202,7 +202,7 @@ def test_a_region_taking_a_dict_traces_with_its_structure():
         assert converted(torch.randn(1, 3, 20, 12)).shape == (1, 32, 20, 12)
 
 
-@pytest.mark.parametrize("model", [pytest.param("tests.nets:size_checked_segmenter", marks=pytest.mark.slow),
+@pytest.mark.parametrize("model", [pytest.param("tests.nets:branching_segmenter", marks=pytest.mark.slow),
                                    "tests.nets:pyramid_detector"])  # fmt: skip
 def test_bench_and_report_latency_work_on_dense_outputs(tmp_path, model):
     """Outputs that are lists of dicts (maps at the input size under `slow`); a checkpoint of them too."""
@@ -302,9 +302,26 @@ def test_a_region_the_graph_pass_cannot_rewrite_goes_to_layer_mode_alone():
 
 def test_bad_arguments_are_one_line_input_errors():
     with pytest.raises(octswap.InputError, match=r"known: auto, graph, regions, layer"):
-        octswap.convert(size_checked_segmenter(), mode="fast")
+        octswap.convert(branching_segmenter(), mode="fast")
     with pytest.raises(octswap.InputError, match=r"input_shape must be \(C, H, W\)"):
-        octswap.make_plan(size_checked_segmenter(), input_shape=(224, 224))  # type: ignore[arg-type]
+        octswap.make_plan(branching_segmenter(), input_shape=(224, 224))  # type: ignore[arg-type]
     result = CliRunner().invoke(app, ["plan", "tests.nets:picky", "--model-arg", "name=huge"])
     assert result.exit_code == 2 and "cannot build tests.nets:picky" in result.stderr and "KeyError" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_bench_says_when_the_two_models_did_unlike_work():
+    from octswap.cli.bench import unequal_work
+
+    class Detections(nn.Module):  # keeps a weight-dependent number of boxes, as detectors do
+        def __init__(self, keep: int) -> None:
+            super().__init__()
+            self.keep = keep
+
+        def forward(self, x):
+            return [{"boxes": x.new_zeros(self.keep, 4), "scores": x.new_zeros(self.keep)}]
+
+    x = torch.rand(1, 3, 8, 8)
+    assert unequal_work(Detections(5), Detections(5), x) is None
+    message = unequal_work(Detections(5), Detections(3), x)
+    assert message is not None and "(3, 4) against the original's (5, 4)" in message and "rpn_nms_thresh" in message

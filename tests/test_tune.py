@@ -24,7 +24,7 @@ from octswap.tuning.policy_file import policy_yaml
 from octswap.tuning.search import (Option, coordinate_descent, fewest_drop_reaching, most_saving_within,
                                    pareto_front)
 from octswap.tuning.space import SearchSpace, octave_macs
-from tests.nets import UnitsNet, bars, size_checked_segmenter, trained_tiny
+from tests.nets import UnitsNet, bars, branching_segmenter, trained_tiny
 
 SHAPE = (3, 32, 32)
 
@@ -43,7 +43,7 @@ def test_units_join_convs_whose_outputs_meet_and_only_those():
 
 
 def test_units_inside_graph_regions():
-    space = SearchSpace(size_checked_segmenter(), policy=Policy(), input_shape=SHAPE)
+    space = SearchSpace(branching_segmenter(), policy=Policy(), input_shape=SHAPE)
     assert space.mode == "regions"
     units = _units(space)
     for stage in ("encoder.stage1", "encoder.stage2"):
@@ -55,7 +55,7 @@ def _lows(layers):
     return [(d.name, d.action, d.in_low, d.out_low) for d in layers]
 
 
-@pytest.mark.parametrize("build", [UnitsNet, size_checked_segmenter])
+@pytest.mark.parametrize("build", [UnitsNet, branching_segmenter])
 def test_replanning_without_tracing_gives_the_plan_convert_makes(build):
     space = SearchSpace(build(), policy=Policy(), input_shape=SHAPE)
     rng = random.Random(0)

@@ -10,12 +10,13 @@ import typer
 from octswap.cli.options import (AllowImportOpt, AlphaOpt, BatchOpt, ChannelMultipleOpt, CompileOpt, DeviceOpt,
                                  FoldOpt, FormatOpt, LayoutOpt, Mode, ModeOpt, ModelArgOpt, PolicyOpt,
                                  PrepackOpt, RoundsOpt, Runtime, ThreadsOpt, parse_batches)
-from octswap.cli.output import Format, Output, TableView, emit
+from octswap.cli.output import Format, Output, TableView, emit, note
 from octswap.cli.resolve import Target, choice, resolve
 from octswap.errors import InputError
 from octswap.tables import csv_text, markdown_table
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from octswap.inference import InferenceOptions
@@ -72,6 +73,25 @@ def latency_markdown(results: list[LatencyResult], flops_ratio: float) -> str:
     return markdown_table(list(rows[0]), [list(r.values()) for r in rows]) + "\n"
 
 
+def unequal_work(original: nn.Module, converted: nn.Module, x: torch.Tensor) -> str | None:
+    """Why the two models' ratios compare unlike work, or None: their outputs differ in size on the
+    timing input (a detector's post-processing keeps a weight-dependent number of boxes)."""
+    import torch
+
+    from octswap.eval_mode import eval_mode
+    from octswap.plan import output_tensors
+
+    with eval_mode(original), eval_mode(converted), torch.no_grad():
+        shapes = [[tuple(t.shape) for t in output_tensors(m(x))] for m in (original, converted)]
+    if shapes[0] == shapes[1]:
+        return None
+    differ = next(((a, b) for a, b in zip(*shapes) if a != b), (len(shapes[0]), len(shapes[1])))
+    return (f"the two models' outputs differ in size on the timing input ({differ[1]} against the original's "
+            f"{differ[0]}): their post-processing kept different numbers of proposals or detections, so the "
+            "ratios compare unlike work; time torchvision's R-CNNs on equal work by converting with -m "
+            "rpn_nms_thresh=1.0 -m box_score_thresh=0 -m box_nms_thresh=1.0")
+
+
 def _measure(found: Target, shape: tuple[int, int, int], *, runtime: Runtime, dynamic: bool,
              **timing: Any) -> list[LatencyResult]:
     """Time both models at ``shape`` on ``runtime``; ``timing`` holds :func:`time_both`'s options."""
@@ -123,7 +143,8 @@ def command(
 ) -> None:
     """Latency and peak activation memory of the original vs the converted model, side by side."""
     from octswap.flops import count_cost
-    from octswap.plan import example_input, run_once
+    from octswap.latency import timing_input
+    from octswap.plan import run_once
     from octswap.shapes import parse_input_shape
 
     batches = parse_batches(batch)
@@ -136,12 +157,17 @@ def command(
     if input_size is not None and found.checkpoint is not None:
         shape = parse_input_shape(input_size)
         run_once(found.original, shape)  # InputError, naming the shape, where the original does not run
-    x = example_input(shape)
+    x = timing_input(1, shape)  # FLOPs of the work timed
     flops_ratio = count_cost(found.converted, x).flops / count_cost(found.original, x).flops
+    unequal = unequal_work(found.original, found.converted, x)
+    if unequal:
+        note(f"octswap: WARNING: {unequal}")
     results = _measure(found, shape, runtime=runtime, dynamic=dynamic, batches=batches, threads=threads,
                        rounds=rounds, channels_last=channels_last, fold_bn=fold_bn, prepack=prepack,
                        compile_=compile_, device=device)
     rows = _latency_rows(results, flops_ratio)
-    data = {"model": target, "flops_ratio": round(flops_ratio, 6), "latency": [r.to_dict() for r in results]}
+    data = {"model": target, "mode": found.plan.mode, "convs_converted": len(found.plan.octave_layers),
+            "convs": len(found.plan.layers), "input_shape": list(shape), "flops_ratio": round(flops_ratio, 6),
+            "unequal_work": unequal, "latency": [r.to_dict() for r in results]}
     emit(Output(data, [latency_view(results, flops_ratio)], markdown=latency_markdown(results, flops_ratio),
                 csv=csv_text(list(rows[0]), rows)), fmt)

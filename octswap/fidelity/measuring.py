@@ -173,6 +173,8 @@ def measure_fidelity(
                 break
             inputs = inputs.to(device)
             if run is None:
+                if taps is not None:
+                    taps.prepare(inputs)
                 run = _Run(task, [s for s in stages if taps is None or s in taps.stages], inputs.shape[1:], factories)
             out_o, out_c, pairs = _forward(original, converted, inputs, taps, hooks)
             run.add(out_o, out_c, labels.to(device) if isinstance(labels, torch.Tensor) else labels, pairs)

@@ -100,9 +100,16 @@ class GraphTaps:
     """Stage outputs of a graph-mode conversion, found through the rewrite's origin tags."""
 
     def __init__(self, original: nn.Module, converted: fx.GraphModule, stages: Sequence[str]) -> None:
+        self.original, self.converted, self.all_stages = original, converted, list(stages)
+        self.stages: list[str] = []
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Trace the original with ``x`` as the probe (its input checks trace as guards, see
+        :mod:`octswap.rewrite.graph.guards`) and find the stages' outputs; before :meth:`run`."""
         from octswap.rewrite.graph import ORIGIN, trace
 
-        self.traced = trace(original)
+        original, converted, stages = self.original, self.converted, self.all_stages
+        self.traced = trace(original, probe=(x,))
         by_stage = _stage_outputs(self.traced, stages)
         self.names = {node: stage for stage, node in by_stage.items()}
         self.converted = converted

@@ -65,7 +65,7 @@ def traced_with_shapes(
         structure = concrete_args(model, call) or None
     except TypeError as err:
         raise UntraceableError(str(err)) from None
-    gm = trace(model, concrete_args=structure, opaque=opaque)
+    gm = trace(model, concrete_args=structure, opaque=opaque, probe=call.positional(model))
     try:
         # The graph shares the model's submodules: eval mode for both (BatchNorm running
         # statistics are neither used nor updated).

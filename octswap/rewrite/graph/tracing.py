@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from octswap.errors import ConversionError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
+from octswap.rewrite.graph.guards import guard_value
 
 __all__ = ["Tracer", "functionalize_inplace", "is_inplace_name", "mutated_by", "trace"]
 
@@ -35,15 +36,23 @@ class Tracer(fx.Tracer):
     ``Conv2dSame`` pads first, weight-standardized convs rescale their weight). Module
     instances in ``trace_into`` (by ``id``) are traced into although their type is a leaf;
     those in ``opaque`` (by ``id``) are leaves whatever their type (one call each: a
-    submodule whose own forward does not trace, see :mod:`octswap.rewrite.regions`)."""
+    submodule whose own forward does not trace, see :mod:`octswap.rewrite.regions`). With
+    ``probe`` (the root's arguments at the probe), an input check on a traced value becomes a
+    guard instead of stopping the trace (:mod:`octswap.rewrite.graph.guards`)."""
 
     def __init__(self, *, leaf_types: frozenset[type[nn.Module]] = frozenset(),
                  autowrap_functions: tuple[Callable[..., Any], ...] = (),
-                 trace_into: frozenset[int] = frozenset(), opaque: frozenset[int] = frozenset()) -> None:  # fmt: skip
+                 trace_into: frozenset[int] = frozenset(), opaque: frozenset[int] = frozenset(),
+                 probe: tuple[Any, ...] | None = None) -> None:  # fmt: skip
         super().__init__(autowrap_functions=autowrap_functions)
         self.leaf_types = leaf_types
         self.trace_into = trace_into
         self.opaque = opaque
+        self.probe = probe
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        value = guard_value(self, obj, self.probe)
+        return super().to_bool(obj) if value is None else value
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.opaque:
@@ -201,7 +210,8 @@ def _timm_conventions() -> tuple[frozenset[type[nn.Module]], tuple[Callable[...,
 
 
 def trace(
-    model: nn.Module, *, concrete_args: dict[str, Any] | None = None, opaque: tuple[str, ...] = ()
+    model: nn.Module, *, concrete_args: dict[str, Any] | None = None, opaque: tuple[str, ...] = (),
+    probe: tuple[Any, ...] | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` in eval mode (timm's leaf modules and autowrapped functions included).
 
@@ -212,7 +222,9 @@ def trace(
     ``concrete_args`` is ``fx.Tracer.trace``'s: an argument's structure with ``fx.PH`` for
     each tensor (``{"x": [fx.PH, fx.PH]}`` for a list of two maps) traces a forward that
     takes lists or dicts; the graph module then takes the same structure. ``opaque`` names
-    submodules (dotted, relative to ``model``) called as one node, not traced into.
+    submodules (dotted, relative to ``model``) called as one node, not traced into. ``probe``:
+    ``model``'s arguments at the probe (as ``fx.Interpreter`` takes them), so that its input checks
+    trace as guards (:mod:`octswap.rewrite.graph.guards`).
 
     Raises:
         UntraceableError: the model does not trace, with fx's first line.
@@ -224,7 +236,8 @@ def trace(
             root = copy.copy(model)  # inside eval_mode: the copy's own `training` flag is False
             into = _leaves_to_trace_into(root, leaves, functions) if leaves else frozenset()
             hidden = frozenset(id(root.get_submodule(name)) for name in opaque)
-            tracer = Tracer(leaf_types=leaves, autowrap_functions=functions, trace_into=into, opaque=hidden)
+            tracer = Tracer(leaf_types=leaves, autowrap_functions=functions, trace_into=into, opaque=hidden,
+                            probe=probe)
             graph = tracer.trace(root, concrete_args=concrete_args)
     except Exception as err:  # noqa: BLE001 - fx raises many kinds for untraceable code
         raise UntraceableError(f"{type(err).__name__}: {first_sentence(one_line(err))}") from err
