@@ -97,10 +97,15 @@ def unclaimed_arguments(factory: Callable[..., Any], model: nn.Module, kwargs: M
         >>> unclaimed_arguments(resnet18, resnet18(num_classes=3), {"num_classes": 3})
         []
     """
+    return _unclaimed(factory, model, kwargs)[0]
+
+
+def _unclaimed(factory: Callable[..., Any], model: nn.Module, kwargs: Mapping[str, Any]) -> tuple[list[str], set[str]]:
+    """:func:`unclaimed_arguments`, and the names known (for suggestions)."""
     if not kwargs or not _takes_var_keyword(factory):
-        return []
+        return [], set()
     known = _known_names(factory, model)
-    return [name for name in kwargs if name not in known and not _quoted_in_sources(name, factory, model)]
+    return [name for name in kwargs if name not in known and not _quoted_in_sources(name, factory, model)], known
 
 
 def warn_unclaimed(name: str, factory: Callable[..., Any], model: nn.Module, kwargs: Mapping[str, Any]) -> list[str]:
@@ -109,10 +114,8 @@ def warn_unclaimed(name: str, factory: Callable[..., Any], model: nn.Module, kwa
     Returns:
         The unclaimed names.
     """
-    unclaimed = unclaimed_arguments(factory, model, kwargs)
-    if not unclaimed:
-        return []
-    known = sorted(_known_names(factory, model))
+    unclaimed, names = _unclaimed(factory, model, kwargs)
+    known = sorted(names)
     for key in unclaimed:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -112,7 +112,6 @@ class GraphTaps:
         self.traced = trace(original, probe=(x,))
         by_stage = _stage_outputs(self.traced, stages)
         self.names = {node: stage for stage, node in by_stage.items()}
-        self.converted = converted
         self.roles: dict[str, dict[str, tuple[fx.Node, Any]]] = {}
         for node in converted.graph.nodes:
             for origin, role, restore in node.meta.get(ORIGIN, ()):
