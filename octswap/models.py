@@ -142,10 +142,28 @@ def _no_downloads() -> Iterator[None]:
 
     original = torch.hub.download_url_to_file
     torch.hub.download_url_to_file = refuse  # type: ignore[assignment]
+    # Hugging Face's hub (smp's and timm's weights): offline while the model is built, so a file
+    # not in its cache fails at once instead of after retries.
+    hub = importlib.import_module("huggingface_hub.constants") if importlib.util.find_spec("huggingface_hub") else None
+    offline = getattr(hub, "HF_HUB_OFFLINE", None)
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
     try:
         yield
+    except Exception as err:
+        if type(err).__name__ not in _HUB_MISSING:
+            raise
+        raise WeightsError(f"building this model would download weights from the Hugging Face hub and octswap "
+                           f"never downloads ({type(err).__name__}); put them in the hub's cache first, or build "
+                           f"without them (smp: -m encoder_weights=None)") from None  # fmt: skip
     finally:
         torch.hub.download_url_to_file = original  # type: ignore[assignment]
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = offline
+
+
+#: huggingface_hub's errors for a file that is not in its cache while offline.
+_HUB_MISSING = frozenset({"LocalEntryNotFoundError", "OfflineModeIsEnabled"})
 
 
 def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Module:
@@ -168,6 +186,17 @@ def _build_torchvision(name: str, weights: Any, kwargs: dict[str, Any]) -> nn.Mo
         raise ModelLoadError(f"cannot build {name}: {_short(one_line(err))}") from None
     warn_unclaimed(name, models.get_model_builder(name), model, kwargs)
     return model
+
+
+def _keyword_hint(factory: Any, err: TypeError) -> str:
+    """`` (did you mean num_classes?)`` for a keyword ``factory`` does not take, from its signature."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    try:
+        names = list(inspect.signature(factory).parameters) if found else []
+    except (TypeError, ValueError):
+        names = []
+    close = difflib.get_close_matches(found.group(1), names, n=3, cutoff=0.6) if found and names else []
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -210,7 +239,10 @@ def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelLoadError(f"{module_name!r} has no attribute {attr!r}")
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ModelLoadError(f"{module_name!r} has no attribute {attr!r}{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelLoadError(f"{path} is not callable")
@@ -219,7 +251,7 @@ def _build_import(path: str, kwargs: dict[str, Any]) -> nn.Module:
         with _no_downloads():
             model = obj(**kwargs)
     except TypeError as err:  # e.g. an unknown --model-arg
-        raise ModelLoadError(f"cannot build {path} with {kwargs}: {one_line(err)}") from None
+        raise ModelLoadError(f"cannot build {path} with {kwargs}: {one_line(err)}{_keyword_hint(obj, err)}") from None
     except (KeyError, ValueError, LookupError, AttributeError, RuntimeError) as err:  # a bad value the factory rejects
         why = f"{type(err).__name__}: {_short(one_line(err))}"
         raise ModelLoadError(f"cannot build {path} with {kwargs}: {why}") from None

@@ -311,7 +311,7 @@ def decide(site: ConvSite, policy: Policy) -> LayerDecision:
     if site.module_type not in CONVERTIBLE_CONVS:
         return keep(f"custom Conv2d subclass {site.module_type} (its forward would be lost)")
     if site.calls == 0:
-        return keep("not run by the probe (unused in eval mode)")
+        return keep("not run by the probe (unused in eval mode, or on a branch the probe did not take): kept plain")
     if site.tied is not None:
         return keep(f"parameters shared with {site.tied} (tied weights): converting one would untie them")
     res = policy.resolve(site)

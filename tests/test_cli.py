@@ -281,6 +281,13 @@ def test_a_bad_builder_value_is_named_not_the_input_shape(runner, workdir):
     assert "(built with --model-arg scale=abc: check those values)" in result.stderr
 
 
+def test_a_size_the_model_refuses_is_named_not_the_builder_values(runner, workdir):
+    result = run(runner, "plan", "tests.nets:size_checked_segmenter", "-m", "classes=3", "-s", "30")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "at --input-size 30; the model runs at 224x224" in result.stderr
+    assert "check those values" not in result.stderr
+
+
 def test_a_builder_argument_nothing_takes_is_warned_about(runner, workdir):
     result = run(runner, "plan", f"{TINY}_kwargs", "-s", "16", "-m", "num_clases=3", "-m", "scale=2", "-f", "json")
     assert result.exit_code == 0, result.output

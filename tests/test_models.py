@@ -28,6 +28,11 @@ def test_unknown_model_suggests_close_names():
         load_model("resnet5")
 
 
+def test_a_keyword_the_factory_does_not_take_gets_the_close_names():
+    with pytest.raises(ModelLoadError, match=r"unexpected keyword argument 'num_class' \(did you mean num_classes\?\)"):
+        load_model("tests.nets:tiny_resnet", kwargs={"num_class": 3})
+
+
 def test_bad_builder_argument():
     with pytest.raises(ModelLoadError, match="cannot build resnet18"):
         load_model("resnet18", kwargs={"no_such_arg": 1})
@@ -47,7 +52,8 @@ def test_import_path_and_file_path(tmp_path):
     "spec,message",
     [
         ("no_such_pkg.models:build", "cannot import 'no_such_pkg.models'"),
-        ("tests.nets:nope", "has no attribute 'nope'"),
+        ("tests.nets:nope", "has no attribute 'nope'$"),
+        ("tests.nets:tiny_resnett", r"has no attribute 'tiny_resnett' \(did you mean tiny_resnet"),
         ("tests.nets:torch", "is not callable"),
         ("tests.nets:", "expected 'package.module:factory'"),
         ("/no/such/file.py:build", "model file not found"),
@@ -158,6 +164,19 @@ def test_smp_models_by_import_path_are_built_without_pretrained_encoders(monkeyp
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     model, source = load_model("segmentation_models_pytorch:Unet", kwargs={"encoder_name": "resnet18"})
     assert isinstance(model, smp.Unet) and source.kwargs == {"encoder_name": "resnet18"}
+
+
+def test_smp_encoder_weights_asked_for_but_not_cached_fail_at_once_without_the_network(tmp_path, monkeypatch):
+    pytest.importorskip("segmentation_models_pytorch")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # offline while building: the hub refuses before any request (online, it would retry and
+    # fail with a connection error on a machine without network, not this one)
+    with pytest.raises(WeightsError, match="Hugging Face hub and octswap never downloads"):
+        load_model("segmentation_models_pytorch:Unet", kwargs={"encoder_name": "resnet18", "encoder_weights": "imagenet"})
+    assert constants.HF_HUB_OFFLINE is False  # put back
 
 
 def test_a_value_a_torchvision_builder_rejects_is_a_model_error():

@@ -91,7 +91,7 @@ def test_geometry_and_module_type_reasons():
     assert d["even"][0] == "keep" and "no symmetric 'same' padding" in d["even"][1]
     assert d["s3"] == ("keep", "stride (3, 3) is not supported (octave convs need stride 1 or 2)")
     assert d["ws"][0] == "keep" and "custom Conv2d subclass" in d["ws"][1]
-    assert d["unused"] == ("keep", "not run by the probe (unused in eval mode)")
+    assert d["unused"] == ("keep", "not run by the probe (unused in eval mode, or on a branch the probe did not take): kept plain")
 
 
 def test_unmatched_rule_warns_or_fails_when_strict(tiny_resnet, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 
@@ -325,3 +326,69 @@ def test_bench_says_when_the_two_models_did_unlike_work():
     assert unequal_work(Detections(5), Detections(5), x) is None
     message = unequal_work(Detections(5), Detections(3), x)
     assert message is not None and "(3, 4) against the original's (5, 4)" in message and "rpn_nms_thresh" in message
+
+
+class Scorer(nn.Module):
+    """A head's last conv with an attribute and a method of its own (as torchvision's
+    RetinaNetClassificationHead has ``num_classes`` and ``compute_loss``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(32, 6, 3, padding=1)
+        self.weight = 2.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def loss(self, out: torch.Tensor) -> torch.Tensor:
+        return self.weight * out.square().mean()
+
+
+class LossHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tower = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+        self.scorer = Scorer()
+        self.scale = 0.5
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.scorer(self.tower(f)) for f in features]
+
+    def compute_loss(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        return self.scale * sum(self.scorer.loss(level) for level in levels)
+
+
+class LossDetector(nn.Module):
+    """Train mode: the head's own loss method (RetinaNet's and FCOS's forward call
+    ``self.head.compute_loss``); eval mode: a list of dicts (Python over the batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.head = LossHead()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[dict[str, torch.Tensor]]:
+        levels = self.head(self.encoder(x))
+        if self.training:
+            return self.head.compute_loss(levels)
+        return [{f"level{i}": level[n] for i, level in enumerate(levels)} for n in range(len(x))]
+
+
+def test_a_converted_part_keeps_the_methods_and_attributes_its_parent_calls():
+    model = LossDetector().eval()
+    converted, plan = octswap.convert(model, alpha=0.5, input_shape=SHAPE)
+    assert plan.mode == "regions" and [r["path"] for r in plan.regions] == ["encoder", "head"]
+    assert isinstance(converted.head.get_submodule("scorer.conv"), octswap.OctaveConv2d)
+    x = torch.randn(2, 3, 32, 32)
+    for copy_of in (lambda m: m, copy.deepcopy):
+        student = copy_of(converted).train()
+        assert student.head.scale == 0.5 and student.head.scorer.weight == 2.0
+        loss = student(x)
+        with torch.no_grad():  # by hand from the converted head's outputs
+            levels = student.head(student.encoder(x))
+        want = 0.5 * sum(2.0 * level.square().mean() for level in levels)
+        torch.testing.assert_close(loss.detach(), want)
+        loss.backward()
+        assert all(p.grad is not None for p in student.head.get_submodule("scorer.conv").parameters())
+    with pytest.raises(RuntimeError, match="traced into its parent's graph"):
+        converted.head.scorer(torch.randn(1, 32, 8, 8))

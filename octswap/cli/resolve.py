@@ -116,9 +116,25 @@ def load(name: str, options: ModelChoice) -> Loaded:
         try:
             run_once(model, shape)
         except InputError as err:
-            given = ", ".join(options.model_arg or ())
-            raise InputError(f"{err} (built with --model-arg {given}: check those values)") from None
+            raise InputError(f"{err} ({_blame(model, shape, options)})") from None
     return Loaded(model, source, shape)
+
+
+def _blame(model: nn.Module, shape: tuple[int, int, int], options: ModelChoice) -> str:
+    """What a model built with ``--model-arg`` and failing at ``shape`` should have checked: the
+    size where the model runs at its own default size, else the builder arguments."""
+    from octswap.models import default_input_shape
+    from octswap.plan import run_once
+
+    default = default_input_shape(model)
+    if options.input_size and default != shape:
+        try:
+            run_once(model, default)
+        except InputError:
+            pass
+        else:
+            return f"at --input-size {options.input_size}; the model runs at {'x'.join(map(str, default[1:]))}"
+    return f"built with --model-arg {', '.join(options.model_arg or ())}: check those values"
 
 
 def convert(loaded: Loaded, options: ModelChoice) -> tuple[nn.Module, Plan]:

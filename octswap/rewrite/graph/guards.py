@@ -8,8 +8,9 @@ a traced value belongs to an input check -- an ``if`` one of whose branches only
 ``assert`` -- the value is computed at the probe input (the graph traced so far, run on the probe's
 arguments), the trace follows the branch the probe takes, and the graph gains a :func:`check`
 node that raises where the value differs, as the model's own check would have raised. So the
-model keeps its check at every other size (with octswap's message, naming the model's line), and
-its graph. Only tests whose every evaluated operand decides the outcome are guarded (a single
+model keeps its check at every other size, and its graph. The guard's error names the model's
+test, line and raise statement, and is an instance of the exception the original raises where
+that is a built-in one (``ValueError``, ``RuntimeError``, ``AssertionError`` of an ``assert``). Only tests whose every evaluated operand decides the outcome are guarded (a single
 test; ``a or b`` before a raise; ``a and b`` before the branch that does not raise); any other
 branch on a traced value stops the trace as before.
 
@@ -20,7 +21,9 @@ to checks so that no size the original accepts is refused.
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
+import functools
 import inspect
 import sys
 import textwrap
@@ -36,18 +39,38 @@ __all__ = ["InputCheckError", "check", "guard_value"]
 
 
 class InputCheckError(RuntimeError):
-    """A converted model's guard: the original's own input check would have refused this input."""
+    """A converted model's guard: the original's own input check would have refused this input.
+
+    Where the original raises a built-in exception (``raise ValueError(...)``, an ``assert``),
+    the guard's error is also an instance of it (:func:`error_class`), so code that catches the
+    original's error catches the converted model's.
+    """
 
 
-def check(value: Any, expected: bool, where: str) -> None:
-    """Raise :class:`InputCheckError` unless ``bool(value) == expected`` (a graph node; see module doc)."""
+@functools.cache
+def error_class(kind: str) -> type[InputCheckError]:
+    """:class:`InputCheckError`, also a subclass of the built-in exception named ``kind``
+    (``""`` or a name that is not a built-in exception: :class:`InputCheckError` itself)."""
+    base = getattr(builtins, kind, None) if kind else None
+    if not (isinstance(base, type) and issubclass(base, Exception)) or issubclass(InputCheckError, base):
+        return InputCheckError
+    try:
+        return type("InputCheckError", (InputCheckError, base), {"__module__": __name__})
+    except TypeError:  # an exception class whose layout cannot be combined
+        return InputCheckError
+
+
+def check(value: Any, expected: bool, where: str, kind: str = "") -> None:
+    """Raise :class:`InputCheckError` (as ``kind``, :func:`error_class`) unless ``bool(value) ==
+    expected`` (a graph node; see module doc)."""
     if bool(value) != expected:
-        raise InputCheckError(f"this input fails the model's own check {where}, on which the original model raises")
+        raise error_class(kind)(f"this input fails the model's own check {where}")
 
 
 torch.fx.node._side_effectful_functions.add(check)  # kept by dead-code elimination: it has no users
 _OWN_FILES = {str(Path(__file__).resolve().parent / "tracing.py"), str(Path(__file__).resolve())}
 _FX_DIR = str(Path(fx.__file__).resolve().parent)
+_SHOWN = 240  # characters of the original's raise statement quoted in a guard's error
 
 
 def _user_frame() -> Any:
@@ -90,8 +113,22 @@ def _decided_by_each_operand(test: ast.expr, raises_when: bool) -> bool:
     return isinstance(test.op, ast.Or) == raises_when
 
 
-def _check_at(frame: Any) -> str | None:
-    """The test and ``file:line`` of the input check the frame is evaluating, or None when it is not one."""
+def _raised(node: ast.stmt) -> tuple[str, str]:
+    """What the check's raising branch raises: ``(exception name, its source)`` (an ``assert``:
+    ``AssertionError``); the name is ``""`` where it is not a plain name."""
+    if isinstance(node, ast.Assert):
+        return "AssertionError", ast.unparse(node.msg) if node.msg is not None else ""
+    assert isinstance(node, ast.If)
+    branch = node.body if _raises_only(node.body) else node.orelse
+    exc = branch[-1].exc if isinstance(branch[-1], ast.Raise) else None
+    func = exc.func if isinstance(exc, ast.Call) else exc
+    name = func.id if isinstance(func, ast.Name) else ""
+    return name, ast.unparse(exc) if exc is not None else ""
+
+
+def _check_at(frame: Any) -> tuple[str, str] | None:
+    """``(where, exception name)``: the test, ``file:line`` and raise of the input check the frame
+    is evaluating, or None when it is not one."""
     try:
         lines, start = inspect.getsourcelines(frame.f_code)
         tree = ast.parse(textwrap.dedent("".join(lines)))
@@ -110,7 +147,10 @@ def _check_at(frame: Any) -> str | None:
     if found is None or not _decided_by_each_operand(*found[1]):
         return None
     file = "/".join(Path(frame.f_code.co_filename).parts[-3:])
-    return f"`{ast.unparse(found[1][0])}` ({file}:{found[0].lineno + max(start, 1) - 1})"
+    kind, raised = _raised(found[0])
+    raised = raised if len(raised) <= _SHOWN else raised[: _SHOWN - 3] + "..."
+    what = f"raises {raised}" if raised and kind != "AssertionError" else f"fails its assert{': ' + raised if raised else ''}"
+    return f"`{ast.unparse(found[1][0])}` ({file}:{found[0].lineno + max(start, 1) - 1}), where the original {what}", kind
 
 
 def _probe_value(tracer: fx.Tracer, node: fx.Node, probe: tuple[Any, ...]) -> Any:
@@ -132,12 +172,13 @@ def guard_value(tracer: fx.Tracer, proxy: fx.Proxy, probe: tuple[Any, ...] | Non
     """The probe's truth value of ``proxy`` with a :func:`check` node recorded, when the branch on it
     is an input check (see the module doc); None otherwise (the trace stops, as fx would)."""
     frame = _user_frame()
-    where = _check_at(frame) if probe is not None and frame is not None else None
-    if where is None:
+    found = _check_at(frame) if probe is not None and frame is not None else None
+    if found is None:
         return None
+    where, kind = found
     try:
         value = bool(_probe_value(tracer, proxy.node, probe))  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - any failure: not a value we can know, the trace stops as before
         return None
-    tracer.create_proxy("call_function", check, (proxy, value, where), {})
+    tracer.create_proxy("call_function", check, (proxy, value, where, kind), {})
     return value

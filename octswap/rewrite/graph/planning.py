@@ -16,6 +16,7 @@ from octswap.eval_mode import eval_mode
 from octswap.plan import LayerDecision, Plan, output_tensors
 from octswap.rewrite.calls import Call, concrete_args, probe_call
 from octswap.rewrite.graph import handlers  # noqa: F401 - registers the handlers
+from octswap.rewrite.graph.methods import carried_class, carry_over
 from octswap.rewrite.graph.passes import GraphPass, Target
 from octswap.rewrite.graph.tracing import trace
 from octswap.rewrite.layer import convert_decisions
@@ -215,8 +216,9 @@ def rewrite_traced(
         if got != want:
             raise ConversionError(f"{d.name}: the plan expects {want[0]}/{want[1]} low channels, the graph gives {got[0]}/{got[1]}")
     graph.lint()
-    new = fx.GraphModule(root, graph, class_name=f"Octave{type(model).__name__}")
+    # A graph module with the original's other methods and attributes (a head's compute_loss).
+    new = carried_class(type(model))(root, graph, class_name=f"Octave{type(model).__name__}")
     convert_decisions(new, alone)  # plain in the graph, a split-octave-merge block in its place
     new.recompile()
     new.training = model.training  # submodules keep their own flags (frozen BatchNorm stays frozen)
-    return new
+    return carry_over(new, model)
