@@ -20,7 +20,8 @@ RPN anchors and 64 RoIs per image).
 
 Usage:
     .venv/bin/python benchmarks/bench_dense.py [--task segmentation|detection] [--seeds 0,1,2]
-        [--alphas 0.25,0.5] [--epochs 24] [--heal-epochs 3] [--out /tmp/octswap-dense] [--prepare | --scratch]
+        [--alphas 0.25,0.5] [--epochs 24] [--heal-epochs 3] [--heal-batch-size 16] [--heal-lr LR]
+        [--out /tmp/octswap-dense] [--prepare | --scratch]
 
 ``--scratch`` (segmentation): instead of healing, train octave models (each alpha) from scratch
 with the original's recipe and report their mIoU beside the original's: the ceiling of what
@@ -132,7 +133,7 @@ def figures(task: str, fid: dict | None) -> dict:
 
 
 def run_seed(task: str, seed: int, alphas: list[float], *, train: Path, val: Path, out: Path, epochs: int,
-             heal_epochs: int) -> list[dict]:  # fmt: skip
+             heal_epochs: int, heal_options: list[str]) -> list[dict]:  # fmt: skip
     name, args = MODELS[task]
     weights = out / f"{task}-seed{seed}.pt"
     if not weights.exists():
@@ -150,11 +151,11 @@ def run_seed(task: str, seed: int, alphas: list[float], *, train: Path, val: Pat
                     "-f", "json", "--no-layers")  # fmt: skip
         started = time.perf_counter()
         record = octswap_cli("heal", ckpt, "--data", train_data, *data_args, "--val", val_data, *val_args,
-                             "--epochs", heal_epochs, "--no-labels", "--batch-size", "16", "-o", healed, "--force",
+                             "--epochs", heal_epochs, "--no-labels", *heal_options, "-o", healed, "--force",
                              "--allow-import",
                              "-f", "json")["healing"]  # fmt: skip
         fidelity = record["fidelity"]
-        row = {"seed": seed, "alpha": alpha, "heal_seconds": time.perf_counter() - started,
+        row = {"seed": seed, "alpha": alpha, "heal_options": heal_options, "heal_seconds": time.perf_counter() - started,
                "converted": figures(task, fidelity["converted"]), "calibrated": figures(task, fidelity["calibrated"]),
                "epochs": [figures(task, e["fidelity"]) for e in record["history"]],
                "healed": figures(task, fidelity["healed"])}  # fmt: skip
@@ -224,6 +225,8 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.25,0.5")
     parser.add_argument("--epochs", type=int, default=24, help="training epochs of the original")
     parser.add_argument("--heal-epochs", type=int, default=3)
+    parser.add_argument("--heal-batch-size", type=int, default=16)
+    parser.add_argument("--heal-lr", type=float, default=None, help="octswap heal's default unless given")
     parser.add_argument("--train", type=int, default=600, help="training scenes")
     parser.add_argument("--val", type=int, default=200, help="validation scenes")
     parser.add_argument("--out", type=Path, default=Path("/tmp/octswap-dense"))
@@ -262,8 +265,11 @@ def main() -> None:
     rows = []
     for seed in seeds:
         rows += run_seed(args.task, seed, alphas, train=train, val=val,
-                         out=args.out, epochs=args.epochs, heal_epochs=args.heal_epochs)  # fmt: skip
-    (args.out / f"results-{args.task}.json").write_text(json.dumps(rows, indent=1))
+                         out=args.out, epochs=args.epochs, heal_epochs=args.heal_epochs,
+                         heal_options=["--batch-size", str(args.heal_batch_size),
+                                       *(["--lr", str(args.heal_lr)] if args.heal_lr is not None else [])])  # fmt: skip
+    recipe = f"b{args.heal_batch_size}" + (f"-lr{args.heal_lr:g}" if args.heal_lr is not None else "")
+    (args.out / f"results-{args.task}-{recipe}.json").write_text(json.dumps(rows, indent=1))
     print(table(args.task, rows))
 
 
