@@ -21,6 +21,7 @@ RPN anchors and 64 RoIs per image).
 Usage:
     .venv/bin/python benchmarks/bench_dense.py [--task segmentation|detection] [--seeds 0,1,2]
         [--alphas 0.25,0.5] [--epochs 24] [--heal-epochs 3] [--heal-batch-size 16] [--heal-lr LR]
+        [--heal-extra '--distill cwd']
         [--out /tmp/octswap-dense] [--prepare | --scratch]
 
 ``--scratch`` (segmentation): instead of healing, train octave models (each alpha) from scratch
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -155,7 +157,8 @@ def run_seed(task: str, seed: int, alphas: list[float], *, train: Path, val: Pat
                              "--allow-import",
                              "-f", "json")["healing"]  # fmt: skip
         fidelity = record["fidelity"]
-        row = {"seed": seed, "alpha": alpha, "heal_options": heal_options, "heal_seconds": time.perf_counter() - started,
+        row = {"seed": seed, "alpha": alpha, "heal_options": heal_options,
+               "heal_seconds": time.perf_counter() - started,
                "converted": figures(task, fidelity["converted"]), "calibrated": figures(task, fidelity["calibrated"]),
                "epochs": [figures(task, e["fidelity"]) for e in record["history"]],
                "healed": figures(task, fidelity["healed"])}  # fmt: skip
@@ -227,6 +230,7 @@ def main() -> None:
     parser.add_argument("--heal-epochs", type=int, default=3)
     parser.add_argument("--heal-batch-size", type=int, default=16)
     parser.add_argument("--heal-lr", type=float, default=None, help="octswap heal's default unless given")
+    parser.add_argument("--heal-extra", default="", help="more heal options, as one string ('--distill cwd')")
     parser.add_argument("--train", type=int, default=600, help="training scenes")
     parser.add_argument("--val", type=int, default=200, help="validation scenes")
     parser.add_argument("--out", type=Path, default=Path("/tmp/octswap-dense"))
@@ -267,8 +271,10 @@ def main() -> None:
         rows += run_seed(args.task, seed, alphas, train=train, val=val,
                          out=args.out, epochs=args.epochs, heal_epochs=args.heal_epochs,
                          heal_options=["--batch-size", str(args.heal_batch_size),
-                                       *(["--lr", str(args.heal_lr)] if args.heal_lr is not None else [])])  # fmt: skip
+                                       *(["--lr", str(args.heal_lr)] if args.heal_lr is not None else []),
+                                       *shlex.split(args.heal_extra)])  # fmt: skip
     recipe = f"b{args.heal_batch_size}" + (f"-lr{args.heal_lr:g}" if args.heal_lr is not None else "")
+    recipe += "".join(f"-{o.lstrip('-')}" for o in shlex.split(args.heal_extra))
     (args.out / f"results-{args.task}-{recipe}.json").write_text(json.dumps(rows, indent=1))
     print(table(args.task, rows))
 

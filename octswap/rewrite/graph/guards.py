@@ -10,9 +10,10 @@ arguments), the trace follows the branch the probe takes, and the graph gains a 
 node that raises where the value differs, as the model's own check would have raised. So the
 model keeps its check at every other size, and its graph. The guard's error names the model's
 test, line and raise statement, and is an instance of the exception the original raises where
-that is a built-in one (``ValueError``, ``RuntimeError``, ``AssertionError`` of an ``assert``). Only tests whose every evaluated operand decides the outcome are guarded (a single
-test; ``a or b`` before a raise; ``a and b`` before the branch that does not raise); any other
-branch on a traced value stops the trace as before.
+that is a built-in one (``ValueError``, ``RuntimeError``, ``AssertionError`` of an ``assert``).
+Only tests whose every evaluated operand decides the outcome are guarded (a single test; ``a or
+b`` before a raise; ``a and b`` before the branch that does not raise); any other branch on a
+traced value stops the trace as before.
 
 This is Hugging Face's idea (its fx tracer records concrete shapes to get past such checks), kept
 to checks so that no size the original accepts is refused.
@@ -149,8 +150,12 @@ def _check_at(frame: Any) -> tuple[str, str] | None:
     file = "/".join(Path(frame.f_code.co_filename).parts[-3:])
     kind, raised = _raised(found[0])
     raised = raised if len(raised) <= _SHOWN else raised[: _SHOWN - 3] + "..."
-    what = f"raises {raised}" if raised and kind != "AssertionError" else f"fails its assert{': ' + raised if raised else ''}"
-    return f"`{ast.unparse(found[1][0])}` ({file}:{found[0].lineno + max(start, 1) - 1}), where the original {what}", kind
+    if kind == "AssertionError":
+        what = f"fails its assert{': ' + raised if raised else ''}"
+    else:
+        what = f"raises {raised}" if raised else "raises"
+    line = found[0].lineno + max(start, 1) - 1
+    return f"`{ast.unparse(found[1][0])}` ({file}:{line}), where the original {what}", kind
 
 
 def _probe_value(tracer: fx.Tracer, node: fx.Node, probe: tuple[Any, ...]) -> Any:
