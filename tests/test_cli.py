@@ -284,7 +284,7 @@ def test_a_bad_builder_value_is_named_not_the_input_shape(runner, workdir):
 def test_a_size_the_model_refuses_is_named_not_the_builder_values(runner, workdir):
     result = run(runner, "plan", "tests.nets:size_checked_segmenter", "-m", "classes=3", "-s", "30")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "at --input-size 30; the model runs at 224x224" in result.stderr
+    assert "at --input-size 30; the model runs at its default size, 224x224" in result.stderr
     assert "check those values" not in result.stderr
 
 

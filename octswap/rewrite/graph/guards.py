@@ -147,7 +147,7 @@ def _check_at(frame: Any) -> tuple[str, str] | None:
                 found = (node, guarded)
     if found is None or not _decided_by_each_operand(*found[1]):
         return None
-    file = "/".join(Path(frame.f_code.co_filename).parts[-3:])
+    file = str(Path(*Path(frame.f_code.co_filename).parts[-3:]))  # the last three parts, "/" kept where short
     kind, raised = _raised(found[0])
     raised = raised if len(raised) <= _SHOWN else raised[: _SHOWN - 3] + "..."
     if kind == "AssertionError":
