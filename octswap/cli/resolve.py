@@ -133,7 +133,8 @@ def _blame(model: nn.Module, shape: tuple[int, int, int], options: ModelChoice) 
         except InputError:
             pass
         else:
-            return f"at --input-size {options.input_size}; the model runs at its default size, {'x'.join(map(str, default[1:]))}"
+            size = "x".join(map(str, default[1:]))
+            return f"at --input-size {options.input_size}; the model runs at its default size, {size}"
     return f"built with --model-arg {', '.join(options.model_arg or ())}: check those values"
 
 
