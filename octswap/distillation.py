@@ -218,7 +218,8 @@ def _heal(
         resume_run(run, resume)
     try:
         criterion = make_criterion(task, method, temperature=options.temperature, labels=options.labels,
-                                   label_weight=options.label_weight, ignore_index=options.ignore_index)
+                                   label_weight=options.label_weight, ignore_index=options.ignore_index,
+                                   feature_weight=options.feature_weight)  # fmt: skip
         _fit(run, state, criterion, hooks)
     finally:
         for p in frozen:
@@ -247,6 +248,9 @@ def _task_and_method(teacher: nn.Module, dataset: Dataset, options: HealOptions)
     if options.features is not None and method != "features":
         raise InputError(f"features= (--features) names the modules of feature distillation, but this run "
                          f"distils {method} (distill={options.distill!r}); drop it or distil features")
+    if options.feature_weight > 0 and method == "features":
+        raise InputError("feature_weight (--feature-weight) adds block features to the distillation of the outputs; "
+                         "with distill='features' (--distill features) features are all it matches: drop one")
     logger.info("healing a %s model by %s distillation", task, method)
     return task, method
 

@@ -131,7 +131,8 @@ def method_for(task: str, distill: str) -> str:
 
 
 def make_criterion(task: str, method: str, *, temperature: float = 4.0, labels: bool = False,
-                   label_weight: float = 0.5, ignore_index: int = 255) -> Callable[[Any, Any, Any], torch.Tensor]:
+                   label_weight: float = 0.5, ignore_index: int = 255,
+                   feature_weight: float = 0.0) -> Callable[[Any, Any, Any], torch.Tensor]:
     """``criterion(student_output, teacher_output, labels) -> loss`` for ``task`` and ``method``
     (see the module docstring); ``HealOptions`` carries the keyword arguments.
 
@@ -141,7 +142,10 @@ def make_criterion(task: str, method: str, *, temperature: float = 4.0, labels: 
     targets, :class:`octswap.feature_taps.Tapped` with ``complete``): the sum of its own losses
     weighs ``label_weight``. With
     ``features`` the outputs are compared whole (for regions, the dict
-    :class:`octswap.feature_taps.Tapped` returns).
+    :class:`octswap.feature_taps.Tapped` returns). With ``feature_weight > 0`` (not with
+    ``features``) both outputs are ``{"output", "features"}`` of
+    :func:`octswap.block_features.block_features`: the loss of the outputs plus
+    ``feature_weight`` times the normalised MSE of the blocks' features.
     """
 
     def mixed(loss: torch.Tensor, ce: Callable[[], torch.Tensor | None]) -> torch.Tensor:
@@ -184,4 +188,12 @@ def make_criterion(task: str, method: str, *, temperature: float = 4.0, labels: 
             return mixed(features_loss(taps, teacher), lambda: sum(own.values()))
         return features_loss(student, teacher)
 
-    return {"logits": logits, "pixels": dense, "cwd": dense, "features": features}[method]
+    criterion = {"logits": logits, "pixels": dense, "cwd": dense, "features": features}[method]
+    if feature_weight <= 0:
+        return criterion
+
+    def with_blocks(student: Any, teacher: Any, targets: Any) -> torch.Tensor:
+        blocks = features_loss(student["features"], teacher["features"])
+        return criterion(student["output"], teacher["output"], targets) + feature_weight * blocks
+
+    return with_blocks

@@ -84,6 +84,9 @@ class HealOptions:
         task: ``classification``, ``segmentation``, ``detection`` or ``features``
             (``None``: guessed from the teacher's output).
         ignore_index: Mask value left out of the cross-entropy with masks.
+        feature_weight: Block-feature distillation beside the outputs' (not with
+            ``distill="features"``): the loss adds this times the normalised MSE of the
+            outputs of the converted blocks (:mod:`octswap.block_features`); 0: outputs only.
 
     Raises:
         InputError: a value out of range (the message names the attribute).
@@ -108,6 +111,7 @@ class HealOptions:
     features: tuple[str, ...] | None = None
     task: str | None = None
     ignore_index: int = 255
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         from octswap.fidelity.result import TASKS
@@ -116,6 +120,7 @@ class HealOptions:
         checks = [
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}"),
             (self.temperature > 0, f"temperature must be positive, got {self.temperature}"),
@@ -335,6 +340,7 @@ def setup_run(
     and only those modules' parameters train (the caller froze the rest). Mixed precision
     on CUDA: bfloat16 where supported, else float16 with a gradient scaler.
     """
+    from octswap.block_features import block_features
     from octswap.feature_taps import Tapped
 
     tapped = options.features if method == "features" else None
@@ -344,6 +350,9 @@ def setup_run(
                          "--features)")  # fmt: skip
     forward_model, teach = ((Tapped(model, tapped, complete=own_loss), Tapped(teacher, tapped)) if tapped
                             else (model, teacher))  # fmt: skip
+    if options.feature_weight > 0:
+        probe = _move(dataset[0][0].unsqueeze(0), device, options.channels_last)
+        forward_model, teach = block_features(model, teacher, probe=probe)
     trained = data_parallel(forward_model, device, world,
                             sync_batchnorm=device.type == "cuda" and options.bn == "train")  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]

@@ -382,6 +382,7 @@ def test_a_converted_part_keeps_the_methods_and_attributes_its_parent_calls():
     x = torch.randn(2, 3, 32, 32)
     for copy_of in (lambda m: m, copy.deepcopy):
         student = copy_of(converted).train()
+        assert type(student.head).__name__ == "OctaveLossHead"  # the class keeps its name through a deep copy
         assert student.head.scale == 0.5 and student.head.scorer.weight == 2.0
         loss = student(x)
         with torch.no_grad():  # by hand from the converted head's outputs

@@ -252,6 +252,9 @@ def command(
         "--label-weight", min=0.0, max=1.0, help="Weight of the labels' loss with --labels.")] = 0.5,
     temperature: Annotated[float, typer.Option(
         "--temperature", min=0.0, help="Distillation temperature T.")] = 4.0,
+    feature_weight: Annotated[float, typer.Option(
+        "--feature-weight", min=0.0, help="Also match the converted blocks' outputs (normalised MSE), weighted "
+        "this much beside the outputs' distillation (0: outputs only).")] = 0.0,
     calibrate_bn: Annotated[int, typer.Option(
         "--calibrate-bn", min=0, help="Batches of BatchNorm re-estimation before training (0: off).")] = 100,
     bn: Annotated[BNMode, typer.Option(
@@ -289,7 +292,8 @@ def command(
         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, temperature=temperature,
         labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target, seed=seed,
         channels_last=channels_last, workers=workers, distill=distill.value, features=_names(features),
-        task=task.value if task is not None else None, ignore_index=ignore_index)  # fmt: skip
+        task=task.value if task is not None else None, ignore_index=ignore_index,
+        feature_weight=feature_weight)  # fmt: skip
     outcome = _heal(checkpoint, data, target_path, main=main, options=options, val=val,
                     preprocessing=preprocessing(mean, std, resize, crop),
                     limit=limit, teacher_weights=teacher_weights, allow_import=allow_import, resume=resume,

@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import keystr, tree_flatten_with_path
 
-__all__ = ["GraphTaps", "RelativeError", "graph_taps", "hooked", "named_leaves"]
+__all__ = ["GraphTaps", "RelativeError", "graph_taps", "hooked", "named_leaves", "origin_roles", "stage_output_nodes"]
 
 
 def named_leaves(value: Any) -> dict[str, Any]:
@@ -70,8 +70,8 @@ def _module_path(node: fx.Node) -> str:
     return str(value[0]) if isinstance(value, tuple) else str(key)
 
 
-def _stage_outputs(gm: fx.GraphModule, stages: Sequence[str]) -> dict[str, str]:
-    """Stage name -> the last node of the traced original that runs inside that stage."""
+def stage_output_nodes(gm: fx.GraphModule, stages: Sequence[str]) -> dict[str, str]:
+    """Stage (module path) -> the name of the last node of the traced original ``gm`` that runs inside it."""
     last: dict[str, str] = {}
     for node in gm.graph.nodes:
         path = _module_path(node)
@@ -79,6 +79,20 @@ def _stage_outputs(gm: fx.GraphModule, stages: Sequence[str]) -> dict[str, str]:
             if path == stage or path.startswith(stage + "."):
                 last[stage] = node.name
     return last
+
+
+def origin_roles(converted: fx.GraphModule, origins: set[str]) -> dict[str, dict[str, tuple[fx.Node, Any]]]:
+    """Original node name -> ``{role: (node, restore)}`` of the converted graph's nodes standing
+    for it (roles ``plain``, or ``high`` and ``low`` of an octave pair, ``restore`` the channel
+    order :func:`~octswap.layers.merge_ordered` takes); the rewrite's origin tags tell."""
+    from octswap.rewrite.graph import ORIGIN
+
+    roles: dict[str, dict[str, tuple[fx.Node, Any]]] = {}
+    for node in converted.graph.nodes:
+        for origin, role, restore in node.meta.get(ORIGIN, ()):
+            if origin in origins:
+                roles.setdefault(origin, {})[role] = (node, restore)
+    return roles
 
 
 class _Capture(fx.Interpreter):
@@ -106,17 +120,13 @@ class GraphTaps:
     def prepare(self, x: torch.Tensor) -> None:
         """Trace the original with ``x`` as the probe (its input checks trace as guards, see
         :mod:`octswap.rewrite.graph.guards`) and find the stages' outputs; before :meth:`run`."""
-        from octswap.rewrite.graph import ORIGIN, trace
+        from octswap.rewrite.graph import trace
 
         original, converted, stages = self.original, self.converted, self.all_stages
         self.traced = trace(original, probe=(x,))
-        by_stage = _stage_outputs(self.traced, stages)
+        by_stage = stage_output_nodes(self.traced, stages)
         self.names = {node: stage for stage, node in by_stage.items()}
-        self.roles: dict[str, dict[str, tuple[fx.Node, Any]]] = {}
-        for node in converted.graph.nodes:
-            for origin, role, restore in node.meta.get(ORIGIN, ()):
-                if origin in self.names:
-                    self.roles.setdefault(origin, {})[role] = (node, restore)
+        self.roles = origin_roles(converted, set(self.names))
         self.stages = [s for s in stages if by_stage.get(s) in self.roles]
         self.wanted = {node for roles in self.roles.values() for node, _ in roles.values()}
 

@@ -52,10 +52,12 @@ def _plain_attributes(module: nn.Module, taken: Any) -> dict[str, Any]:
 
 
 class CarriedGraphModule(fx.GraphModule):
-    """A ``GraphModule`` whose deep copies keep the containers' carried classes."""
+    """A ``GraphModule`` whose deep copies keep the containers' carried classes and the class's
+    name (``GraphModule.__init__`` renames a copy's per-instance class ``GraphModule``)."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CarriedGraphModule:
         res = super().__deepcopy__(memo)
+        type(res).__name__ = type(self).__name__
         _restore_containers(res, res.meta.get(_CONTAINERS, {}))
         return res
 
