@@ -70,11 +70,10 @@ CLIP_NORM = 10.0  # gradient norm clipping, as torchvision's detection reference
 
 
 def build(task: str) -> torch.nn.Module:
-    import yaml
+    from octswap.cli.options import parse_model_args  # read as `octswap convert -m` reads them
 
     name, args = MODELS[task]
-    kwargs = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)}
-    return octswap.load_model(name, kwargs=kwargs)[0]
+    return octswap.load_model(name, kwargs=parse_model_args(args))[0]
 
 
 def train_model(task: str, train: Path, *, epochs: int, seed: int, batch_size: int = 16,

@@ -3,7 +3,6 @@ forward hooks on the original and the per-stage drift's taps, the loss by hand, 
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -15,10 +14,11 @@ import octswap
 from octswap.block_features import block_features, distill_points
 from octswap.cli import app
 from octswap.data import make_loader, open_data
-from octswap.distillation import HealInterrupted, HealOptions, heal
+from octswap.distillation import HealOptions, heal
 from octswap.fidelity.taps import GraphTaps
 from octswap.losses import make_criterion
 from tests.nets import size_checked_segmenter
+from tests.resume import assert_resumes_exactly
 from tests.scenes import load_scenes, train_segmenter, write_scenes
 
 pytest.importorskip("torchmetrics")
@@ -135,20 +135,7 @@ def test_healing_with_block_features_brings_them_closer(segmentation):
 def test_block_feature_healing_resumes_exactly(segmentation):
     teacher, converted, data, *_ = segmentation
     options = HealOptions(epochs=2, batch_size=8, calibrate_bn=1, workers=0, feature_weight=0.5)  # 4 steps/epoch
-    whole = heal(converted, teacher, data, options=options).model.state_dict()
-    saved = {}
-
-    def keep(model, state):
-        saved["weights"], saved["state"] = copy.deepcopy(model.state_dict()), copy.deepcopy(state)
-
-    steps = iter(range(100))
-    with pytest.raises(HealInterrupted, match="epoch 2 after step 1 of 4"):
-        heal(converted, teacher, data, options=options, save=keep, stop=lambda: next(steps) == 4)
-    student = copy.deepcopy(converted)
-    student.load_state_dict(saved["weights"])
-    resumed = heal(student, teacher, data, options=options, resume=saved["state"])
-    for key, value in resumed.model.state_dict().items():
-        assert torch.allclose(value.float(), whole[key].float(), atol=1e-6), key
+    assert_resumes_exactly(converted, teacher, data, options, stop_at=4, where="epoch 2 after step 1 of 4")
 
 
 def test_block_features_do_not_go_with_feature_distillation(segmentation):

@@ -3,7 +3,6 @@ exactly, runs the same under DDP (gloo), and the command line on masks and detec
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -19,12 +18,13 @@ import octswap
 from octswap.cli import app
 from octswap.cli.heal import _report_written, healing_view
 from octswap.data import Data, make_loader, open_data
-from octswap.distillation import HealInterrupted, HealOptions, heal
+from octswap.distillation import HealOptions, heal
 from octswap.feature_taps import Tapped
 from octswap.healing import HealOutcome, default_features
 from octswap.losses import channel_wise_loss, features_loss, pixel_loss
 from tests.nets import pyramid_detector, size_checked_segmenter
 from tests.processes import heal_one_and_two_processes, octswap_cmd
+from tests.resume import assert_resumes_exactly
 from tests.scenes import load_scenes, train_segmenter, write_scenes
 
 pytest.importorskip("torchmetrics")
@@ -178,20 +178,7 @@ def test_feature_distillation_raises_similarity(features):
 def test_feature_distillation_resumes_exactly(features):
     teacher, converted, plan, data = features
     options = HealOptions(epochs=2, batch_size=16, features=default_features(plan), calibrate_bn=2)  # 4 steps/epoch
-    whole = heal(converted, teacher, data, options=options).model.state_dict()
-    saved = {}
-
-    def keep(model, state):
-        saved["weights"], saved["state"] = copy.deepcopy(model.state_dict()), copy.deepcopy(state)
-
-    steps = iter(range(100))
-    with pytest.raises(HealInterrupted, match="epoch 2 after step 1 of 4"):
-        heal(converted, teacher, data, options=options, save=keep, stop=lambda: next(steps) == 4)
-    student = copy.deepcopy(converted)
-    student.load_state_dict(saved["weights"])
-    resumed = heal(student, teacher, data, options=options, resume=saved["state"])
-    for key, value in resumed.model.state_dict().items():
-        assert torch.allclose(value.float(), whole[key].float(), atol=1e-6), key
+    assert_resumes_exactly(converted, teacher, data, options, stop_at=4, where="epoch 2 after step 1 of 4")
 
 
 # ------------------------------------------------------------------ command line
