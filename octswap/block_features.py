@@ -124,6 +124,11 @@ def _with_outputs(gm: fx.GraphModule, features: dict[str, Any], name: str) -> fx
     return fx.GraphModule(gm, graph, class_name=name)
 
 
+def _whole(tagged: dict[str, Any]) -> bool:
+    """The converted graph holds the value: a plain node, or both halves of an octave pair."""
+    return "plain" in tagged or {"high", "low"} <= tagged.keys()
+
+
 def _graph_features(converted: fx.GraphModule, original: nn.Module, points: list[str],
                     probe: torch.Tensor) -> tuple[nn.Module, nn.Module]:  # fmt: skip
     from octswap.rewrite.graph import merge_ordered, trace
@@ -131,7 +136,7 @@ def _graph_features(converted: fx.GraphModule, original: nn.Module, points: list
     traced = trace(original, probe=(probe,))
     by_point = stage_output_nodes(traced, points)
     roles = origin_roles(converted, set(by_point.values()))
-    found = [p for p in points if by_point.get(p) in roles]
+    found = [p for p in points if _whole(roles.get(by_point.get(p, ""), {}))]
     if not found:
         raise InputError("block-feature distillation found none of the converted blocks' outputs in the graph "
                          "(distil the outputs alone: feature weight 0)")  # fmt: skip
