@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ from octswap.errors import InputError
 from octswap.feature_taps import Tapped
 from octswap.fidelity.taps import origin_roles, stage_output_nodes
 
-__all__ = ["block_features", "distill_points"]
+__all__ = ["block_features", "distill_points", "training_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +196,18 @@ def block_features(converted: nn.Module, original: nn.Module, *, probe: torch.Te
             return _graph_features(converted, original, points, probe)
     logger.info("block-feature distillation on %s", ", ".join(points))
     return _Hooked(converted, points), _Hooked(original, points)
+
+
+def training_views(
+    student: nn.Module, teacher: nn.Module, *, features: Sequence[str] | None, own_loss: bool, feature_weight: float,
+    probe: Callable[[], torch.Tensor],
+) -> tuple[nn.Module, nn.Module]:  # fmt: skip
+    """What a healing step calls for ``(student, teacher)``: the models themselves; with
+    ``features`` (feature distillation of named modules) both :class:`Tapped` (the student
+    ``complete`` with ``own_loss``: a detector's loss dict beside); with ``feature_weight > 0``
+    :func:`block_features` (``probe()``: one input batch on the models' device)."""
+    if feature_weight > 0:
+        return block_features(student, teacher, probe=probe())
+    if features:
+        return Tapped(student, features, complete=own_loss), Tapped(teacher, features)
+    return student, teacher

@@ -84,9 +84,8 @@ class HealOptions:
         task: ``classification``, ``segmentation``, ``detection`` or ``features``
             (``None``: guessed from the teacher's output).
         ignore_index: Mask value left out of the cross-entropy with masks.
-        feature_weight: Block-feature distillation beside the outputs' (not with
-            ``distill="features"``): the loss adds this times the normalised MSE of the
-            outputs of the converted blocks (:mod:`octswap.block_features`); 0: outputs only.
+        feature_weight: Adds this times the normalised MSE of the converted blocks' outputs to the
+            outputs' distillation (:mod:`octswap.block_features`; not with ``features``); 0: none.
 
     Raises:
         InputError: a value out of range (the message names the attribute).
@@ -340,19 +339,16 @@ def setup_run(
     and only those modules' parameters train (the caller froze the rest). Mixed precision
     on CUDA: bfloat16 where supported, else float16 with a gradient scaler.
     """
-    from octswap.block_features import block_features
-    from octswap.feature_taps import Tapped
+    from octswap.block_features import training_views
 
     tapped = options.features if method == "features" else None
     own_loss = task == "detection" and options.labels
     if own_loss and not tapped:
         raise InputError("a detector healed with its labels needs the modules whose features to distil (features=, "
                          "--features)")  # fmt: skip
-    forward_model, teach = ((Tapped(model, tapped, complete=own_loss), Tapped(teacher, tapped)) if tapped
-                            else (model, teacher))  # fmt: skip
-    if options.feature_weight > 0:
-        probe = _move(dataset[0][0].unsqueeze(0), device, options.channels_last)
-        forward_model, teach = block_features(model, teacher, probe=probe)
+    forward_model, teach = training_views(model, teacher, features=tapped, own_loss=own_loss,
+                                          feature_weight=options.feature_weight,
+                                          probe=lambda: _move(dataset[0][0].unsqueeze(0), device, options.channels_last))
     trained = data_parallel(forward_model, device, world,
                             sync_batchnorm=device.type == "cuda" and options.bn == "train")  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
