@@ -11,10 +11,9 @@ normalised MSE of the features to the output's distillation.
 The blocks (:func:`distill_points`): the children of every top-level module that holds a
 converted conv (a plain container of blocks, ``nn.Sequential``/``ModuleList``/``ModuleDict``,
 opened one more level: a ResNet's ``layer1.0``, smp's ``decoder.blocks.0``), those that hold
-one themselves. A model
-converted whole in graph mode is one traced graph, so forward hooks on its blocks never
-fire (the graph calls leaves only): there the blocks' outputs are found through the
-rewrite's origin tags, as the per-stage drift finds its stages
+one themselves. A model converted whole in graph mode is one traced graph, so forward hooks
+on its blocks never fire (the graph calls leaves only): there the blocks' outputs are found
+through the rewrite's origin tags, as the per-stage drift finds its stages
 (:mod:`octswap.fidelity.taps`), and both models become ``GraphModule``\\ s sharing their
 weights whose graphs also return those values (an octave pair merged into the original's
 layout: low branch upsampled, channels in the original order). Elsewhere (layer mode,
