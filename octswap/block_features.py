@@ -46,12 +46,9 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def _converted_paths(model: nn.Module) -> list[str]:
-    """Names of the octave convs ``model`` runs (in a graph, those its graph calls)."""
+    """Names of the octave convs in ``model`` (a traced graph holds only the modules it calls)."""
     from octswap.layers import OctaveConv2d
 
-    if isinstance(model, fx.GraphModule):
-        called = {str(n.target) for n in model.graph.nodes if n.op == "call_module"}
-        return [name for name in called if isinstance(model.get_submodule(name), OctaveConv2d)]
     return [name for name, m in model.named_modules() if isinstance(m, OctaveConv2d)]
 
 
@@ -152,8 +149,10 @@ def _graph_features(converted: fx.GraphModule, original: nn.Module, points: list
 
         return make
 
+    nodes = {n.name: n for n in traced.graph.nodes}
+
     def teacher_value(point: str) -> Any:
-        node = next(n for n in traced.graph.nodes if n.name == by_point[point])
+        node = nodes[by_point[point]]
         return lambda graph, env: env[node]
 
     student = _with_outputs(converted, {p: student_value(p) for p in found}, "BlockFeatures")
