@@ -27,6 +27,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from octswap.augment import augment_batch
 from octswap.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from octswap.data import Data, batches, make_loader
 from octswap.distributed import World, all_mean, average_, data_parallel
@@ -86,6 +87,8 @@ class HealOptions:
         ignore_index: Mask value left out of the cross-entropy with masks.
         feature_weight: Adds this times the normalised MSE of the converted blocks' outputs to the
             outputs' distillation (:mod:`octswap.block_features`; not with ``features``); 0: none.
+        augment: The views both models are given while training (:mod:`octswap.augment`):
+            ``none``, ``flip`` or ``crop`` (a random resized crop, then the flip).
 
     Raises:
         InputError: a value out of range (the message names the attribute).
@@ -111,8 +114,10 @@ class HealOptions:
     task: str | None = None
     ignore_index: int = 255
     feature_weight: float = 0.0
+    augment: str = "none"
 
     def __post_init__(self) -> None:
+        from octswap.augment import AUGMENTATIONS
         from octswap.fidelity.result import TASKS
         from octswap.losses import DISTILL_METHODS
 
@@ -130,6 +135,7 @@ class HealOptions:
             (self.bn in ("train", "frozen"), f"bn must be 'train' or 'frozen', got {self.bn!r}"),
             (self.target is None or 0 < self.target <= 1, f"target must be in (0, 1], got {self.target}"),
             (self.distill in DISTILL_METHODS, f"distill must be one of {', '.join(DISTILL_METHODS)}, got {self.distill!r}"),
+            (self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"),
             (self.task is None or self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
             (self.features is None or (isinstance(self.features, tuple) and all(self.features)),
              f"features must be a tuple of module names, got {self.features!r}"),
@@ -419,6 +425,9 @@ def train_one_epoch(
     for inputs, labels in batches(loader):
         inputs = _move(inputs, device, options.channels_last)
         labels = _labels_to(labels, device)
+        if options.augment != "none":  # one view per sample, seen by both models
+            inputs, labels = augment_batch(inputs, labels, kind=options.augment,
+                                           seed=(options.seed, state.epoch, state.step_in_epoch, world.rank))
         with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.use_amp):
             with torch.no_grad():
                 target = run.teach(inputs)

@@ -105,6 +105,13 @@ def test_heal_raises_pixel_agreement(segmentation, distill):
     assert end.segmentation.miou_converted > start.segmentation.miou_converted
 
 
+def test_heal_on_cropped_views_resumes_exactly(segmentation):
+    # The views are drawn from (seed, epoch, step): resuming mid-epoch makes the ones the whole run made.
+    teacher, converted, _, data, _ = segmentation
+    options = HealOptions(epochs=2, batch_size=16, augment="crop", calibrate_bn=2, workers=0)  # 3 steps/epoch
+    assert_resumes_exactly(converted, teacher, data, options, stop_at=3, where="epoch 2 after step 1 of 3")
+
+
 def test_a_method_that_does_not_fit_the_task(segmentation):
     teacher, converted, _, data, _ = segmentation
     with pytest.raises(octswap.InputError, match="--distill logits needs a classification model; this one is a "

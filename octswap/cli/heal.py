@@ -27,6 +27,12 @@ class BNMode(str, Enum):
     frozen = "frozen"
 
 
+class Augment(str, Enum):
+    none = "none"
+    flip = "flip"
+    crop = "crop"
+
+
 class Distill(str, Enum):
     auto = "auto"
     logits = "logits"
@@ -255,6 +261,9 @@ def command(
     feature_weight: Annotated[float, typer.Option(
         "--feature-weight", min=0.0, help="Also match the converted blocks' outputs (normalised MSE), weighted "
         "this much beside the outputs' distillation (0: outputs only).")] = 0.0,
+    augment: Annotated[Augment, typer.Option(
+        "--augment", help="Views both models see while training: none, a random left-right flip, or a random "
+        "resized crop then the flip (masks and boxes follow).")] = Augment.none,
     calibrate_bn: Annotated[int, typer.Option(
         "--calibrate-bn", min=0, help="Batches of BatchNorm re-estimation before training (0: off).")] = 100,
     bn: Annotated[BNMode, typer.Option(
@@ -293,7 +302,7 @@ def command(
         labels=labels, label_weight=label_weight, calibrate_bn=calibrate_bn, bn=bn.value, target=target, seed=seed,
         channels_last=channels_last, workers=workers, distill=distill.value, features=_names(features),
         task=task.value if task is not None else None, ignore_index=ignore_index,
-        feature_weight=feature_weight)  # fmt: skip
+        feature_weight=feature_weight, augment=augment.value)  # fmt: skip
     outcome = _heal(checkpoint, data, target_path, main=main, options=options, val=val,
                     preprocessing=preprocessing(mean, std, resize, crop),
                     limit=limit, teacher_weights=teacher_weights, allow_import=allow_import, resume=resume,
