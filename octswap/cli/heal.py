@@ -229,6 +229,9 @@ DistillOpt = Annotated[Distill, typer.Option(
 FeaturesOpt = Annotated[Optional[str], typer.Option(
     "--features", help="Feature distillation on these modules' outputs (comma-separated names; implies "
     "--distill features) [default: the converted regions].")]
+AugmentOpt = Annotated[Augment, typer.Option(
+    "--augment", help="Views both models see while training: none, a random left-right flip, or a random resized "
+    "crop then the flip (masks and boxes follow).")]
 ValAnnotationsOpt = Annotated[Optional[Path], typer.Option(
     "--val-annotations", help="COCO instances JSON for the images in --val (detection mAP).")]
 
@@ -261,9 +264,7 @@ def command(
     feature_weight: Annotated[float, typer.Option(
         "--feature-weight", min=0.0, help="Also match the converted blocks' outputs (normalised MSE), weighted "
         "this much beside the outputs' distillation (0: outputs only).")] = 0.0,
-    augment: Annotated[Augment, typer.Option(
-        "--augment", help="Views both models see while training: none, a random left-right flip, or a random "
-        "resized crop then the flip (masks and boxes follow).")] = Augment.none,
+    augment: AugmentOpt = Augment.none,
     calibrate_bn: Annotated[int, typer.Option(
         "--calibrate-bn", min=0, help="Batches of BatchNorm re-estimation before training (0: off).")] = 100,
     bn: Annotated[BNMode, typer.Option(
