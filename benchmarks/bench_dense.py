@@ -21,8 +21,8 @@ training: 64 RPN anchors and 64 RoIs per image; 100 proposals at test time, as t
 
 Usage:
     .venv/bin/python benchmarks/bench_dense.py [--task segmentation|detection] [--seeds 0,1,2]
-        [--alphas 0.25,0.5] [--epochs 24] [--heal-epochs 3] [--heal-batch-size 4] [--heal-lr 2e-3]
-        [--heal-extra '--distill cwd']
+        [--alphas 0.25,0.5] [--epochs 24] [--heal-epochs 3] [--heal-batch-size 4] [--heal-lr LR]
+        [--heal-extra '--distill cwd'] [--transfer resampled|sliced]
         [--out /tmp/octswap-dense] [--prepare | --scratch]
 
 ``--scratch`` (segmentation): instead of healing, train octave models (each alpha) from scratch
@@ -67,6 +67,10 @@ MODELS = {
 # strides 16-32) reached 19.6 mAP@0.5 at 2e-3; the ResNet-18 FPN one trains at 5e-4 with
 # clipping to 97.8 in 20 epochs (loss 2.11 -> 0.06, 2026-12-03, README).
 LEARNING_RATES = {"segmentation": 2e-3, "detection": 5e-4}
+# Peak learning rates of `octswap heal` (resampled transfer, seed 0, alpha 0.5, 2026-12-03): the
+# segmentation model 86.4 mIoU at 2e-3, 86.7 at 1e-3; the detector diverged at 2e-3 (mAP@0.5
+# 73.3 converted -> 47.0 healed) and healed to 94.6 at 5e-4 (README).
+HEAL_LEARNING_RATES = {"segmentation": 1e-3, "detection": 5e-4}
 CLIP_NORM = 10.0  # gradient norm clipping, as torchvision's detection references allow
 
 
@@ -142,7 +146,8 @@ def original_weights(task: str, train: Path, *, out: Path, seed: int, epochs: in
 
 
 def run_seed(task: str, seed: int, alphas: list[float], *, train: Path, val: Path, out: Path, epochs: int,
-             heal_epochs: int, heal_options: list[str]) -> list[dict]:  # fmt: skip
+             heal_epochs: int, heal_options: list[str], transfer: str = "resampled",
+             recipe: str = "") -> list[dict]:  # fmt: skip
     name, args = MODELS[task]
     weights = original_weights(task, train, out=out, seed=seed, epochs=epochs)
     model_args = [a for arg in args for a in ("-m", arg)]
@@ -152,16 +157,18 @@ def run_seed(task: str, seed: int, alphas: list[float], *, train: Path, val: Pat
     val_data = val / "images" if task == "detection" else val
     rows = []
     for alpha in alphas:
-        ckpt, healed = out / f"{task}-seed{seed}-a{alpha}.pt", out / f"{task}-seed{seed}-a{alpha}-healed.pt"
+        # One converted checkpoint per transfer, one healed model per recipe (variants kept side by side).
+        ckpt = out / f"{task}-seed{seed}-a{alpha}-{transfer}.pt"
+        healed = out / f"{task}-seed{seed}-a{alpha}-healed-{recipe}.pt"
         octswap_cli("convert", name, *model_args, "-w", weights, "-s", "128", "-a", alpha, "-o", ckpt, "--force",
-                    "-f", "json", "--no-layers")  # fmt: skip
+                    "--transfer", transfer, "-f", "json", "--no-layers")  # fmt: skip
         started = time.perf_counter()
         record = octswap_cli("heal", ckpt, "--data", train_data, *data_args, "--val", val_data, *val_args,
                              "--epochs", heal_epochs, "--no-labels", *heal_options, "-o", healed, "--force",
                              "--allow-import",
                              "-f", "json")["healing"]  # fmt: skip
         fidelity = record["fidelity"]
-        row = {"seed": seed, "alpha": alpha, "heal_options": heal_options,
+        row = {"seed": seed, "alpha": alpha, "transfer": transfer, "heal_options": heal_options,
                "heal_seconds": time.perf_counter() - started,
                "converted": figures(task, fidelity["converted"]), "calibrated": figures(task, fidelity["calibrated"]),
                "epochs": [figures(task, e["fidelity"]) for e in record["history"]],
@@ -234,10 +241,13 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.25,0.5")
     parser.add_argument("--epochs", type=int, default=24, help="training epochs of the original")
     parser.add_argument("--heal-epochs", type=int, default=3)
-    # 3 epochs of 600 scenes at batch 4 and lr 2e-3 healed seed 0 at alpha 0.5 to -3.2 mIoU points,
-    # at batch 16 and heal's default lr 1e-3 to -8.5 (README, 2026-12-03).
+    # Batch 4 gives hundreds of updates in 3 epochs of 600 scenes (batch 16 healed the sliced
+    # segmentation model to -8.5 mIoU points, batch 4 to -3.2; README, 2026-12-03).
     parser.add_argument("--heal-batch-size", type=int, default=4)
-    parser.add_argument("--heal-lr", type=float, default=2e-3, help="octswap heal's learning rate")
+    parser.add_argument("--heal-lr", type=float, default=None,
+                        help="octswap heal's learning rate [default: HEAL_LEARNING_RATES of the task]")
+    parser.add_argument("--transfer", choices=["resampled", "sliced"], default="resampled",
+                        help="octswap convert's --transfer")
     parser.add_argument("--heal-extra", default="", help="more heal options, as one string ('--distill cwd')")
     parser.add_argument("--train", type=int, default=600, help="training scenes")
     parser.add_argument("--val", type=int, default=200, help="validation scenes")
@@ -269,14 +279,16 @@ def main() -> None:
         for r in scratch:
             print(f"| {r['alpha']:g} | {r['seed']} | {r['miou_original'] * 100:.1f} | {r['miou_scratch'] * 100:.1f} |")
         return
+    if args.heal_lr is None:
+        args.heal_lr = HEAL_LEARNING_RATES[args.task]
+    extra = "".join(f"-{option.lstrip('-')}" for option in shlex.split(args.heal_extra))
+    recipe = f"{args.transfer}-b{args.heal_batch_size}-lr{args.heal_lr:g}{extra}"
     rows = []
     for seed in seeds:
-        rows += run_seed(args.task, seed, alphas, train=train, val=val,
-                         out=args.out, epochs=args.epochs, heal_epochs=args.heal_epochs,
+        rows += run_seed(args.task, seed, alphas, train=train, val=val, out=args.out, epochs=args.epochs,
+                         heal_epochs=args.heal_epochs, transfer=args.transfer, recipe=recipe,
                          heal_options=["--batch-size", str(args.heal_batch_size), "--lr", str(args.heal_lr),
                                        *shlex.split(args.heal_extra)])  # fmt: skip
-    extra = "".join(f"-{option.lstrip('-')}" for option in shlex.split(args.heal_extra))
-    recipe = f"b{args.heal_batch_size}-lr{args.heal_lr:g}{extra}"
     (args.out / f"results-{args.task}-{recipe}.json").write_text(json.dumps(rows, indent=1))
     print(table(args.task, rows))
 

@@ -10,7 +10,8 @@ plus the top-1 agreement with the original after the last epoch. Medians over se
 
 Usage:
     .venv/bin/python benchmarks/bench_fidelity.py [--seeds 0,1,2] [--alphas 0.25,0.5]
-        [--models resnet18,vgg] [--train-epochs 8] [--heal-epochs 3] [--threads 2] [--json out.json]
+        [--models resnet18,vgg] [--train-epochs 8] [--heal-epochs 3] [--threads 2]
+        [--transfer resampled|sliced] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=int, default=8)
     parser.add_argument("--heal-epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--transfer", choices=["resampled", "sliced"], default="resampled",
+                        help="how the trained kernels fill the octave paths (octswap.convert's transfer)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +60,8 @@ def main() -> None:
             base = accuracy(original, x_test, y_test)
             print(f"{name} seed {seed}: trained in {time.perf_counter() - start:.0f} s, {base * 100:.2f}%", flush=True)
             for alpha in alphas:
-                converted, plan = octswap.convert(original, alpha=alpha, input_shape=(1, 32, 32))
+                converted, plan = octswap.convert(original, alpha=alpha, input_shape=(1, 32, 32),
+                                                 transfer=args.transfer)
                 row = {"model": name, "seed": seed, "alpha": alpha, "original": base,
                        "converted": accuracy(converted, x_test, y_test),
                        "convs_converted": len(plan.octave_layers)}  # fmt: skip

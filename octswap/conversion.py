@@ -12,6 +12,9 @@ from torch import nn
 
 from octswap.errors import ConversionError, InputError, UntraceableError, one_line
 from octswap.eval_mode import eval_mode
+from octswap.layers.block import OctaveConvBlock
+from octswap.layers.conv import OctaveConv2d
+from octswap.layers.transfer import TRANSFERS, resample_paths
 from octswap.plan import Plan, example_input, output_signature, output_tensors, policy_plan, same_signature
 from octswap.policy import Policy
 from octswap.rewrite import apply_plan, rewriter
@@ -134,6 +137,7 @@ def convert(
     strict: bool = False,
     inplace: bool = False,
     check: bool = True,
+    transfer: str = "resampled",
 ) -> tuple[nn.Module, Plan]:
     """Replace the convs the policy selects with octave convs, weights copied across.
 
@@ -153,6 +157,10 @@ def convert(
         strict: A policy rule that matches no conv is an error.
         inplace: Modify ``model`` itself instead of a deep copy.
         check: Run the converted model once and compare its output shapes.
+        transfer: How the trained kernels fill the octave paths: ``"resampled"`` (default:
+            each path that runs at a lower resolution gets the kernel that computes what the
+            original does on 2x2-constant maps, :mod:`octswap.layers.transfer`) or
+            ``"sliced"`` (its slice of the kernel as it is, as in the paper's code).
 
     Returns:
         The converted model and the plan that was applied.
@@ -164,10 +172,12 @@ def convert(
         True
 
     Raises:
-        InputError: the model does not run at ``input_shape``.
+        InputError: the model does not run at ``input_shape``, or an unknown ``transfer``.
         PolicyError: invalid alpha, or with ``strict`` a rule matching nothing.
         ConversionError: the rewrite or its check failed.
     """
+    if transfer not in TRANSFERS:
+        raise InputError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
     policy = policy if policy is not None else Policy()
     if alpha is not None:
         policy = policy.with_alpha(alpha)
@@ -176,7 +186,7 @@ def convert(
         notes: tuple[str, ...] = ()
         while True:
             try:
-                return _apply(model, plan, inplace=inplace, check=check), plan
+                return _apply(model, plan, inplace=inplace, check=check, transfer=transfer), plan
             except ConversionError as err:
                 if plan.mode == "layer" or inplace:
                     raise  # layer mode failed too, or the model itself may be half rewritten
@@ -185,16 +195,30 @@ def convert(
                 decisions = policy_plan(model, policy, input_shape=input_shape, mode="layer", strict=strict)
                 plan = _auto_plan(model, decisions, rest, notes)
     plan = make_plan(model, policy, input_shape=input_shape, mode=mode, strict=strict)
-    return _apply(model, plan, inplace=inplace, check=check), plan
+    return _apply(model, plan, inplace=inplace, check=check, transfer=transfer), plan
 
 
-def _apply(model: nn.Module, plan: Plan, *, inplace: bool, check: bool) -> nn.Module:
-    """Apply ``plan`` to ``model`` (or a deep copy) and verify it."""
+def _apply(model: nn.Module, plan: Plan, *, inplace: bool, check: bool, transfer: str) -> nn.Module:
+    """Apply ``plan`` to ``model`` (or a deep copy), fill its paths, and verify it."""
     target = apply_plan(model if inplace else copy.deepcopy(model), plan)
+    if transfer == "resampled":
+        _resample(target, plan)
     if check:
         verify(target, plan)
     logger.info("converted %d of %d convs (%s mode)", len(plan.octave_layers), len(plan.layers), plan.mode)
     return target
+
+
+def _resample(model: nn.Module, plan: Plan) -> None:
+    """Resample the sliced kernels of the octave convs ``plan`` made (and no other: a model's
+    own octave convs keep their trained weights)."""
+    changed = 0
+    for decision in plan.octave_layers:
+        module = model.get_submodule(decision.name)
+        conv = module.conv if isinstance(module, OctaveConvBlock) else module
+        if isinstance(conv, OctaveConv2d):
+            changed += resample_paths(conv)
+    logger.debug("resampled the kernels of %d low-resolution paths", changed)
 
 
 def _finite(value: Any) -> bool:

@@ -12,7 +12,7 @@ import typer
 from octswap.cli import fidelity as data_options
 from octswap.cli.options import (AlphaOpt, AnnotationsOpt, BatchSizeOpt, IgnoreIndexOpt, ScoreThresholdOpt, TaskOpt, CalibrateOpt, ChannelMultipleOpt, CropOpt, DataOpt, ForceOpt,
                                  FormatOpt, InputSizeOpt, LayersOpt, LimitOpt, MeanOpt, Mode, ModelArgOpt, ModeOpt,
-                                 PolicyOpt, ResizeOpt, StdOpt, StrictOpt, WeightsOpt, WorkersOpt,
+                                 PolicyOpt, ResizeOpt, StdOpt, StrictOpt, Transfer, TransferOpt, WeightsOpt, WorkersOpt,
                                  preprocessing)
 from octswap.cli.output import Format, emit, note
 from octswap.cli.report import report_output, warn_uncounted
@@ -36,6 +36,7 @@ def command(
     model_arg: ModelArgOpt = None,
     mode: ModeOpt = Mode.auto,
     strict: StrictOpt = False,
+    transfer: TransferOpt = Transfer.resampled,
     layers: LayersOpt = True,
     optimize: Annotated[bool, typer.Option(
         "--optimize-for-inference", help="Save with BatchNorm folded into the convs, channels-last and packed "
@@ -61,7 +62,7 @@ def command(
     from octswap.reporting import percent
 
     options = choice(alpha=alpha, channel_multiple=channel_multiple, policy=policy, weights=weights,
-                     model_arg=model_arg, input_size=input_size, mode=mode, strict=strict)
+                     model_arg=model_arg, input_size=input_size, mode=mode, strict=strict, transfer=transfer)
     target = output if output is not None else default_output(model, options.resolved_policy.alpha)
     if target.exists() and not force:  # fail before the work, not after
         raise octswap.OutputExistsError(f"{target} exists; pass --force to overwrite it")

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from octswap.cli.options import Mode, parse_model_args
+from octswap.cli.options import Mode, Transfer, parse_model_args
 from octswap.errors import InputError
 from octswap.shapes import parse_input_shape
 
@@ -42,6 +42,7 @@ class ModelChoice:
     input_size: str | None = None
     mode: Mode | None = None
     strict: bool | None = None
+    transfer: Transfer | None = None
 
     def given(self, *, except_: tuple[str, ...] = ()) -> list[str]:
         """The flags given, in declaration order (``--alpha``, ``--mode``...)."""
@@ -62,9 +63,11 @@ class ModelChoice:
         return (self.mode or Mode.auto).value
 
 
-def choice(*, mode: Mode = Mode.auto, strict: bool = False, **options: Any) -> ModelChoice:
-    """A :class:`ModelChoice` from a command's parameters (``auto`` and ``False`` count as not given)."""
-    return ModelChoice(mode=None if mode is Mode.auto else mode, strict=strict or None, **options)
+def choice(*, mode: Mode = Mode.auto, strict: bool = False, transfer: Transfer = Transfer.resampled,
+           **options: Any) -> ModelChoice:
+    """A :class:`ModelChoice` from a command's parameters (defaults count as not given)."""
+    return ModelChoice(mode=None if mode is Mode.auto else mode, strict=strict or None,
+                       transfer=None if transfer is Transfer.resampled else transfer, **options)
 
 
 def is_checkpoint(target: str) -> bool:
@@ -142,8 +145,9 @@ def convert(loaded: Loaded, options: ModelChoice) -> tuple[nn.Module, Plan]:
     import octswap
 
     policy = options.resolved_policy
+    transfer = (options.transfer or Transfer.resampled).value
     return octswap.convert(loaded.model, policy, input_shape=loaded.shape, mode=options.mode_value,
-                           strict=bool(options.strict))
+                           strict=bool(options.strict), transfer=transfer)
 
 
 @dataclass

@@ -17,6 +17,8 @@ low-frequency branch at half resolution; octave modules take and give such
 * :mod:`~octswap.layers.drop`: stochastic depth of a pair.
 * :mod:`~octswap.layers.convertible`: which conv classes an octave conv can stand in
   for, and the weight and padding it reads from them.
+* :mod:`~octswap.layers.transfer`: the trained kernels resampled for the paths that run at a
+  coarser resolution than the original conv (:func:`resample_paths`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from octswap.layers.resample import (
     upsample,
 )
 from octswap.layers.split import OctaveInput, check_geometry, low_channels, take_channels
+from octswap.layers.transfer import resample_paths, resampling_matrix
 
 __all__ = [
     "CONVERTIBLE_CONVS",
@@ -74,6 +77,8 @@ __all__ = [
     "pool_low",
     "pool_parameters",
     "pooled_merge",
+    "resample_paths",
+    "resampling_matrix",
     "split_frequencies",
     "split_group_norm",
     "split_ordered",

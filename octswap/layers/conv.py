@@ -226,6 +226,8 @@ class OctaveConv2d(nn.Module):
         and so on, so the converted layer starts close to the original. ``in_order``
         says which original input channel sits at each position of ``[high; low]``
         when the input pair is not in the original order (after a channel ``cat``).
+        :func:`octswap.layers.transfer.resample_paths` then fits the slices of the paths
+        that run at a coarser resolution (what :func:`octswap.convert` does by default).
 
         Example:
             >>> plain = nn.Conv2d(32, 32, 3, padding=1)
