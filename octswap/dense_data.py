@@ -184,6 +184,15 @@ def _stems(folder: Path) -> dict[str, str]:
     return {Path(f).stem: f for f in image_files(folder)}
 
 
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first few names, and an ellipsis only where more were left out."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def _count(names: list[str], noun: str) -> str:
+    return f"{len(names)} {noun}s have" if len(names) != 1 else f"1 {noun} has"
+
+
 def _mask_folder(path: Path, mode: str, transform: Callable[..., Any]) -> MaskFolder:
     images, masks = _stems(path / "images"), _stems(path / "masks")
     if not images:
@@ -191,9 +200,9 @@ def _mask_folder(path: Path, mode: str, transform: Callable[..., Any]) -> MaskFo
     unmatched = sorted(set(images) - set(masks))
     extra = sorted(set(masks) - set(images))
     if unmatched or extra:
-        which = (f"{len(unmatched)} images have no mask of the same stem ({', '.join(unmatched[:3])}...)" if unmatched
-                 else f"{len(extra)} masks have no image of the same stem ({', '.join(extra[:3])}...)")  # fmt: skip
-        raise InputError(f"{path}: images/ and masks/ must pair by file stem; {which}")
+        which = [f"{_count(unmatched, 'image')} no mask of the same stem ({_some(unmatched)})" if unmatched else "",
+                 f"{_count(extra, 'mask')} no image of the same stem ({_some(extra)})" if extra else ""]  # fmt: skip
+        raise InputError(f"{path}: images/ and masks/ must pair by file stem; {'; '.join(w for w in which if w)}")
     stems = sorted(images)
     return MaskFolder([images[s] for s in stems], [masks[s] for s in stems], mode, transform)
 
@@ -220,7 +229,8 @@ def _check_annotations(root: Path, annotations: Path) -> None:
                          f"{flat[0]['bbox']}); width and height must be positive")  # fmt: skip
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
-        raise InputError(f"{annotations} names {len(missing)} images missing from {root} ({', '.join(missing[:3])}...)")
+        raise InputError(f"{annotations} names {len(missing)} image{'s' * (len(missing) != 1)} missing from {root} "
+                         f"({_some(missing)})")
     if not names:
         raise InputError(f"{annotations} lists no images")
 

@@ -64,7 +64,9 @@ def test_bad_layouts(scenes, tmp_path):
     (bad / "masks").mkdir()
     Image.new("RGB", (8, 8)).save(bad / "images" / "a.png")
     Image.new("L", (8, 8)).save(bad / "masks" / "b.png")
-    with pytest.raises(InputError, match="images/ and masks/ must pair by file stem; 1 images have no mask"):
+    unpaired = (r"images/ and masks/ must pair by file stem; 1 image has no mask of the same stem \(a\); "
+                r"1 mask has no image of the same stem \(b\)$")
+    with pytest.raises(InputError, match=unpaired):
         open_data(bad, input_shape=(3, 8, 8))
     (bad / "masks" / "b.png").unlink()
     Image.new("RGB", (8, 8)).save(bad / "masks" / "a.png")
@@ -74,7 +76,7 @@ def test_bad_layouts(scenes, tmp_path):
     content["images"][0]["file_name"] = "gone.png"
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps(content))
-    with pytest.raises(InputError, match="names 1 images missing from .*gone.png"):
+    with pytest.raises(InputError, match="names 1 image missing from .*gone.png"):
         open_data(scenes / "images", input_shape=(3, 8, 8), annotations=missing)
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(InputError, match="cannot read annotations"):

@@ -174,7 +174,7 @@ def test_feature_distillation_raises_similarity(features):
     assert names == tuple(r["path"] for r in plan.regions) and names
     loader = make_loader(data, batch_size=32)
     start = octswap.measure_fidelity(teacher, converted, loader, stages=())
-    options = HealOptions(epochs=3, batch_size=16, lr=3e-3, features=names, calibrate_bn=2)
+    options = HealOptions(epochs=3, batch_size=16, lr=1e-3, features=names, calibrate_bn=2)
     result = heal(converted, teacher, data, options=options)
     end = octswap.measure_fidelity(teacher, result.model, loader, stages=())
     assert start.task == "features" and end.agreement > start.agreement  # mean cosine similarity
@@ -318,12 +318,14 @@ def test_ctrl_c_on_a_segmentation_heal_saves_and_resume_finishes(segmentation, t
     assert record["complete"] and record["epochs_done"] == 4 and record["fidelity"]["healed"]["task"] == "segmentation"
 
 
-@pytest.mark.parametrize(("converted", "calibrated", "warned"), [
-    (0.90, 0.80, "than the input checkpoint (85.00% < 90.00% on --val)"),
-    (0.70, 0.90, "than BatchNorm re-estimation alone (85.00% < 90.00% on --val)"),
-    (0.70, None, None),
+@pytest.mark.parametrize(("converted", "calibrated", "measured_on", "warned"), [
+    (0.90, 0.80, "--val", "than the input checkpoint (85.00% < 90.00% on --val)"),
+    (0.70, 0.90, "--val", "than BatchNorm re-estimation alone (85.00% < 90.00% on --val)"),
+    (0.70, None, "--val", None),
+    (0.90, None, "the training data", "(85.00% < 90.00% on the training data)"),
 ])
-def test_a_heal_that_ends_below_where_it_started_is_warned_about(tmp_path, capsys, converted, calibrated, warned):
+def test_a_heal_that_ends_below_where_it_started_is_warned_about(tmp_path, capsys, converted, calibrated, measured_on,
+                                                                 warned):  # fmt: skip
     def fidelity(agreement):
         return None if agreement is None else {"task": "features", "samples": 4, "agreement": agreement, "kl": None,
                                                 "relative_error": 0.1}
@@ -333,6 +335,6 @@ def test_a_heal_that_ends_below_where_it_started_is_warned_about(tmp_path, capsy
     healing = {"epochs_done": 1, "options": {"epochs": 1}, "history": [],
                "fidelity": {"converted": fidelity(converted), "calibrated": fidelity(calibrated),
                             "healed": fidelity(0.85)}}
-    _report_written(HealOutcome(path, healing), path)
+    _report_written(HealOutcome(path, healing), path, measured_on=measured_on)
     lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert (lines == []) if warned is None else (len(lines) == 1 and warned in lines[0])

@@ -135,7 +135,7 @@ def _progress(epochs: int, *, main: bool) -> tuple[Progress, Any, Any]:
     return progress, on_step, on_epoch
 
 
-def _report_written(outcome: HealOutcome, path: Path) -> None:
+def _report_written(outcome: HealOutcome, path: Path, *, measured_on: str) -> None:
     size = path.stat().st_size / 2**20
     epochs_done = outcome.healing["epochs_done"]
     note(f"wrote {path} ({size:.1f} MiB): {epochs_done} epoch{'s' * (epochs_done != 1)} of distillation")
@@ -150,7 +150,7 @@ def _report_written(outcome: HealOutcome, path: Path) -> None:
         start = outcome.fidelity(key)
         if start is not None and healed is not None and healed.agreement < start.agreement:
             note(f"warning: {path} agrees less with the original than {before} "
-                 f"({healed.agreement * 100:.2f}% < {start.agreement * 100:.2f}% on --val): train longer (more "
+                 f"({healed.agreement * 100:.2f}% < {start.agreement * 100:.2f}% on {measured_on}): train longer (more "
                  "--epochs or data) or with a lower --lr")
             break
 
@@ -315,4 +315,4 @@ def command(
     emit(Output({"checkpoint": str(target_path), "healing": outcome.healing}, [healing_view(outcome.healing)],
                 csv=healing_csv(outcome.healing)), fmt)
     if not outcome.already_complete:
-        _report_written(outcome, target_path)
+        _report_written(outcome, target_path, measured_on="--val" if val is not None else "the training data")
