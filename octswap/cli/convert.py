@@ -97,9 +97,14 @@ def command(
     warn_uncounted(report, fmt)
     if not report.converted:
         note(f"nothing converted: every conv of {model} was kept (reasons: octswap plan {model})")
-    if loaded.source.weights is None:
-        note(f"note: {model} was converted from random weights (no --weights), so the checkpoint records no "
-             "original to compare with or distil from: `report --data` and `heal` will ask for --teacher-weights")
+    _note_no_original(loaded.source.weights, model)
     size = path.stat().st_size / 2**20
     note(f"wrote {path} ({size:.1f} MiB): {report.converted} convs converted, FLOPs "
          f"{percent(report.total.flops_change)}, params {percent(report.total.params_change)}")
+
+
+def _note_no_original(weights: str | None, model: str) -> None:
+    """A checkpoint converted from random weights records no original to compare with or distil from."""
+    if weights is None:
+        note(f"note: {model} was converted from random weights (no --weights), so the checkpoint records no "
+             "original to compare with or distil from: `report --data` and `heal` will ask for --teacher-weights")

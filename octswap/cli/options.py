@@ -61,8 +61,8 @@ ModeOpt = Annotated[Mode, typer.Option(
     "self-contained blocks; auto: the first of graph, regions, layer that works (one warning says why).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="A policy rule that matches no conv is an error.")]
 TransferOpt = Annotated[Transfer, typer.Option(
-    "--transfer", help="How the trained kernels fill the octave paths: resampled (each half-resolution path gets the "
-    "kernel that computes what the original does there) or sliced (the kernel's slices as they are, as in the "
+    "--transfer", help="How the trained kernels fill the octave paths: resampled (each path at a coarser resolution "
+    "gets the kernel that computes what the original does there) or sliced (the kernel's slices as they are, as in the "
     "paper's code).")]
 AllowImportOpt = Annotated[bool, typer.Option("--allow-import", help="Let a checkpoint import its model factory.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
