@@ -49,6 +49,7 @@ from digit_scenes import IGNORE, prepare
 
 import octswap
 from octswap.data import make_loader, open_data
+from octswap.layers.transfer import TRANSFERS
 
 MODELS = {
     "segmentation": ("segmentation_models_pytorch:Unet",
@@ -246,7 +247,7 @@ def main() -> None:
     parser.add_argument("--heal-batch-size", type=int, default=4)
     parser.add_argument("--heal-lr", type=float, default=None,
                         help="octswap heal's learning rate [default: HEAL_LEARNING_RATES of the task]")
-    parser.add_argument("--transfer", choices=["resampled", "sliced"], default="resampled",
+    parser.add_argument("--transfer", choices=TRANSFERS, default=TRANSFERS[0],
                         help="octswap convert's --transfer")
     parser.add_argument("--heal-extra", default="", help="more heal options, as one string ('--distill cwd')")
     parser.add_argument("--train", type=int, default=600, help="training scenes")

@@ -29,6 +29,7 @@ import torch
 import octswap
 from digits import FACTORIES, accuracy, digits_split, train
 from octswap.data import Data, make_loader
+from octswap.layers.transfer import TRANSFERS
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=int, default=8)
     parser.add_argument("--heal-epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--transfer", choices=["resampled", "sliced"], default="resampled",
+    parser.add_argument("--transfer", choices=TRANSFERS, default=TRANSFERS[0],
                         help="how the trained kernels fill the octave paths (octswap.convert's transfer)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

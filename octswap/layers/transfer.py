@@ -122,6 +122,7 @@ def resample_paths(conv: OctaveConv2d) -> int:
         3
     """
     changed = 0
+    stride = conv.stride if conv._strided else (1, 1)  # the original conv's, where its paths run at stride 1
     for name in PATHS:
         path = getattr(conv, name)
         if path is None:
@@ -129,7 +130,6 @@ def resample_paths(conv: OctaveConv2d) -> int:
         in_factor, out_factor = path_grids(conv, name)
         if in_factor == 1 and out_factor == 1:
             continue
-        stride = conv.stride if conv._strided else (1, 1)
         rows, cols = (
             resampling_matrix(conv.kernel_size[d], stride=stride[d], padding=conv.padding[d],
                               dilation=conv.dilation[d], in_factor=in_factor, out_factor=out_factor)
