@@ -14,7 +14,8 @@
   it keeps the scale the original's next layers read; unlike one global ``/ mean(t^2)``, a
   near-constant channel cannot drown the others; and per sample, it is the same loss
   whether a batch runs in one process or is split across several (DDP). Averaged over the
-  tensors: the outputs of the converted regions (or named modules;
+  tensors, each weighing as many positions as its maps have (every position of every map
+  counts once): the outputs of the converted regions (or named modules;
   :mod:`octswap.feature_taps`), else of the model.
 
 With labels (``HealOptions.labels``) the cross-entropy with the classes (classifiers) or
@@ -100,21 +101,28 @@ def _normalised_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def features_loss(student: Any, teacher: Any) -> torch.Tensor:
     """Normalised MSE (:func:`_normalised_mse`) per floating tensor ``[N, ...]`` of two outputs
-    of the same structure (tensors, dicts, lists...), averaged over the tensors.
+    of the same structure (tensors, dicts, lists...), averaged over the tensors weighted by their
+    positions (``H x W`` of a map, 1 for a vector): every position of every map counts once.
+
+    An FPN's levels thus weigh as their sizes (a 32x32 level 64 times its 4x4 one); weighted
+    equally, the coarse levels and the RPN's outputs on them took most of the loss, and a
+    detector healed on the digit scenes (README) reached 95.5 mAP@0.5 instead of 97.3.
 
     Raises:
         InputError: the outputs hold no floating tensor in common.
     """
     leaves_s = named_leaves(student)
-    terms = []
+    terms, positions = [], []
     for name, t in named_leaves(teacher).items():
         s = leaves_s.get(name)
         if isinstance(t, torch.Tensor) and isinstance(s, torch.Tensor) and t.is_floating_point() and s.shape == t.shape:
             if t.ndim >= 1 and len(t):
                 terms.append(_normalised_mse(s.float(), t.detach().float()))
+                positions.append(float(t[0, 0].numel()) if t.ndim >= 3 else 1.0)
     if not terms:
         raise InputError("feature distillation found no output tensor of the same shape in both models")
-    return torch.stack(terms).mean()
+    weights = torch.tensor(positions, device=terms[0].device)
+    return (torch.stack(terms) * (weights / weights.sum())).sum()
 
 
 def method_for(task: str, distill: str) -> str:

@@ -16,6 +16,7 @@ to resume from.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +35,8 @@ from octswap.distributed import World, all_mean, average_, data_parallel
 from octswap.errors import InputError
 from octswap.fidelity import Fidelity, measure_fidelity
 from octswap.heal_options import HealOptions
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Criterion",
@@ -255,6 +258,8 @@ def setup_run(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     steps = math.ceil(len(sampler) / options.batch_size) * options.epochs
+    if world.is_main:
+        _warn_few_updates(task, steps, options)
     scheduler = _schedule(optimizer, steps, options.warmup)
     cuda = device.type == "cuda"
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
@@ -262,6 +267,19 @@ def setup_run(
     val_loader = make_loader(val, batch_size=options.batch_size, workers=options.workers) if val is not None else None
     return Run(options, world, device, model, trained, teacher, dataset, sampler, params, optimizer, scheduler,
                scaler, amp_dtype, val_loader, teach, task, method)  # fmt: skip
+
+
+#: Fewer updates than this make a dense model's heal warn: on the digit scenes (README) a
+#: segmentation model converted at alpha 0.5 healed to -8.5 mIoU points in 114 updates
+#: (batch 16), -3.2 in 450 (batch 4, sliced kernels) and -0.3 in 900 (batch 2).
+DENSE_MIN_UPDATES = 300
+
+
+def _warn_few_updates(task: str, steps: int, options: HealOptions) -> None:
+    """Warn when a segmentation model or detector gets few optimizer updates in all."""
+    if task in ("segmentation", "detection") and steps < DENSE_MIN_UPDATES:
+        logger.warning("%d epochs at batch size %d make only %d updates; dense models heal much further with "
+                       "several hundred (a smaller batch size)", options.epochs, options.batch_size, steps)
 
 
 def resume_run(run: Run, saved: Mapping[str, Any]) -> None:

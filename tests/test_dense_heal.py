@@ -66,6 +66,13 @@ def test_feature_loss_by_hand():
     assert float(features_loss({"a": s}, {"a": t})) == pytest.approx(want, rel=1e-5)
     # The mean over tensors; identical tensors add 0; the teacher's scale sets the unit.
     assert float(features_loss([s, t], [t, t])) == pytest.approx(want / 2, rel=1e-5)
+    # Tensors weigh their positions: a 4x4 map 16, a 2x2 one 4, a vector 1.
+    small_s, small_t = s[:, :, :2, :2], t[:, :, :2, :2]
+    small = float(features_loss(small_s, small_t))
+    vector = float(features_loss(s[:, :, 0, 0], t[:, :, 0, 0]))
+    mixed = features_loss({"a": s, "b": small_s, "c": s[:, :, 0, 0]}, {"a": t, "b": small_t, "c": t[:, :, 0, 0]})
+    assert float(mixed) == pytest.approx((16 * want + 4 * small + vector) / 21, rel=1e-5)
+    assert small != pytest.approx(want, rel=1e-2) and vector != pytest.approx(want, rel=1e-2)
     assert float(features_loss({"a": s * 10}, {"a": t * 10})) == pytest.approx(want, rel=1e-5)
     with pytest.raises(octswap.InputError, match="no output tensor of the same shape"):
         features_loss({"a": s}, {"b": t})
@@ -110,6 +117,24 @@ def test_heal_on_cropped_views_resumes_exactly(segmentation):
     teacher, converted, _, data, _ = segmentation
     options = HealOptions(epochs=2, batch_size=16, augment="crop", calibrate_bn=2, workers=0)  # 3 steps/epoch
     assert_resumes_exactly(converted, teacher, data, options, stop_at=3, where="epoch 2 after step 1 of 3")
+
+
+@pytest.mark.parametrize(("task", "epochs", "batch_size", "warned"), [
+    ("segmentation", 3, 6, False),  # 3 x ceil(600 / 6) = 300 updates: enough
+    ("segmentation", 3, 7, True),  # 3 x 86 = 258
+    ("detection", 1, 2, False),  # 300
+    ("detection", 1, 3, True),  # 200
+    ("classification", 1, 64, False),  # 10: classifiers heal in few updates (examples/digits.md)
+])
+def test_a_dense_heal_with_few_updates_is_warned_about(caplog, task, epochs, batch_size, warned):
+    from octswap.training import _warn_few_updates
+
+    steps = epochs * math.ceil(600 / batch_size)
+    with caplog.at_level("WARNING", logger="octswap.training"):
+        _warn_few_updates(task, steps, HealOptions(epochs=epochs, batch_size=batch_size))
+    assert bool(caplog.records) == warned
+    if warned:
+        assert f"make only {steps} updates" in caplog.records[0].getMessage()
 
 
 def test_a_method_that_does_not_fit_the_task(segmentation):
@@ -205,6 +230,7 @@ def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)["healing"]
     assert record["options"]["task"] == "segmentation" and record["options"]["labels"] is True
+    assert "1 epochs at batch size 16 make only 3 updates" in result.stderr  # 48 scenes
     healed = record["fidelity"]["healed"]
     assert healed["task"] == "segmentation" and 0 <= healed["miou_converted"] <= 1 and healed["samples"] == 48
     for args, message in [(["--distill", "logits"], "--distill logits needs a classification model"),
