@@ -259,7 +259,7 @@ def setup_run(
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     steps = math.ceil(len(sampler) / options.batch_size) * options.epochs
     if world.is_main:
-        _warn_few_updates(task, steps, options)
+        _warn_few_updates(task, len(sampler), options)
     scheduler = _schedule(optimizer, steps, options.warmup)
     cuda = device.type == "cuda"
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
@@ -275,11 +275,21 @@ def setup_run(
 DENSE_MIN_UPDATES = 300
 
 
-def _warn_few_updates(task: str, steps: int, options: HealOptions) -> None:
-    """Warn when a segmentation model or detector gets few optimizer updates in all."""
-    if task in ("segmentation", "detection") and steps < DENSE_MIN_UPDATES:
-        logger.warning("%d epochs at batch size %d make only %d updates; dense models heal much further with "
-                       "several hundred (a smaller batch size)", options.epochs, options.batch_size, steps)
+def _warn_few_updates(task: str, samples: int, options: HealOptions) -> None:
+    """Warn when a segmentation model or detector gets fewer than :data:`DENSE_MIN_UPDATES`
+    optimizer updates from ``samples`` per epoch, with a batch size that would give enough."""
+    epochs, batch = options.epochs, options.batch_size
+    steps = math.ceil(samples / batch) * epochs
+    if task not in ("segmentation", "detection") or steps >= DENSE_MIN_UPDATES:
+        return
+    smaller = max(1, samples * epochs // DENSE_MIN_UPDATES)
+    if smaller < batch:
+        advice = f"batch size {smaller} would make {math.ceil(samples / smaller) * epochs}"
+    else:
+        advice = "more epochs or more data would"
+    logger.warning("%d epoch%s of %d samples at batch size %d make only %d updates; dense models heal much "
+                   "further with several hundred (%s)", epochs, "" if epochs == 1 else "s", samples, batch, steps,
+                   advice)  # fmt: skip
 
 
 def resume_run(run: Run, saved: Mapping[str, Any]) -> None:

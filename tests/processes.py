@@ -39,15 +39,17 @@ def octswap_cmd(*args: object, launcher: tuple[str, ...] | list[str] = ()) -> li
     return [sys.executable, *launcher, "-m", "octswap.cli", *map(str, args)]
 
 
-def heal_one_and_two_processes(common: list, one: Path, two: Path) -> tuple[dict, dict]:
+def heal_one_and_two_processes(common: list, one: Path, two: Path, *, timeout: float | None = None,
+                               ) -> tuple[dict, dict]:  # fmt: skip
     """Run ``octswap COMMON`` at batch 8 in one process (to ``one``) and under torchrun with 2 gloo
-    processes at batch 4 (to ``two``); return both ``healing`` records (rank 0 alone prints)."""
+    processes at batch 4 (to ``two``); return both ``healing`` records (rank 0 alone prints).
+    ``timeout`` (seconds) fails a run that hangs instead of waiting for it."""
     first = subprocess.run(octswap_cmd(*common, "--batch-size", "8", "-o", one), cwd=ROOT, capture_output=True,
-                           text=True)  # fmt: skip
+                           text=True, timeout=timeout)  # fmt: skip
     assert first.returncode == 0, first.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     second = subprocess.run(octswap_cmd(*common, "--batch-size", "4", "-o", two, launcher=launcher), cwd=ROOT,
-                            capture_output=True, text=True, env=env)  # fmt: skip
+                            capture_output=True, text=True, env=env, timeout=timeout)  # fmt: skip
     assert second.returncode == 0, second.stderr
     return json.loads(first.stdout)["healing"], json.loads(second.stdout)["healing"]

@@ -119,22 +119,27 @@ def test_heal_on_cropped_views_resumes_exactly(segmentation):
     assert_resumes_exactly(converted, teacher, data, options, stop_at=3, where="epoch 2 after step 1 of 3")
 
 
-@pytest.mark.parametrize(("task", "epochs", "batch_size", "warned"), [
-    ("segmentation", 3, 6, False),  # 3 x ceil(600 / 6) = 300 updates: enough
-    ("segmentation", 3, 7, True),  # 3 x 86 = 258
-    ("detection", 1, 2, False),  # 300
-    ("detection", 1, 3, True),  # 200
-    ("classification", 1, 64, False),  # 10: classifiers heal in few updates (examples/digits.md)
+@pytest.mark.parametrize(("task", "epochs", "batch_size", "advice"), [
+    ("segmentation", 3, 6, None),  # 3 x ceil(600 / 6) = 300 updates: enough
+    ("segmentation", 3, 7, "batch size 6 would make 300"),  # 3 x 86 = 258
+    ("detection", 1, 2, None),  # 300
+    ("detection", 1, 64, "batch size 2 would make 300"),  # 10
+    ("detection", 2, 2, None),  # 600
+    ("segmentation", 1, 1, "more epochs or more data"),  # 200 samples at batch 1: 200, no smaller batch
+    ("classification", 1, 64, None),  # 10: classifiers heal in few updates (examples/digits.md)
 ])
-def test_a_dense_heal_with_few_updates_is_warned_about(caplog, task, epochs, batch_size, warned):
+def test_a_dense_heal_with_few_updates_is_warned_about(caplog, task, epochs, batch_size, advice):
     from octswap.training import _warn_few_updates
 
-    steps = epochs * math.ceil(600 / batch_size)
+    samples = 200 if batch_size == 1 else 600
     with caplog.at_level("WARNING", logger="octswap.training"):
-        _warn_few_updates(task, steps, HealOptions(epochs=epochs, batch_size=batch_size))
-    assert bool(caplog.records) == warned
-    if warned:
-        assert f"make only {steps} updates" in caplog.records[0].getMessage()
+        _warn_few_updates(task, samples, HealOptions(epochs=epochs, batch_size=batch_size))
+    assert bool(caplog.records) == (advice is not None)
+    if advice:
+        steps = epochs * math.ceil(samples / batch_size)
+        message = caplog.records[0].getMessage()
+        assert f"make only {steps} updates" in message and advice in message, message
+        assert message.startswith(f"{epochs} epoch{'s' if epochs > 1 else ''} of {samples} samples"), message
 
 
 def test_a_method_that_does_not_fit_the_task(segmentation):
@@ -230,7 +235,8 @@ def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)["healing"]
     assert record["options"]["task"] == "segmentation" and record["options"]["labels"] is True
-    assert "1 epochs at batch size 16 make only 3 updates" in result.stderr  # 48 scenes
+    assert "1 epoch of 48 samples at batch size 16 make only 3 updates" in result.stderr  # 48 scenes
+    assert "(batch size 1 would make 48)" in result.stderr
     healed = record["fidelity"]["healed"]
     assert healed["task"] == "segmentation" and 0 <= healed["miou_converted"] <= 1 and healed["samples"] == 48
     for args, message in [(["--distill", "logits"], "--distill logits needs a classification model"),
@@ -258,6 +264,24 @@ def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
     torch.save({"inputs": torch.randn(4, 3, 32, 32), "labels": torch.zeros(4, dtype=torch.long)}, tmp_path / "c.pt")
     bad = run("heal", tmp_path / "oct.pt", "--data", tmp_path / "c.pt", "--allow-import", "-o", tmp_path / "bad.pt")
     assert bad.exit_code == 2 and "holds class labels" in bad.stderr and not (tmp_path / "bad.pt").exists()
+
+
+def test_segmentation_heal_with_masks_under_ddp_matches_one_process(segmentation, tmp_path):
+    # Rank 0 alone measures mIoU (torchmetrics): a metric syncing at compute() waited for the
+    # other rank, which was already in DDP's setup -- a deadlock, caught here by the timeout.
+    teacher, _, _, _, folder = segmentation
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    subprocess.run(octswap_cmd("convert", "tests.nets:branching_segmenter", "-m", "classes=4", "-w",
+                               tmp_path / "teacher.pt", "-s", "32", "-a", "0.5", "-o", tmp_path / "oct.pt"),
+                   check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+    common = ["heal", tmp_path / "oct.pt", "--data", folder, "--val", folder, "--epochs", "1", "--calibrate-bn", "0",
+              "--bn", "frozen", "--workers", "0", "--allow-import", "--format", "json", "--force"]  # fmt: skip
+    first, second = heal_one_and_two_processes(common, tmp_path / "one.pt", tmp_path / "two.pt", timeout=300)
+    assert second["world_size"] == 2 and first["world_size"] == 1
+    assert second["history"][0]["loss"] == pytest.approx(first["history"][0]["loss"], rel=1e-4)
+    one, two = first["fidelity"]["healed"], second["fidelity"]["healed"]
+    assert one["task"] == two["task"] == "segmentation" and one["samples"] == two["samples"] == 48
+    assert two["miou_converted"] == pytest.approx(one["miou_converted"], abs=1e-3)
 
 
 def test_feature_distillation_under_ddp_matches_one_process(features, tmp_path):

@@ -68,7 +68,8 @@ def _mean_ap(*, required: bool = True) -> Any:
     try:
         from torchmetrics.detection import MeanAveragePrecision
 
-        return MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
+        # One process measures (rank 0 under torchrun): no sync at compute() (it would deadlock).
+        return MeanAveragePrecision(iou_type="bbox", backend="pycocotools", sync_on_compute=False)
     except (ImportError, ModuleNotFoundError) as err:
         message = f"mAP needs torchmetrics and pycocotools ({err}): pip install 'octswap[dense]'"
         if required:

@@ -35,7 +35,10 @@ def _jaccard(classes: int, ignore_index: int) -> Any:
         from torchmetrics.classification import MulticlassJaccardIndex
     except ImportError:
         raise MissingExtraError("mIoU needs torchmetrics: pip install 'octswap[dense]'") from None
-    return MulticlassJaccardIndex(num_classes=classes, ignore_index=ignore_index, average="macro")
+    # Measured in one process (rank 0 under torchrun): syncing at compute() would wait for the
+    # other ranks, which are not measuring (a deadlock).
+    return MulticlassJaccardIndex(num_classes=classes, ignore_index=ignore_index, average="macro",
+                                  sync_on_compute=False)  # fmt: skip
 
 
 class SegmentationTally:
