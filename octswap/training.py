@@ -284,10 +284,10 @@ def _warn_few_updates(task: str, samples: int, options: HealOptions) -> None:
         return
     smaller = max(1, samples * epochs // DENSE_MIN_UPDATES)
     if smaller < batch:
-        advice = f"batch size {smaller} would make {math.ceil(samples / smaller) * epochs}"
+        advice = f"batch size {smaller} gives {math.ceil(samples / smaller) * epochs}"
     else:
-        advice = "more epochs or more data would"
-    logger.warning("%d epoch%s of %d samples at batch size %d make only %d updates; dense models heal much "
+        advice = "more epochs or more data give more"
+    logger.warning("%d epoch%s of %d samples at batch size %d: only %d updates; dense models heal much "
                    "further with several hundred (%s)", epochs, "" if epochs == 1 else "s", samples, batch, steps,
                    advice)  # fmt: skip
 

@@ -121,9 +121,9 @@ def test_heal_on_cropped_views_resumes_exactly(segmentation):
 
 @pytest.mark.parametrize(("task", "epochs", "batch_size", "advice"), [
     ("segmentation", 3, 6, None),  # 3 x ceil(600 / 6) = 300 updates: enough
-    ("segmentation", 3, 7, "batch size 6 would make 300"),  # 3 x 86 = 258
+    ("segmentation", 3, 7, "batch size 6 gives 300"),  # 3 x 86 = 258
     ("detection", 1, 2, None),  # 300
-    ("detection", 1, 64, "batch size 2 would make 300"),  # 10
+    ("detection", 1, 64, "batch size 2 gives 300"),  # 10
     ("detection", 2, 2, None),  # 600
     ("segmentation", 1, 1, "more epochs or more data"),  # 200 samples at batch 1: 200, no smaller batch
     ("classification", 1, 64, None),  # 10: classifiers heal in few updates (examples/digits.md)
@@ -138,7 +138,7 @@ def test_a_dense_heal_with_few_updates_is_warned_about(caplog, task, epochs, bat
     if advice:
         steps = epochs * math.ceil(samples / batch_size)
         message = caplog.records[0].getMessage()
-        assert f"make only {steps} updates" in message and advice in message, message
+        assert f": only {steps} updates" in message and advice in message, message
         assert message.startswith(f"{epochs} epoch{'s' if epochs > 1 else ''} of {samples} samples"), message
 
 
@@ -235,8 +235,8 @@ def test_cli_heals_a_segmentation_model_on_masks(segmentation, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)["healing"]
     assert record["options"]["task"] == "segmentation" and record["options"]["labels"] is True
-    assert "1 epoch of 48 samples at batch size 16 make only 3 updates" in result.stderr  # 48 scenes
-    assert "(batch size 1 would make 48)" in result.stderr
+    assert "1 epoch of 48 samples at batch size 16: only 3 updates" in result.stderr  # 48 scenes
+    assert "(batch size 1 gives 48)" in result.stderr
     healed = record["fidelity"]["healed"]
     assert healed["task"] == "segmentation" and 0 <= healed["miou_converted"] <= 1 and healed["samples"] == 48
     for args, message in [(["--distill", "logits"], "--distill logits needs a classification model"),
