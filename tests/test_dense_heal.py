@@ -31,6 +31,15 @@ pytest.importorskip("torchmetrics")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _convert_trained(teacher: torch.nn.Module, factory: str, tmp_path: Path, *model_args: str) -> Path:
+    """``octswap convert FACTORY`` at 32x32, alpha 0.5, from ``teacher``'s weights, in a child process."""
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    args = [a for arg in model_args for a in ("-m", arg)]
+    subprocess.run(octswap_cmd("convert", factory, *args, "-w", tmp_path / "teacher.pt", "-s", "32", "-a", "0.5",
+                               "-o", tmp_path / "oct.pt"), check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+    return tmp_path / "oct.pt"
+
+
 # ------------------------------------------------------------------ losses
 def test_pixel_and_channel_wise_losses_by_hand():
     gen = torch.Generator().manual_seed(0)
@@ -270,10 +279,7 @@ def test_segmentation_heal_with_masks_under_ddp_matches_one_process(segmentation
     # Rank 0 alone measures mIoU (torchmetrics): a metric syncing at compute() waited for the
     # other rank, which was already in DDP's setup -- a deadlock, caught here by the timeout.
     teacher, _, _, _, folder = segmentation
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    subprocess.run(octswap_cmd("convert", "tests.nets:branching_segmenter", "-m", "classes=4", "-w",
-                               tmp_path / "teacher.pt", "-s", "32", "-a", "0.5", "-o", tmp_path / "oct.pt"),
-                   check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+    _convert_trained(teacher, "tests.nets:branching_segmenter", tmp_path, "classes=4")
     common = ["heal", tmp_path / "oct.pt", "--data", folder, "--val", folder, "--epochs", "1", "--calibrate-bn", "0",
               "--bn", "frozen", "--workers", "0", "--allow-import", "--format", "json", "--force"]  # fmt: skip
     first, second = heal_one_and_two_processes(common, tmp_path / "one.pt", tmp_path / "two.pt", timeout=300)
@@ -286,10 +292,8 @@ def test_segmentation_heal_with_masks_under_ddp_matches_one_process(segmentation
 
 def test_feature_distillation_under_ddp_matches_one_process(features, tmp_path):
     teacher, _, _, data = features
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
     torch.save({"inputs": data.dataset.inputs[:32]}, tmp_path / "noise.pt")
-    subprocess.run(octswap_cmd("convert", "tests.nets:pyramid_detector", "-w", tmp_path / "teacher.pt", "-s", "32",
-                               "-a", "0.5", "-o", tmp_path / "oct.pt"), check=True, cwd=ROOT, capture_output=True)
+    _convert_trained(teacher, "tests.nets:pyramid_detector", tmp_path)
     common = ["heal", tmp_path / "oct.pt", "--data", tmp_path / "noise.pt", "--epochs", "1", "--calibrate-bn", "0",
               "--bn", "frozen", "--allow-import", "--format", "json", "--force"]  # fmt: skip
     first, second = heal_one_and_two_processes(common, tmp_path / "one.pt", tmp_path / "two.pt")
@@ -352,10 +356,7 @@ def test_ctrl_c_on_a_segmentation_heal_saves_and_resume_finishes(segmentation, t
     from tests.processes import interrupt_when
 
     teacher, _, _, _, folder = segmentation
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    subprocess.run(octswap_cmd("convert", "tests.nets:size_checked_segmenter", "-m", "classes=4", "-w",
-                               tmp_path / "teacher.pt", "-s", "32", "-a", "0.5", "-o", tmp_path / "oct.pt"),
-                   check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+    _convert_trained(teacher, "tests.nets:size_checked_segmenter", tmp_path, "classes=4")
     out = tmp_path / "healed.pt"
     args = ["heal", tmp_path / "oct.pt", "--data", folder, "--limit", "24", "--epochs", "4", "--batch-size", "2",
             "--workers", "0", "--allow-import", "-o", out, "-f", "json"]  # fmt: skip
