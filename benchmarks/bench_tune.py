@@ -10,14 +10,15 @@ optionally with a latency target (``resnet50=0.65``):
 2. in each of --processes fresh processes, convert it with the tuned policy and with the
    default policy at --uniform-alpha (0.25: the default), and time both against the original
    side by side (``octswap.measure_latency``: prepared alike, BatchNorm folded,
-   channels-last, packed weights; --rounds interleaved rounds; with ``--runtime onnxruntime``
-   the tune times ONNX Runtime sessions and the checks ``octswap.latency.measure_onnxruntime_latency``);
+   channels-last, packed weights; --rounds interleaved rounds of at least --round-time seconds;
+   with ``--runtime onnxruntime`` the tune times ONNX Runtime sessions and the checks
+   ``octswap.latency.measure_onnxruntime_latency``);
 3. print one Markdown row: tune minutes, units, convs converted, FLOPs ratio, predicted and
    measured latency ratio (median over processes, range), the uniform default's ratio.
 
 Usage:
     .venv/bin/python benchmarks/bench_tune.py [--models densenet121,mobilenet_v2,resnet50=0.65]
-        [--batch 8] [--threads 2] [--processes 3] [--rounds 7] [--cache-dir /tmp/octswap-tune]
+        [--batch 8] [--threads 2] [--processes 3] [--rounds 7] [--round-time 1] [--cache-dir /tmp/octswap-tune]
         [--runtime pytorch|onnxruntime]
 """
 
@@ -89,10 +90,10 @@ def check_worker(spec: str, policy_file: str, args: argparse.Namespace) -> dict[
             from octswap.latency import measure_onnxruntime_latency
 
             result = measure_onnxruntime_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
-                                                 rounds=args.rounds)[0]  # fmt: skip
+                                                 rounds=args.rounds, min_round_time=args.round_time)[0]  # fmt: skip
         else:
             result = octswap.measure_latency(model, converted, shape, batches=(args.batch,), threads=args.threads,
-                                             rounds=args.rounds, memory=False)[0]  # fmt: skip
+                                             rounds=args.rounds, min_round_time=args.round_time, memory=False)[0]  # fmt: skip
         out[label] = result.ratio
         out[f"{label}_original_ms"] = result.original.median * 1e3
     return out
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--round-time", type=float, default=1.0, help="seconds per round of each check (at least)")
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--cache-dir", default="/tmp/octswap-tune")
     parser.add_argument("--runtime", choices=("pytorch", "onnxruntime"), default="pytorch",
@@ -138,6 +140,7 @@ def main() -> None:
     print("| model | target | tune min | units tuned | convs converted | FLOPs ratio | predicted | measured | "
           f"uniform α={args.uniform_alpha:g} |\n|---|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
     common = ["--batch", str(args.batch), "--threads", str(args.threads), "--rounds", str(args.rounds),
+              "--round-time", str(args.round_time),
               "--cache-dir", args.cache_dir, "--uniform-alpha", str(args.uniform_alpha), "--runtime", args.runtime]  # fmt: skip
     for item in args.models.split(","):
         spec, _, target = item.partition("=")

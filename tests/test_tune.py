@@ -176,7 +176,7 @@ def test_measurements_survive_an_interruption_and_are_not_made_again(tmp_path):
         calls["n"] += 1
         return calls["n"] > 6
 
-    common = dict(input_shape=SHAPE, alphas=(0.5,), batch=2, threads=1, rounds=1, cache=cache)
+    common = dict(input_shape=SHAPE, alphas=(0.5,), batch=2, threads=1, rounds=1, round_time=0.05, cache=cache)
     with pytest.raises(TuneInterrupted):
         tune(UnitsNet(), stop=stop, **common)
     first = set(json.loads(cache.read_text())["entries"])
@@ -247,7 +247,7 @@ def test_equal_measured_drops_are_told_apart_by_how_much_changes(digits_like):
 def test_max_drop_keeps_the_measured_agreement_within_the_budget(digits_like):
     model, loader = digits_like
     result = tune(model, input_shape=(3, 16, 16), data=loader, max_drop=2.0, calibrate_batches=3, alphas=(0.25, 0.5),
-                  batch=2, threads=1, rounds=1)  # fmt: skip
+                  batch=2, threads=1, rounds=1, round_time=0.05)  # fmt: skip
     assert result.drop_kind == "agreement points" and result.objective == "max-drop"
     converted, _ = octswap.convert(model, result.policy, input_shape=(3, 16, 16))
     octswap.recalibrate_batchnorm(converted, loader, batches=3)
@@ -352,6 +352,77 @@ def test_predicted_change_applies_measured_ratios_to_the_convs_times_inside_the_
     following_a1 = (1.0 - 0.01 * len(convs)) * elements["a1"] / sum(elements.values())
     expected = 2 * 0.01 * (1.0 / 2.0 - 1) - following_a1 * ELEMENTWISE_SHARE * 0.75 * 16 / 32
     assert table.change(decisions, space.forms(decisions)) == pytest.approx(expected)
+
+
+class _Ratio:
+    def __init__(self, ratio):
+        self.ratio = ratio
+
+
+def _calibrating_run(measured, scale=10.0):
+    """A tuning run whose per-unit savings are fixed by hand and whose whole-model
+    measurement returns ``measured`` (the ratio), counting the measurements."""
+    from octswap.tuning.cache import MeasurementCache
+    from octswap.tuning.tuner import _Run
+
+    run = _Run.__new__(_Run)
+    run.scale, run.notes, run.calls, run.calibrations = scale, [], [], 0
+    run.store = MeasurementCache(None, {}, resume=False)
+
+    class Savings:  # additive over units, scaled like Objectives.saving_of
+        factor = 1.0
+
+        def saving(self, assignment):
+            return sum({"a": {0.25: 1.0, 0.5: 2.0}, "b": {0.25: -0.5, 0.5: -1.0}, "c": {0.25: 0.5, 0.5: 0.25}}[u][al]
+                       for u, al in assignment.items() if al)  # fmt: skip
+
+    run.objectives = Savings()
+
+    def measure(assignment, attempt, *, stage, agreement):
+        run.calls.append(dict(assignment))
+        return _Ratio(measured)
+
+    run._measure = measure
+    options = {u: [Option(0.0, 0.0), Option(0.25, run.objectives.saving({u: 0.25})), Option(0.5, run.objectives.saving({u: 0.5}))]
+               for u in "abc"}  # fmt: skip
+    return run, options
+
+
+@pytest.mark.parametrize(("measured", "factor"), [(0.7, 1.2), (0.85, 0.6), (0.5, 1.5), (0.95, 0.5)])
+def test_calibration_scales_every_saving_by_one_whole_measurement(measured, factor):
+    from octswap.tuning.tuner import CALIBRATION_BOUNDS
+
+    run, options = _calibrating_run(measured)
+    calibrated = run.calibrate(options)
+    # Each unit at its own best alpha, units that only cost left out: a at 0.5 (2.0), c at 0.25 (0.5).
+    assert run.calls == [{"a": 0.5, "c": 0.25}] and run.calibrations == 1
+    # Measured saving (1 - ratio) x 10 s against 2.5 s predicted, within the bounds.
+    assert factor == pytest.approx(min(max((1 - measured) * 10.0 / 2.5, CALIBRATION_BOUNDS[0]), CALIBRATION_BOUNDS[1]))
+    assert run.objectives.factor == pytest.approx(factor)
+    for unit in options:
+        assert [o.saving for o in calibrated[unit]] == pytest.approx([o.saving * factor for o in options[unit]])
+        assert [o.alpha for o in calibrated[unit]] == [o.alpha for o in options[unit]]
+    assert "scaled by" in run.notes[0]
+    # The measurement is cached: a second run on the same store measures nothing.
+    again, _ = _calibrating_run(0.1)
+    again.store = run.store
+    again.calibrate(options)
+    assert again.calls == [] and again.objectives.factor == pytest.approx(factor)
+
+
+def test_no_calibration_where_too_little_is_predicted_to_save():
+    run, options = _calibrating_run(0.5, scale=26.0)  # 2.5 s of 26: under a tenth
+    assert run.calibrate(options) is options and run.calls == [] and run.objectives.factor == 1.0
+
+
+@pytest.mark.parametrize(("runtime", "device", "multiple", "expected"),
+                         [("onnxruntime", "cpu", 1, 16), ("onnxruntime", "cpu", 8, 8), ("pytorch", "cpu", 1, 1)])  # fmt: skip
+def test_onnxruntime_rounds_splits_to_its_channel_block_unless_asked_otherwise(runtime, device, multiple, expected):
+    from octswap.tuning.goal import runtime_policy
+
+    policy, notes = runtime_policy(Policy(channel_multiple=multiple), runtime, device)
+    assert policy.channel_multiple == expected
+    assert bool(notes) == (expected != multiple)
 
 
 def test_conv_times_inside_the_original_cover_every_conv():

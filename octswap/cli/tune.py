@@ -149,7 +149,7 @@ def command(
     """Choose which convs convert, at which alpha, by what they measure on this machine."""
     from octswap.tuning import TuneInterrupted, tune
 
-    from octswap.tuning.tuner import check_goal
+    from octswap.tuning.goal import check_goal
 
     options = choice(channel_multiple=channel_multiple, policy=policy, weights=weights, model_arg=model_arg,
                      input_size=input_size, mode=mode)  # fmt: skip

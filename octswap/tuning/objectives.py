@@ -84,6 +84,8 @@ class Objectives:
         self.agreement = agreement
         self.stop = stop
         self.total_macs = max(1, sum(u.macs for u in space.units))
+        #: Measured whole-model saving per predicted second (``_Run.calibrate``); 1 until calibrated.
+        self.factor = 1.0
 
     def saving(self, assignment: Mapping[str, float]) -> float:
         """Seconds (or multiply-adds) the whole assignment saves, predicted.
@@ -99,7 +101,7 @@ class Objectives:
         if self.table is None:
             before, after = plan_macs(decisions)
             return float(before - after)
-        return -self.table.change(decisions, self.space.forms(decisions))
+        return -self.table.change(decisions, self.space.forms(decisions)) * self.factor
 
     def drop(self, unit: Unit, alpha: float) -> float:
         if self.agreement is not None:
