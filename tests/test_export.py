@@ -180,6 +180,67 @@ def test_residual_sums_are_reassociated_for_conv_fusion(tmp_path):
     assert stranded_relus(fused.path) == 0
 
 
+def _inverted_residuals() -> nn.Module:
+    """MobileNetV2's blocks (ReLU6 after every conv but the projections), channels in whole
+    NCHWc blocks at alpha 0.5 with channel_multiple 16."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.ops import Conv2dNormActivation
+
+    model = nn.Sequential(Conv2dNormActivation(3, 32, activation_layer=nn.ReLU6), InvertedResidual(32, 32, 1, 2),
+                          InvertedResidual(32, 64, 2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5))
+    _randomize_bn(model)
+    gen = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # pre-activations on both sides of [0, 6]
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 4)
+    return model
+
+
+def _ops_after(path, op: str, producer_op: str) -> int:
+    graph = onnx.load(str(path)).graph
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    return sum(1 for n in graph.node if n.op_type == op and producer.get(n.input[0]) == producer_op)
+
+
+def _reorders(path, tmp_path) -> int:
+    """Layout conversions in ONNX Runtime's optimized graph of ``path``."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return sum(n.op_type.startswith("Reorder") for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+def test_relu6_after_an_octave_sum_stays_in_the_blocked_layout(tmp_path):
+    """Clip(a + b, 0, 6) becomes relu(s) - relu(relu(s) - 6) (ops ONNX Runtime's NCHWc
+    transformer keeps blocked): no Clip is left after a sum, the optimized graph has fewer
+    layout conversions, and the file computes what PyTorch does, above 6 and below 0 too."""
+    model = _inverted_residuals()
+    policy = octswap.Policy(alpha=0.5, channel_multiple=16, min_channels=16)
+    converted, plan = octswap.convert(model, policy, input_shape=(3, 32, 32))
+    assert len(plan.octave_layers) >= 5
+    seen = []
+    for m in model.modules():
+        if isinstance(m, nn.ReLU6):
+            m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].flatten().clone()))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        expected = converted(x)
+    flat = torch.cat(seen)
+    assert (flat > 6).any() and (flat < 0).any()
+
+    plain = export_model(converted, tmp_path / "plain.onnx", input_shape=(3, 32, 32), dynamic=False, batch=4,
+                         rewrite=False)  # fmt: skip
+    fused = export_model(converted, tmp_path / "fused.onnx", input_shape=(3, 32, 32), dynamic=False, batch=4)
+    assert fused.validation.passed
+    assert _ops_after(plain.path, "Clip", "Add") > 0
+    assert _ops_after(fused.path, "Clip", "Add") == 0
+    before, after = _reorders(plain.path, tmp_path), _reorders(fused.path, tmp_path)
+    assert after < before or before == 0  # no NCHWc on this CPU: nothing to remove
+    got = ort.InferenceSession(str(fused.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    _scaled_close(torch.from_numpy(got), expected, rel=1e-5)
+
+
 def test_pt2_round_trip_and_metadata(tmp_path):
     converted, plan = octswap.convert(_randomize_bn(tiny_resnet()), alpha=0.5, input_shape=(3, 32, 32))
     result = export_model(converted, tmp_path / "m.pt2", format="pt2", input_shape=(3, 32, 32), dynamic=True,
