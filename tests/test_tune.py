@@ -415,6 +415,30 @@ def test_no_calibration_where_too_little_is_predicted_to_save():
     assert run.calibrate(options) is options and run.calls == [] and run.objectives.factor == 1.0
 
 
+def test_a_fastest_policy_that_measures_short_of_its_prediction_is_checked_with_fewer_units():
+    """Predicted 0.975 (a and c save 2.5 s of 100), measured 0.999: faster than the original,
+    but not as predicted, so the units saving at least 1% alone (a) are measured too, and
+    the faster of the two kept; one measured as predicted is not checked again."""
+    from octswap.tuning.goal import Goal
+
+    for first, expected_calls, chosen in ((0.999, [{"a": 0.5, "c": 0.25}, {"a": 0.5}], 0.98),
+                                          (0.985, [{"a": 0.5, "c": 0.25}], 0.985)):  # fmt: skip
+        run, options = _calibrating_run(None, scale=100.0)
+        run.table = object()  # latency is timed
+        measured = {(("a", 0.5), ("c", 0.25)): first, (("a", 0.5),): 0.98}
+
+        def measure(assignment, attempt, **_):
+            run.calls.append(dict(assignment))
+            tried = _Ratio(measured[tuple(sorted(assignment.items()))])
+            tried.assignment = assignment
+            return tried
+
+        run._measure = measure
+        best = run._check({"a": 0.5, "c": 0.25}, options, Goal("fastest", None, 0.02), [])
+        assert run.calls == expected_calls and best.ratio == chosen
+        assert any("measured 0.999" in n for n in run.notes) == (len(expected_calls) > 1)
+
+
 @pytest.mark.parametrize(("runtime", "device", "multiple", "expected"),
                          [("onnxruntime", "cpu", 1, 16), ("onnxruntime", "cpu", 8, 8), ("pytorch", "cpu", 1, 1)])  # fmt: skip
 def test_onnxruntime_rounds_splits_to_its_channel_block_unless_asked_otherwise(runtime, device, multiple, expected):

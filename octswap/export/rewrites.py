@@ -18,7 +18,7 @@ run on this project's CPU VM). ``clip(s, 0, hi)`` is written instead as
 ``r - relu(r - hi)`` with ``r = relu(s)``: the first ReLU fuses into the conv that takes
 the sum, ``relu(r - hi)`` is a 1x1 depthwise conv (weight 1, bias ``-hi``) with a fused
 ReLU, and the subtraction a 1x1 depthwise conv (weight -1) that takes ``r`` as its sum:
-all in the blocked layout (the same model: 5 reorders left). It is exact wherever
+all in the blocked layout (the same model: 10 reorders left). It is exact wherever
 ``r <= hi`` and within one rounding of ``r`` above.
 
 Rules are written with ``onnxscript.rewriter`` patterns. They change float rounding

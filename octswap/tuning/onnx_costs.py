@@ -6,8 +6,17 @@ folder that lives as long as the timer, and timed side by side in sessions set u
 ``octswap bench --runtime onnxruntime`` sets them up (all graph optimizations, sequential,
 the given intra-op threads). Inside the original a conv's time is not observable per node
 without mapping ONNX nodes back to modules, so the original's per-conv times are the plain
-convs timed alone (:meth:`OnnxTimer.plain`), and the original's time outside convs is its
-whole time under ONNX Runtime less their sum.
+convs timed alone, and the original's time outside convs is its whole time under ONNX
+Runtime less their sum.
+
+A conv alone converts its input into ONNX Runtime's blocked layout (NCHWc) and its output
+back; between convs in a whole model it does neither. Those conversions took 30-60% of an
+isolated MobileNetV2 conv's time (batch 8, 2 threads, this project's VM: a 3x3 depthwise
+conv at 56x56, 3.4 of 5.7 ms), more for the plain conv than for its octave replacement,
+whose halves are smaller: timed whole they predicted savings the model did not have
+(mobilenet_v2, fastest policy: predicted 0.83, measured 1.11). Each timed file's share of
+kernel time in those edge conversions is measured once with ONNX Runtime's profiler, and its
+seconds are scaled by the rest (:meth:`OnnxTimer.in_context_share`).
 
 Example:
     >>> timer = OnnxTimer(threads=2, rounds=5)                                  # doctest: +SKIP
@@ -17,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +75,7 @@ class OnnxTimer:
         self.min_round_time = min_round_time
         self._folder = tempfile.TemporaryDirectory(prefix="octswap-tune-onnx-")
         self._files: dict[str, Path] = {}
+        self._shares: dict[Path, float] = {}
 
     def close(self) -> None:
         """Remove the exported files."""
@@ -97,13 +108,25 @@ class OnnxTimer:
         """
         from octswap.export.onnx_file import onnxruntime_session
 
-        forwards = []
+        forwards, shares = [], []
         for key, module, inputs in items:
-            session = onnxruntime_session(self._export(key, module, inputs), threads=self.threads, device=self.device)
+            path = self._export(key, module, inputs)
+            session = onnxruntime_session(path, threads=self.threads, device=self.device)
             feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
             forwards.append(session_run(session, feed))
+            shares.append(self.in_context_share(path, feed))
         timings = side_by_side(forwards, self.threads, rounds=self.rounds, min_round_time=self.min_round_time)
-        return [t.median for t in timings]
+        return [t.median * share for t, share in zip(timings, shares)]
+
+    def in_context_share(self, path: Path, feed: dict[str, Any], runs: int = 20) -> float:
+        """Share of ``path``'s kernel time (ONNX Runtime's profiler, each node's median over ``runs`` runs on ``feed``)
+        not spent converting the graph's own inputs into the blocked layout or its outputs out
+        of it: what the same ops cost between other convs. Cached per file; 1 on CUDA."""
+        if self.device.startswith("cuda"):
+            return 1.0
+        if path not in self._shares:
+            self._shares[path] = _in_context_share(path, feed, threads=self.threads, runs=runs)
+        return self._shares[path]
 
     def whole(self, model: nn.Module, input_shape: tuple[int, int, int], batch: int) -> float:
         """Median seconds per forward of ``model`` at ``batch`` (exported as ``octswap export`` does)."""
@@ -117,3 +140,43 @@ class OnnxTimer:
         session = onnxruntime_session(path, threads=self.threads, device=self.device, fixed_dims=fixed)
         forward = session_forward(session, torch.randn(batch, *input_shape).numpy())
         return side_by_side([forward], self.threads, rounds=self.rounds, min_round_time=0.2)[0].median
+
+
+def _edge_reorders(optimized: Path) -> set[str]:
+    """Names of the nodes of an optimized graph that convert a graph input into the blocked
+    layout or a graph output out of it."""
+    import onnx
+
+    graph = onnx.load(str(optimized)).graph
+    inputs, outputs = {i.name for i in graph.input}, {o.name for o in graph.output}
+    return {n.name for n in graph.node
+            if (n.op_type == "ReorderInput" and n.input[0] in inputs)
+            or (n.op_type == "ReorderOutput" and n.output[0] in outputs)}  # fmt: skip
+
+
+def _in_context_share(path: Path, feed: dict[str, Any], *, threads: int, runs: int) -> float:
+    import json
+
+    import onnxruntime as ort
+
+    from octswap.export.onnx_file import onnxruntime_session
+
+    optimized = path.with_suffix(".optimized.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    edges = _edge_reorders(optimized)
+    session = onnxruntime_session(path, threads=threads, profile=path.with_suffix(""))
+    for _ in range(runs):
+        session.run(None, feed)
+    trace = Path(session.end_profiling())
+    durations: dict[str, list[float]] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            durations.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"])
+    trace.unlink()
+    typical = {name: statistics.median(values) for name, values in durations.items()}  # a slow run is noise
+    total = sum(typical.values())
+    edge = sum(seconds for name, seconds in typical.items() if name in edges)
+    return 1.0 - edge / total if total > 0 else 1.0
