@@ -493,6 +493,38 @@ def test_convs_timed_in_onnxruntime_sessions(in_low, out_low, form):
         table.onnx.close()
 
 
+def test_an_isolated_convs_layout_conversions_at_its_edges_are_not_counted_as_its_time():
+    """A conv alone converts its input into the blocked layout and its output back; between
+    convs it does neither. Exactly those two nodes are the edges, and the share of kernel
+    time left is what their profile says is left."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime as ort
+
+    from octswap.tuning.onnx_costs import OnnxTimer, _edge_reorders
+
+    timer = OnnxTimer(threads=1)
+    try:
+        x = torch.randn(2, 32, 16, 16)
+        two = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+        path = timer._export("two", two, (x,))
+        optimized = path.with_suffix(".check.onnx")
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(str(optimized)).graph.node
+        reorders = [n for n in nodes if n.op_type.startswith("Reorder")]
+        if not reorders:
+            pytest.skip("ONNX Runtime runs no blocked layout on this CPU")
+        assert sorted(n.op_type for n in reorders) == ["ReorderInput", "ReorderOutput"]  # none between the convs
+        assert _edge_reorders(optimized) == {n.name for n in reorders}
+        name = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        share = timer.in_context_share(path, {name: x.numpy()})
+        assert 0 < share < 1 and timer.in_context_share(path, {}) == share  # cached per file
+    finally:
+        timer.close()
+
+
 def test_an_unknown_or_missing_runtime_is_refused(workdir, monkeypatch):
     with pytest.raises(InputError, match="unknown runtime 'tvm'"):
         tune(UnitsNet(), input_shape=SHAPE, runtime="tvm")

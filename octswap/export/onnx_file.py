@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from octswap.errors import ConversionError, MissingExtraError
+from octswap.export.rewrites import NCHWC_BLOCK
 from octswap.layers import OctaveConv2d
 
 __all__ = [
@@ -34,10 +35,6 @@ logger = logging.getLogger(__name__)
 
 _EXTRA = ("onnx", "onnxscript", "onnxruntime")
 
-#: Channel block of ONNX Runtime's NCHWc convolutions on AVX-512 machines (8 on AVX2):
-#: a conv whose input or output channel count is not a multiple of it runs in the plain
-#: layout, with the reorders around it (``nchwc_transformer.cc``).
-NCHWC_BLOCK = 16
 
 
 def require_onnx(*modules: str) -> None:

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from octswap.export.onnx_file import NCHWC_BLOCK
+__all__ = ["NCHWC_BLOCK", "fusion_rules", "rewrite_for_onnxruntime"]
 
-__all__ = ["fusion_rules", "rewrite_for_onnxruntime"]
+#: Channel block of ONNX Runtime's NCHWc convolutions on AVX-512 machines (8 on AVX2):
+#: a conv whose input or output channel count is not a multiple of it runs in the plain
+#: layout, with the reorders around it (``nchwc_transformer.cc``).
+NCHWC_BLOCK = 16
 
 
 def _single_use_conv(value: Any) -> bool:

@@ -89,9 +89,15 @@ CALIBRATION_MIN_SAVING = 0.1
 COSTS_VERSION = 2
 
 
-def _tables(model: nn.Module, space: SearchSpace, store: MeasurementCache, setting: dict[str, Any], *, timed: bool,
+def _setting(**values: Any) -> dict[str, Any]:
+    """What the measurements depend on: a cache made in another setting is refused."""
+    return {**values, "torch": torch.__version__, "machine": machine(), "costs": COSTS_VERSION}
+
+
+def _tables(model: nn.Module, space: SearchSpace, store: MeasurementCache, *, timed: bool,
             data: Iterable[Any] | None, progress: Progress | None) -> tuple[LatencyTable | None, AgreementTable | None]:
     """The latency table (unless a FLOPs target: nothing timed) and the agreement table (with data)."""
+    setting = store.context
     table = None if not timed else LatencyTable(
         store, batch=setting["batch"], threads=setting["threads"], device=setting["device"],
         options=InferenceOptions.from_dict(setting["inference"]), runtime=setting["runtime"],
@@ -148,8 +154,8 @@ def tune(
         batch, threads, device, options: What to time with (as ``octswap bench``).
         runtime: ``"pytorch"``, or ``"onnxruntime"``: exported convs and models timed in
             ONNX Runtime sessions (``octswap[export]``; ``options`` unused).
-        rounds, round_time: Rounds per whole-model measurement, and seconds each (at least).
-        tolerance: How far from ``target_latency`` the measured ratio may land.
+        rounds, round_time, tolerance: Rounds per whole-model measurement, seconds each (at
+            least), and how far from ``target_latency`` the measured ratio may land.
         cache: JSON file the measurements go to as they are made (None: memory only);
             ``resume`` reuses what it holds (same setting), ``force`` starts it over.
         model_key, data_key: What the measurements are of (recorded in ``cache``).
@@ -175,17 +181,13 @@ def tune(
     space = SearchSpace(model, policy=policy, input_shape=input_shape, mode=mode)
     if not space.units:
         raise InputError("no conv of this model converts under the policy: nothing to tune")
-    setting = {"model": model_key, "input_shape": list(input_shape), "batch": batch, "threads": threads, "device": device,
-               "runtime": runtime, "torch": torch.__version__, "machine": machine(), "inference": options.to_dict(),
-               "data": data_key, "calibrate_batches": calibrate_batches, "eval_batches": eval_batches,
-               "costs": COSTS_VERSION}  # fmt: skip
-    store = MeasurementCache(cache, setting, resume=resume, force=force)
-    table, agreement = _tables(model, space, store, setting, timed=target_flops is None, data=data, progress=progress)
-    goal = make_goal(target_latency, target_flops, max_drop, tolerance)
-    run = _Run(model, space, Objectives(space, table, agreement, stop), store, progress=progress, rounds=rounds)
-    run.round_time = round_time
-    run.notes.extend(notes)
-    return _tune_and_save(run, goal, alphas)
+    store = MeasurementCache(cache, _setting(model=model_key, input_shape=list(input_shape), batch=batch, threads=threads,
+        device=device, runtime=runtime, inference=options.to_dict(), data=data_key, calibrate_batches=calibrate_batches,
+        eval_batches=eval_batches), resume=resume, force=force)  # fmt: skip
+    table, agreement = _tables(model, space, store, timed=target_flops is None, data=data, progress=progress)
+    run = _Run(model, space, Objectives(space, table, agreement, stop), store, progress=progress, rounds=rounds,
+               round_time=round_time, notes=notes)  # fmt: skip
+    return _tune_and_save(run, make_goal(target_latency, target_flops, max_drop, tolerance), alphas)
 
 
 def _tune_and_save(run: _Run, goal: Goal, alphas: Sequence[float]) -> TuneResult:
@@ -217,14 +219,15 @@ class _Run:
     """One tuning run: costs, search, whole-model checks."""
 
     def __init__(self, model: nn.Module, space: SearchSpace, objectives: Objectives, store: MeasurementCache, *,
-                 progress: Progress | None, rounds: int) -> None:  # fmt: skip
+                 progress: Progress | None, rounds: int, round_time: float = CHECK_ROUND_TIME,
+                 notes: Sequence[str] = ()) -> None:  # fmt: skip
         self.model, self.space, self.objectives, self.store = model, space, objectives, store
         self.table = objectives.table
         self.progress = progress
         self.rounds = rounds
-        self.round_time = CHECK_ROUND_TIME
+        self.round_time = round_time
         self.calibrations = 0
-        self.notes: list[str] = []
+        self.notes: list[str] = list(notes)
 
     def tune(self, goal: Goal, alphas: Sequence[float]) -> TuneResult:
         space, table = self.space, self.table
