@@ -10,12 +10,12 @@ convs timed alone, and the original's time outside convs is its whole time under
 Runtime less their sum.
 
 A conv alone converts its input into ONNX Runtime's blocked layout (NCHWc) and its output
-back; between convs in a whole model it does neither. Those conversions took 30-60% of an
+back; between convs in a whole model it does neither. Those conversions took 22-60% of an
 isolated MobileNetV2 conv's time (batch 8, 2 threads, this project's VM: a 3x3 depthwise
-conv at 56x56, 3.4 of 5.7 ms), more for the plain conv than for its octave replacement,
-whose halves are smaller: timed whole they predicted savings the model did not have
-(mobilenet_v2, fastest policy: predicted 0.83, measured 1.11). Each timed file's share of
-kernel time in those edge conversions is measured once with ONNX Runtime's profiler, and its
+conv at 56x56, 3.4 of 5.7 ms), in different shares for a plain conv and its octave
+replacement: timed whole they predicted savings the model did not have (mobilenet_v2, every
+unit at its best alpha: predicted 0.83, measured 1.11). Each timed file's share of kernel
+time in those edge conversions is measured once with ONNX Runtime's profiler, and its
 seconds are scaled by the rest (:meth:`OnnxTimer.in_context_share`).
 
 Example:
