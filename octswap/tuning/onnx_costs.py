@@ -119,9 +119,10 @@ class OnnxTimer:
         return [t.median * share for t, share in zip(timings, shares)]
 
     def in_context_share(self, path: Path, feed: dict[str, Any], runs: int = 20) -> float:
-        """Share of ``path``'s kernel time (ONNX Runtime's profiler, each node's median over ``runs`` runs on ``feed``)
-        not spent converting the graph's own inputs into the blocked layout or its outputs out
-        of it: what the same ops cost between other convs. Cached per file; 1 on CUDA."""
+        """Share of ``path``'s kernel time (ONNX Runtime's profiler, each node's median over
+        ``runs`` runs on ``feed``) not spent converting the graph's own inputs into the blocked
+        layout or its outputs out of it: what the same ops cost between other convs. Cached
+        per file; 1 on CUDA."""
         if self.device.startswith("cuda"):
             return 1.0
         if path not in self._shares:
