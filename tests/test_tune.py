@@ -285,7 +285,10 @@ def test_cli_writes_a_policy_and_json(workdir):
     assert policy.alpha == 0.0  # only the convs the tuner chose convert, at any size
     assert "convert with: octswap convert tests.nets:units_net -s 32 --policy units_net-tuned.yaml" in result.stderr
     again = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7")
-    assert again.exit_code == 2 and "exists; pass --force" in again.stderr
+    assert again.exit_code == 2 and "exists; pass --force" in again.stderr and "--resume" not in again.stderr
+    resumed = _run("tune", UNITS_NET, "-s", "32", "--target-flops", "0.7", "--resume")
+    assert resumed.exit_code == 2 and "pass --force to overwrite it (with --resume the measurements are kept)" in resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
 
 
 def test_uniform_alphas_beside_the_curve(workdir):

@@ -203,7 +203,8 @@ def _check_outputs(target: Path, store: Path, *, resume: bool, force: bool) -> N
     import os
 
     if target.exists() and not force:
-        raise OutputExistsError(f"{target} exists; pass --force to overwrite it")
+        kept = " (with --resume the measurements are kept)" if resume else ""
+        raise OutputExistsError(f"{target} exists; pass --force to overwrite it{kept}")
     if store.exists() and not (resume or force):
         raise OutputExistsError(f"{store} exists; pass --resume to reuse its measurements or --force to start over")
     for path in (target, store):

@@ -71,8 +71,9 @@ class TuneResult:
         them as comments)."""
         if self.measured_ratio is not None:
             runtime = "ONNX Runtime" if self.runtime == "onnxruntime" else f"torch {torch.__version__}"
+            threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
             lines = [f"latency ratio {self.measured_ratio:.3f} measured (predicted {self.predicted_ratio:.3f}), batch "
-                     f"{self.batch}, {self.threads} threads, {self.device}, {runtime}; FLOPs ratio "
+                     f"{self.batch}, {threads}, {self.device}, {runtime}; FLOPs ratio "
                      f"{self.flops_ratio:.3f}"]  # fmt: skip
         else:
             lines = [f"FLOPs ratio {self.flops_ratio:.3f} (predicted {self.predicted_ratio:.3f}); nothing timed"]

@@ -91,7 +91,15 @@ COSTS_VERSION = 2
 
 def _setting(**values: Any) -> dict[str, Any]:
     """What the measurements depend on: a cache made in another setting is refused."""
-    return {**values, "torch": torch.__version__, "machine": machine(), "costs": COSTS_VERSION}
+    versions = {"torch": torch.__version__}
+    if values.get("runtime") == "onnxruntime":
+        from octswap.export.onnx_file import require_onnx
+
+        require_onnx()  # one line (MissingExtraError) where it is not installed
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    return {**values, **versions, "machine": machine(), "costs": COSTS_VERSION}
 
 
 def _tables(model: nn.Module, space: SearchSpace, store: MeasurementCache, *, timed: bool,
