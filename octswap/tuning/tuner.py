@@ -405,9 +405,10 @@ class _Run:
             if goal.objective == "fastest":
                 # Faster than the original and as fast as predicted (or no unit left): done.
                 # Else the units' figures missed what they do together: try fewer units.
-                if t.ratio < min(1.0, self._whole_ratio(assignment) + goal.tolerance) or not any(assignment.values()):
-                    break
-                assignment = self._smaller(assignment, options, attempt)
+                smaller = self._smaller(assignment, options, attempt)
+                if t.ratio < min(1.0, self._whole_ratio(assignment) + goal.tolerance) or not any(smaller.values()):
+                    break  # (an unconverted model is not timed: its ratio would be noise around 1)
+                assignment = smaller
             elif goal.objective == "max-drop":
                 lost = 100 * (1 - (t.agreement or 0.0))
                 if lost <= goal.target:
