@@ -177,6 +177,7 @@ def onnxruntime_session(
     device: str = "cpu",
     fixed_dims: Mapping[str, int] | None = None,
     profile: str | Path | None = None,
+    optimized_to: str | Path | None = None,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` with all graph optimizations, sequential execution,
     ``threads`` intra-op threads (default: ONNX Runtime's), one inter-op thread, and no
@@ -189,7 +190,8 @@ def onnxruntime_session(
     dimension overrides, e.g. ``{"batch": 8}``): the file stays dynamic, the session plans
     for one shape, as a server that always runs one batch size would. ``profile`` turns on
     ONNX Runtime's profiler with that file prefix (``session.end_profiling()`` writes the
-    JSON trace and returns its name).
+    JSON trace and returns its name). ``optimized_to`` writes the graph as optimized for
+    this session (node names as its profile gives them).
     """
     require_onnx("onnxruntime")
     import onnxruntime as ort
@@ -204,6 +206,8 @@ def onnxruntime_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for name, value in (fixed_dims or {}).items():
         options.add_free_dimension_override_by_name(name, value)
+    if optimized_to is not None:
+        options.optimized_model_filepath = str(optimized_to)
     if profile is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile)

@@ -158,17 +158,11 @@ def _edge_reorders(optimized: Path) -> set[str]:
 def _in_context_share(path: Path, feed: dict[str, Any], *, threads: int, runs: int) -> float:
     import json
 
-    import onnxruntime as ort
-
     from octswap.export.onnx_file import onnxruntime_session
 
     optimized = path.with_suffix(".optimized.onnx")
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(optimized)
-    options.log_severity_level = 3
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(path, threads=threads, profile=path.with_suffix(""), optimized_to=optimized)
     edges = _edge_reorders(optimized)
-    session = onnxruntime_session(path, threads=threads, profile=path.with_suffix(""))
     for _ in range(runs):
         session.run(None, feed)
     trace = Path(session.end_profiling())

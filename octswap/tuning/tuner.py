@@ -93,10 +93,7 @@ def _setting(**values: Any) -> dict[str, Any]:
     """What the measurements depend on: a cache made in another setting is refused."""
     versions = {"torch": torch.__version__}
     if values.get("runtime") == "onnxruntime":
-        from octswap.export.onnx_file import require_onnx
-
-        require_onnx()  # one line (MissingExtraError) where it is not installed
-        import onnxruntime
+        import onnxruntime  # present: check_goal required it
 
         versions["onnxruntime"] = onnxruntime.__version__
     return {**values, **versions, "machine": machine(), "costs": COSTS_VERSION}
@@ -290,11 +287,7 @@ class _Run:
         between convs, a runtime's fusions and layout changes) scales, to first order, with
         the convs' change. The measurement is cached like the others.
         """
-        reference = {}
-        for unit, choices in options.items():
-            best = max(choices, key=lambda o: o.saving)
-            if best.saving > 0:
-                reference[unit] = best.alpha
+        reference = _best_alone(options)
         predicted = self.objectives.saving(reference) if reference else 0.0
         if predicted < CALIBRATION_MIN_SAVING * self.scale:
             return options  # too little predicted saving to calibrate against
@@ -340,10 +333,7 @@ class _Run:
 
     def _fastest(self, options: Mapping[str, Sequence[Option]]) -> dict[str, float]:
         """Each unit's best alpha alone, then coordinate descent on the whole prediction."""
-        start = {}
-        for unit, choices in options.items():
-            best = max(choices, key=lambda o: o.saving)
-            start[unit] = best.alpha if best.saving > 0 else 0.0
+        start = {unit: 0.0 for unit in options} | _best_alone(options)
         grid = {unit: (0.0, *self.alphas) for unit in options}
         return coordinate_descent(start, grid, lambda a: -self.objectives.saving(a), sweeps=SWEEPS)
 
@@ -463,6 +453,12 @@ def _flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int | None:
     except Exception:  # noqa: BLE001 - fvcore's jit trace cannot follow every detector
         logger.info("fvcore cannot count this model's FLOPs whole; using its convs' multiply-adds")
         return None
+
+
+def _best_alone(options: Mapping[str, Sequence[Option]]) -> dict[str, float]:
+    """Each unit that saves on its own, at the alpha that saves most."""
+    best = {unit: max(choices, key=lambda o: o.saving) for unit, choices in options.items()}
+    return {unit: o.alpha for unit, o in best.items() if o.saving > 0}
 
 
 def _option(choices: Sequence[Option], alpha: float) -> tuple[float, float]:
