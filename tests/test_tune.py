@@ -358,8 +358,19 @@ def test_predicted_change_applies_measured_ratios_to_the_convs_times_inside_the_
 
 
 class _Ratio:
+    """A whole-model measurement: ``ratio``, and a latency result with that ratio."""
+
     def __init__(self, ratio):
-        self.ratio = ratio
+        from octswap.inference import InferenceOptions
+        from octswap.latency import LatencyResult, Timing
+
+        self.latency = None
+        if ratio is not None:
+            self.latency = LatencyResult(8, 2, "cpu", InferenceOptions(), Timing(1.0, 0.0, 5), Timing(ratio, 0.0, 5))
+
+    @property
+    def ratio(self):
+        return self.latency.ratio if self.latency is not None else None
 
 
 def _calibrating_run(measured, scale=10.0):
@@ -374,6 +385,7 @@ def _calibrating_run(measured, scale=10.0):
 
     class Savings:  # additive over units, scaled like Objectives.saving_of
         factor = 1.0
+        agreement = None  # no data
 
         def saving(self, assignment):
             return sum({"a": {0.25: 1.0, 0.5: 2.0}, "b": {0.25: -0.5, 0.5: -1.0}, "c": {0.25: 0.5, 0.5: 0.25}}[u][al]
@@ -422,17 +434,23 @@ def test_a_fastest_policy_that_measures_short_of_its_prediction_is_checked_with_
     """Predicted 0.975 (a and c save 2.5 s of 100), measured 0.999: faster than the original,
     but not as predicted, so the units saving at least 1% alone (a) are measured too, and
     the faster of the two kept; one measured as predicted is not checked again."""
+    from types import SimpleNamespace
+
     from octswap.tuning.goal import Goal
 
     ZERO = {"a": 0.0, "b": 0.0, "c": 0.0}  # noqa: N806 - a constant of this test
     for first, scale, expected_calls, chosen in ((0.999, 100.0, [{"a": 0.5, "c": 0.25}, {"a": 0.5}], 0.98),
                                                  (0.985, 100.0, [{"a": 0.5, "c": 0.25}], 0.985),
                                                  # No unit saves 1% of 1000 s alone: no smaller policy to try,
-                                                 # and the original is what is left (not an empty policy timed).
-                                                 (1.02, 1000.0, [{"a": 0.5, "c": 0.25}, ZERO], 1.0)):  # fmt: skip
+                                                 # and the original is what is left: converted with nothing,
+                                                 # not timed (its ratio is 1, not noise around it).
+                                                 (1.02, 1000.0, [{"a": 0.5, "c": 0.25}], 1.0)):  # fmt: skip
         run, options = _calibrating_run(None, scale=scale)
         run.table = object()  # latency is timed
-        measured = {(("a", 0.5), ("c", 0.25)): first, (("a", 0.5),): 0.98, tuple(sorted(ZERO.items())): 1.0}
+        run.space = SimpleNamespace(units=[SimpleNamespace(name=u) for u in "abc"])
+        converted = []
+        run._convert = lambda assignment: converted.append(assignment) or _Ratio(None)  # noqa: B023
+        measured = {(("a", 0.5), ("c", 0.25)): first, (("a", 0.5),): 0.98}
 
         def measure(assignment, attempt, **_):
             run.calls.append(dict(assignment))
@@ -444,7 +462,21 @@ def test_a_fastest_policy_that_measures_short_of_its_prediction_is_checked_with_
         best = run._check({"a": 0.5, "c": 0.25}, options, Goal("fastest", None, 0.02), [])
         assert run.calls == expected_calls and best.ratio == chosen
         assert any("measured 0.999" in n for n in run.notes) == (first == 0.999)
-        assert {} not in run.calls
+        assert {} not in run.calls and converted == ([ZERO] if first > 1 else [])
+        if first > 1:
+            assert best.latency.converted == best.latency.original and "nothing converted" in run.notes[-1]
+
+
+def test_the_printed_curve_keeps_no_row_another_beats_and_repeats_none():
+    """The front's points predicted whole: b is slower than a for more drop (units interact),
+    c repeats a's printed ratio; only a and d are a trade-off."""
+    from octswap.tuning.search import Point
+
+    run, _ = _calibrating_run(None, scale=10.0)
+    whole = {"a": 0.70, "b": 0.72, "c": 0.7004, "d": 0.90}  # predicted ratios
+    run.objectives.saving = lambda assignment: (1 - whole[next(iter(assignment))]) * 10.0
+    front = [Point(0.0, drop, (unit, 0.5, None)) for unit, drop in (("d", 0.1), ("c", 0.35), ("b", 0.5), ("a", 0.3))]
+    assert run._curve(front) == ((pytest.approx(0.70), 0.3), (pytest.approx(0.90), 0.1))
 
 
 @pytest.mark.parametrize(("runtime", "device", "multiple", "expected"),

@@ -7,7 +7,9 @@ channels-last, packed weights), with ``torch.utils.benchmark`` in alternating ro
 Measurements are keyed by geometry and low channel counts (a ResNet's repeated blocks
 share them) and cached (:class:`~octswap.tuning.cache.MeasurementCache`). Under ONNX Runtime
 (``runtime="onnxruntime"``) both convs are exported and timed in sessions instead
-(:mod:`octswap.tuning.onnx_costs`). A plan's
+(:mod:`octswap.tuning.onnx_costs`), each with the activation that follows it in the model
+(:mod:`octswap.tuning.activations`: ONNX Runtime folds it into a plain conv, not always into
+an octave conv's sums; under PyTorch it runs apart in both, see :data:`ELEMENTWISE_SHARE`). A plan's
 predicted latency is the original's measured latency plus the sum of its convs' changes;
 the tuner checks that prediction against the converted model measured whole.
 """
@@ -19,7 +21,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ from octswap.latency import inference_call, side_by_side, timing_input
 from octswap.layers import OctaveConv2d, OctaveConvBlock
 from octswap.layers.resample import split_frequencies
 from octswap.plan import ConvSite, LayerDecision
+from octswap.tuning.activations import Activated, activation_key
 from octswap.tuning.cache import MeasurementCache
 from octswap.tuning.space import octave_macs
 
@@ -141,8 +144,11 @@ class LatencyTable:
 
     def __init__(self, cache: MeasurementCache, *, batch: int, threads: int, device: str = "cpu",
                  options: InferenceOptions | None = None, rounds: int = 5, min_round_time: float = 0.02,
-                 progress: Callable[[int], None] | None = None, runtime: str = "pytorch") -> None:  # fmt: skip
+                 progress: Callable[[int], None] | None = None, runtime: str = "pytorch",
+                 activations: Mapping[str, nn.Module] | None = None) -> None:  # fmt: skip
         self.runtime = runtime
+        #: The activation after each conv (by name), timed with it (``runtime="onnxruntime"``).
+        self.activations = dict(activations or {})
         #: ONNX Runtime: the exporter and timer of convs (:mod:`octswap.tuning.onnx_costs`).
         self.onnx = None
         if runtime == "onnxruntime":
@@ -167,7 +173,7 @@ class LatencyTable:
         """The plain conv and its octave replacement (``form`` ``"pair"``: pairs in and out, as
         in graph mode; ``"block"``: split, octave conv, merge), timed side by side."""
         in_low = timed_in_low(site, in_low)
-        key = f"latency|{geometry_key(site)}|{in_low}|{out_low}|{form}"
+        key = f"latency|{self._geometry(site)}|{in_low}|{out_low}|{form}"
         cached = self.cache.get(key)
         if cached is not None:
             return ConvTiming(*cached)
@@ -210,16 +216,26 @@ class LatencyTable:
         total = sum(elements.values()) or 1
         self.following = {name: outside * count / total for name, count in elements.items()}
 
+    def _geometry(self, site: ConvSite) -> str:
+        """:func:`geometry_key`, and the activation timed after the conv where there is one."""
+        activation = activation_key(self.activations.get(site.name))
+        return f"{geometry_key(site)} +{activation}" if activation else geometry_key(site)
+
+    def _activated(self, site: ConvSite, conv: nn.Module) -> nn.Module:
+        activation = self.activations.get(site.name)
+        return conv if activation is None else Activated(conv, activation)
+
     def _measure(self, site: ConvSite, in_low: int, out_low: int, form: str) -> ConvTiming:
         if site.input_size is None:
             return ConvTiming(0.0, 0.0)
         torch.manual_seed(0)
-        plain = _plain_conv(site)
+        conv = _plain_conv(site)
         if form == "pair":
-            octave: nn.Module = OctaveConv2d.from_conv(plain, in_low=in_low, out_low=out_low)
+            octave: nn.Module = OctaveConv2d.from_conv(conv, in_low=in_low, out_low=out_low)
         else:
-            octave = OctaveConvBlock.from_conv(plain, alpha_in=in_low / site.in_channels, alpha_out=out_low / site.out_channels,
+            octave = OctaveConvBlock.from_conv(conv, alpha_in=in_low / site.in_channels, alpha_out=out_low / site.out_channels,
                                                in_low=in_low, out_low=out_low)  # fmt: skip
+        plain, octave = self._activated(site, conv), self._activated(site, octave)
         if self.onnx is not None:
             return self._measure_onnx(site, in_low, out_low, form, plain, octave)
         models = [optimize_for_inference(_One(m).to(self.device), self.options, inplace=True) for m in (plain, octave)]
@@ -242,7 +258,7 @@ class LatencyTable:
         assert self.onnx is not None and site.input_size is not None
         x = torch.randn(self.batch, site.in_channels, *site.input_size)
         octave_inputs = split_frequencies(x, in_low) if form == "pair" and in_low > 0 else (x,)
-        geometry = geometry_key(site)
+        geometry = self._geometry(site)
         plain_s, octave_s = self.onnx.side_by_side([(f"plain|{geometry}", plain, (x,)),
                                                     (f"octave|{geometry}|{in_low}|{out_low}|{form}", octave,
                                                      tuple(octave_inputs))])  # fmt: skip
@@ -253,12 +269,12 @@ class LatencyTable:
         inside the original), cached by geometry; 0 for a conv the probe did not reach."""
         if site.input_size is None or self.onnx is None:
             return 0.0
-        key = f"plain|{geometry_key(site)}"
+        key = f"plain|{self._geometry(site)}"
         cached = self.cache.get(key)
         if cached is None:
             torch.manual_seed(0)
             x = torch.randn(self.batch, site.in_channels, *site.input_size)
-            cached = self.onnx.side_by_side([(key, _plain_conv(site), (x,))])[0]
+            cached = self.onnx.side_by_side([(key, self._activated(site, _plain_conv(site)), (x,))])[0]
             self.cache.put(key, cached)
             self.measured += 1
             if self.progress is not None:

@@ -29,6 +29,7 @@ from octswap.rewrite.calls import probe_call, record_calls
 from octswap.rewrite.graph.planning import is_alone, refine_traced, traced_with_shapes
 from octswap.rewrite.regions.discovery import Region, relative
 from octswap.rewrite.regions.rewriter import owning_region
+from octswap.tuning.activations import following_activations
 
 __all__ = ["REFERENCE_ALPHA", "SearchSpace", "Unit", "octave_macs"]
 
@@ -155,6 +156,13 @@ class SearchSpace:
         self.units = tuple(
             Unit(convs[0], tuple(convs), sum(by_name[c].macs for c in convs)) for convs in members.values()
         )
+        #: The activation each candidate conv feeds in the traced graphs (through a BatchNorm):
+        #: ONNX Runtime times convs with it (:mod:`octswap.tuning.activations`).
+        self.activations: dict[str, nn.Module] = {}
+        for graph in self._graphs:
+            local = {relative(n, graph.path): n for n in graph.names if n in base and base[n].action == "octave"}
+            for name, activation in following_activations(graph.gm, local).items():
+                self.activations[local[name]] = activation
         logger.info("%d candidate convs in %d units (%s mode)", len(self.candidates), len(self.units), self.mode)
 
     def _trace(self) -> tuple[_Graph, ...]:

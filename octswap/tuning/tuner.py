@@ -85,8 +85,9 @@ CALIBRATION_BOUNDS = (0.5, 1.5)
 CALIBRATION_MIN_SAVING = 0.1
 
 #: How per-conv costs are measured; a cache from another version is refused, not mixed in
-#: (2: ONNX Runtime convs timed without spinning and without their edge reorders).
-COSTS_VERSION = 2
+#: (2: ONNX Runtime convs timed without spinning and without their edge reorders; 3: with
+#: the activation that follows them).
+COSTS_VERSION = 3
 
 
 def _setting(**values: Any) -> dict[str, Any]:
@@ -106,6 +107,7 @@ def _tables(model: nn.Module, space: SearchSpace, store: MeasurementCache, *, ti
     table = None if not timed else LatencyTable(
         store, batch=setting["batch"], threads=setting["threads"], device=setting["device"],
         options=InferenceOptions.from_dict(setting["inference"]), runtime=setting["runtime"],
+        activations=space.activations if setting["runtime"] == "onnxruntime" else None,
         progress=(lambda n: progress("timing convs", n, 0)) if progress else None)  # fmt: skip
     agreement = None if data is None else AgreementTable(
         model, space, data=data, cache=store, calibrate_batches=setting["calibrate_batches"],
@@ -312,8 +314,14 @@ class _Run:
         kept), each predicted whole like the chosen policy; the drop is the units' drops added."""
         step = max(1, math.ceil(len(front) / CURVE_POINTS))
         picked = [*front[::step][: CURVE_POINTS - 1], *front[-1:]] if front else []
-        unique = {id(p): p for p in picked}.values()
-        return tuple(sorted((self._whole_ratio(p.assignment), p.drop) for p in unique))
+        rows = sorted({(self._whole_ratio(p.assignment), p.drop) for p in picked})
+        # Predicted whole, a point can lose to a neighbour (units interact) or repeat one: keep
+        # only rows that lose less than every faster row, one per printed value.
+        kept: list[tuple[float, float]] = []
+        for ratio, drop in rows:
+            if all(drop < d and f"{ratio:.3f}" != f"{r:.3f}" for r, d in kept):
+                kept.append((ratio, drop))
+        return tuple(kept)
 
     def _uniform(self, options: Mapping[str, Sequence[Option]]) -> tuple[tuple[float, float, float], ...]:
         """Every unit at each candidate alpha, predicted whole; the drop is the units' drops added."""
@@ -359,26 +367,38 @@ class _Run:
     def _everything(self) -> dict[str, float]:
         return {u.name: max(self.alphas) for u in self.space.units}
 
+    def _convert(self, assignment: dict[str, float]) -> _Tried:
+        converted, plan = convert(self.model, self.space.policy_for(assignment), input_shape=self.space.input_shape,
+                                  mode=self.space.mode)  # fmt: skip
+        return _Tried(assignment, converted, plan)
+
+    def _unchanged(self, best: _Tried) -> _Tried:
+        """Nothing converted: the original, not timed again (its ratio is 1 by definition; a
+        measurement would report noise around it), its agreement with itself 1."""
+        tried = self._convert({u.name: 0.0 for u in self.space.units})
+        if best.latency is not None:
+            tried.latency = replace(best.latency, converted=best.latency.original)
+        tried.agreement = 1.0 if self.objectives.agreement is not None else None
+        return tried
+
     def _measure(self, assignment: dict[str, float], attempt: int, *, stage: str = "checking the tuned model whole",
                  agreement: bool = True) -> _Tried:  # fmt: skip
         """Convert with ``assignment``; time it whole against the original (with a latency
         table) and measure its agreement after BatchNorm re-estimation (with data)."""
-        converted, plan = convert(self.model, self.space.policy_for(assignment), input_shape=self.space.input_shape,
-                                  mode=self.space.mode)  # fmt: skip
-        tried = _Tried(assignment, converted, plan)
+        tried = self._convert(assignment)
         if self.progress is not None:
             self.progress(stage, attempt + 1, CHECKS if agreement else 1)
         table, shape = self.table, self.space.input_shape
         if table is not None and table.onnx is not None:
-            tried.latency = measure_onnxruntime_latency(self.model, converted, shape, batches=(table.batch,),
+            tried.latency = measure_onnxruntime_latency(self.model, tried.converted, shape, batches=(table.batch,),
                                                         threads=table.threads, device=str(table.device),
                                                         rounds=self.rounds, min_round_time=self.round_time)[0]  # fmt: skip
         elif table is not None:
-            tried.latency = measure_latency(self.model, converted, shape, batches=(table.batch,), threads=table.threads,
+            tried.latency = measure_latency(self.model, tried.converted, shape, batches=(table.batch,), threads=table.threads,
                                             options=table.options, device=str(table.device), rounds=self.rounds,
                                             min_round_time=self.round_time, memory=False)[0]  # fmt: skip
         if agreement and self.objectives.agreement is not None:
-            tried.agreement = self.objectives.agreement.fidelity(assignment, converted).agreement
+            tried.agreement = self.objectives.agreement.fidelity(assignment, tried.converted).agreement
         return tried
 
     def _check(self, assignment: dict[str, float], options: Mapping[str, Sequence[Option]], goal: Goal,
@@ -426,13 +446,13 @@ class _Run:
                                   f"{best.ratio:.3f}")  # fmt: skip
             if best.ratio >= 1:
                 self.notes.append(f"no policy tried ran faster than the original (best {best.ratio:.3f}): nothing converted")
-                return self._measure({u: 0.0 for u in options}, CHECKS - 1)
+                return self._unchanged(best)
             return best
         if goal.objective == "max-drop":
             within = [t for t in tried if 100 * (1 - (t.agreement or 0.0)) <= goal.target]
             if not within:
                 self.notes.append(f"no policy tried lost at most {goal.target} points of agreement: nothing converted")
-                return self._measure({u: 0.0 for u in options}, CHECKS - 1)
+                return self._unchanged(tried[0])
             return min(within, key=lambda t: t.ratio if self.table is not None else 0.0)
         best = min(tried, key=lambda t: abs(t.ratio - goal.target))
         if abs(best.ratio - goal.target) > goal.tolerance:
