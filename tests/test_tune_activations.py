@@ -29,6 +29,22 @@ class _NormAct(nn.BatchNorm2d):
         return self.act(super().forward(x))
 
 
+class _Block(nn.Module):
+    """Not a norm, though it carries an activation: what follows a conv through it is not the conv's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(8, 8, 1), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+        return isinstance(m, (_NormAct, _Block)) or super().is_leaf_module(m, name)
+
+
 class Followed(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -39,8 +55,9 @@ class Followed(nn.Module):
         self.clamped = conv()
         self.norm_act, self.bn_act = conv(), _NormAct(8)
         self.added = conv()
-        self.shared, self.two_users = conv(), conv()
+        self.shared = conv()
         self.leaky = conv()
+        self.into_block, self.block = conv(), _Block()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu6(self.bn(self.module_act(x)))
@@ -51,18 +68,15 @@ class Followed(nn.Module):
         x = self.added(x) + x  # feeds an add, not an activation
         y = self.shared(x)
         x = torch.relu(y) + y  # two users: the activation is not the conv's alone
-        return F.leaky_relu(self.leaky(x), 0.2)
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, name: str) -> bool:
-        return isinstance(m, _NormAct) or super().is_leaf_module(m, name)
+        x = F.leaky_relu(self.leaky(x), 0.2)
+        return self.block(self.into_block(x))
 
 
 def test_each_convs_activation_is_found_through_a_batchnorm_and_only_where_it_is_the_only_user():
     model = Followed()
     gm = fx.GraphModule(model, _Tracer().trace(model))
-    found = following_activations(gm, [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)])
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith("block.")]
+    found = following_activations(gm, convs)
     assert {name: activation_key(a) for name, a in found.items()} == {
         "module_act": "ReLU6()",  # not in place: a timed copy
         "function_act": "ReLU()",

@@ -65,8 +65,10 @@ def _activation(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     """``node`` as an activation module (a copy, not in place), or None."""
     module = _module(gm, node)
     if module is not None:
-        found = module if isinstance(module, ACTIVATION_MODULES) else getattr(module, "act", None)
-        if not isinstance(found, ACTIVATION_MODULES):  # timm's BatchNormAct2d carries its .act
+        # timm's BatchNormAct2d (a BatchNorm) carries its activation as .act
+        norm_act = getattr(module, "act", None) if isinstance(module, nn.BatchNorm2d) else None
+        found = module if isinstance(module, ACTIVATION_MODULES) else norm_act
+        if not isinstance(found, ACTIVATION_MODULES):
             return None
         found = copy.deepcopy(found)
     else:
