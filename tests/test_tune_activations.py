@@ -79,13 +79,18 @@ def test_each_convs_activation_is_found_through_a_batchnorm_and_only_where_it_is
     found = following_activations(gm, convs)
     assert {name: activation_key(a) for name, a in found.items()} == {
         "module_act": "ReLU6()",  # not in place: a timed copy
-        "function_act": "ReLU()",
-        "method_act": "ReLU()",
-        "clamped": "Hardtanh(min_val=0.0, max_val=6.0)",
+        "function_act": "relu()",
+        "method_act": "relu()",
+        "clamped": "hardtanh(min_val=0.0, max_val=6.0)",
         "norm_act": "SiLU()",
-        "leaky": "LeakyReLU(negative_slope=0.2)",
+        "leaky": "leaky_relu(negative_slope=0.2)",
     }
     assert not any(getattr(a, "inplace", False) for a in found.values())
+    # Called activations keep their constant arguments: the same values as the model computes.
+    t = torch.linspace(-10, 10, 41)
+    torch.testing.assert_close(found["clamped"](t), t.clamp(0, 6))
+    torch.testing.assert_close(found["leaky"](t), torch.where(t > 0, t, 0.2 * t))
+    torch.testing.assert_close(found["method_act"](t), t.clamp(min=0))
 
 
 def test_mobilenet_v2s_convs_with_relu6_after_them_and_its_projections_without():

@@ -7,7 +7,8 @@ fuses into the conv that takes it, ReLU6 is written as two 1x1 depthwise convs p
 (:mod:`octswap.export.rewrites`, rule ``ClipAsBlockedRelus``) and other activations run as
 separate passes. A conv timed alone has none of that: under ONNX Runtime each conv is timed
 with the activation that follows it in the model (:class:`Activated`), found here through a
-BatchNorm (which export folds into the conv).
+BatchNorm (which export folds into the conv). What counts as one is what the graph pass runs
+on each branch of a pair (its elementwise ops), less the no-ops (dropout, identity).
 
 Example:
     >>> class Net(nn.Module):
@@ -24,41 +25,55 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["ACTIVATION_MODULES", "Activated", "activation_key", "following_activations"]
+from octswap.rewrite.graph.handlers.activation import UNARY_FUNCTIONS, UNARY_METHODS, UNARY_MODULES
 
-#: Module types that count as the activation after a conv (elementwise, one input).
-ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
-    nn.GELU, nn.Mish, nn.ELU,
-)  # fmt: skip
+__all__ = ["ACTIVATION_MODULES", "Activated", "CalledActivation", "activation_key", "following_activations"]
 
-#: Functions (and tensor methods, by name) that count as one, as the module they equal;
-#: extra constant arguments go to the module (``F.hardtanh(x, 0., 6.)``).
-_FUNCTIONS: dict[Any, Callable[..., nn.Module]] = {
-    F.relu: nn.ReLU, torch.relu: nn.ReLU, "relu": nn.ReLU, "relu_": nn.ReLU,
-    F.relu6: nn.ReLU6, F.hardtanh: nn.Hardtanh, F.leaky_relu: nn.LeakyReLU,
-    F.silu: nn.SiLU, F.hardswish: nn.Hardswish, F.hardsigmoid: nn.Hardsigmoid,
-    torch.sigmoid: nn.Sigmoid, "sigmoid": nn.Sigmoid, torch.tanh: nn.Tanh, "tanh": nn.Tanh,
-    F.gelu: nn.GELU, F.mish: nn.Mish, F.elu: nn.ELU,
-}  # fmt: skip
+#: What passes a conv's output on unchanged at inference (looked through, like a BatchNorm).
+_NO_OPS: tuple[Any, ...] = (nn.Dropout, nn.Dropout2d, nn.Identity, F.dropout, "contiguous", "clone")
+#: The graph pass's elementwise ops (:mod:`octswap.rewrite.graph.handlers.activation`) less the no-ops.
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = tuple(m for m in UNARY_MODULES if m not in _NO_OPS)
+_FUNCTIONS = tuple(f for f in UNARY_FUNCTIONS if f not in _NO_OPS)
+_METHODS = tuple(m for m in UNARY_METHODS if m not in _NO_OPS)
+
+
+class CalledActivation(nn.Module):
+    """An activation called as a function or tensor method in the model, with its constant
+    arguments (``F.hardtanh(x, 0.0, 6.0)``, ``x.relu()``), as a module to time."""
+
+    def __init__(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.target, self.args, self.kwargs = target, args, kwargs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.target, str):
+            return getattr(x, self.target)(*self.args, **self.kwargs)
+        return self.target(x, *self.args, **self.kwargs)
+
+    @property
+    def key(self) -> str:
+        name = self.target if isinstance(self.target, str) else self.target.__name__
+        return f"{name}({', '.join([*map(repr, self.args), *(f'{k}={v!r}' for k, v in self.kwargs.items())])})"
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
 
 
-def _is_norm(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
-    """A BatchNorm over ``source`` (export folds it into the conv), or a no-op module."""
+def _passes_on(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
+    """A BatchNorm over ``source`` (export folds it into the conv), or a no-op."""
     if node.op == "call_function" and node.target is F.batch_norm:
         return bool(node.args) and node.args[0] is source
-    return isinstance(_module(gm, node), (nn.BatchNorm2d, nn.Identity, nn.Dropout))
+    if node.op in ("call_function", "call_method"):
+        return node.target in _NO_OPS
+    return isinstance(_module(gm, node), (nn.BatchNorm2d, *(m for m in _NO_OPS if isinstance(m, type))))
 
 
 def _activation(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -71,18 +86,14 @@ def _activation(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
         if not isinstance(found, ACTIVATION_MODULES):
             return None
         found = copy.deepcopy(found)
-    else:
-        factory = _FUNCTIONS.get(node.target) if node.op in ("call_function", "call_method") else None
-        options = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-        if factory is None or any(isinstance(a, fx.Node) for a in (*node.args[1:], *options.values())):
-            return None
-        try:
-            found = factory(*node.args[1:], **options)
-        except TypeError:  # arguments the module does not take
-            return None
-    if hasattr(found, "inplace"):
-        found.inplace = False
-    return found
+        if hasattr(found, "inplace"):
+            found.inplace = False
+        return found
+    known = _FUNCTIONS if node.op == "call_function" else _METHODS if node.op == "call_method" else ()
+    options = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    if node.target not in known or any(isinstance(a, fx.Node) for a in (*node.args[1:], *options.values())):
+        return None
+    return CalledActivation(node.target, tuple(node.args[1:]), options)
 
 
 def following_activations(gm: fx.GraphModule, convs: Iterable[str]) -> dict[str, nn.Module]:
@@ -99,7 +110,7 @@ def following_activations(gm: fx.GraphModule, convs: Iterable[str]) -> dict[str,
             activation = _activation(gm, user)
             if activation is not None:
                 found[str(node.target)] = activation
-            elif _is_norm(gm, user, current):
+            elif _passes_on(gm, user, current):
                 current = user
                 continue
             break
@@ -110,6 +121,8 @@ def activation_key(activation: nn.Module | None) -> str:
     """What a timing with ``activation`` after the conv is keyed by (``""``: none)."""
     if activation is None:
         return ""
+    if isinstance(activation, CalledActivation):
+        return activation.key
     return f"{type(activation).__name__}({activation.extra_repr()})"
 
 

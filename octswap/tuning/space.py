@@ -159,8 +159,9 @@ class SearchSpace:
         #: The activation each candidate conv feeds in the traced graphs (through a BatchNorm):
         #: ONNX Runtime times convs with it (:mod:`octswap.tuning.activations`).
         self.activations: dict[str, nn.Module] = {}
+        candidates = set(self.candidates)
         for graph in self._graphs:
-            local = {relative(n, graph.path): n for n in graph.names if n in base and base[n].action == "octave"}
+            local = {relative(n, graph.path): n for n in graph.names if n in candidates}
             for name, activation in following_activations(graph.gm, local).items():
                 self.activations[local[name]] = activation
         logger.info("%d candidate convs in %d units (%s mode)", len(self.candidates), len(self.units), self.mode)
