@@ -157,7 +157,7 @@ def test_a_flops_target_gives_a_policy_convert_takes_unchanged(tmp_path):
 
 
 def test_a_target_no_policy_reaches_names_the_closest():
-    with pytest.raises(InputError, match=r"no policy reaches a FLOPs ratio of 0.05.*closest is 0\.\d+"):
+    with pytest.raises(InputError, match=r"no policy reaches a FLOPs ratio of 0.05.*closest found is predicted at 0\.\d+"):
         tune(UnitsNet(), input_shape=SHAPE, target_flops=0.05, alphas=(0.25,))
 
 
@@ -322,12 +322,13 @@ def test_a_plot_needs_matplotlib_and_a_known_format(workdir, monkeypatch):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--target-latency", "0"], "--target-latency must be a ratio"),
-    (["--target-flops", "0.01"], "closest is"),
+    (["--target-flops", "0.01"], "closest found is predicted at"),
     (["--target-flops", "0.5", "--target-latency", "0.5"], "give one target"),
     (["--alphas", "0.5,x"], "--alphas takes comma-separated numbers"),
     (["--target-flops", "0.7", "--runtime", "onnxruntime"], "--runtime does not apply"),
     (["--device", "tpu"], "unknown device"),
     (["-o", "no/such/folder/p.yaml"], "cannot write to no/such/folder"),
+    (["--target-flops", "0.7", "-o", "p.yaml", "--measurements", "./p.yaml"], "would both be p.yaml"),
 ])  # fmt: skip
 def test_cli_bad_targets_exit_2_with_one_line_and_write_nothing(workdir, args, message):
     result = _run("tune", UNITS_NET, "-s", "32", *args)
@@ -465,6 +466,32 @@ def test_a_fastest_policy_that_measures_short_of_its_prediction_is_checked_with_
         assert {} not in run.calls and converted == ([ZERO] if first > 1 else [])
         if first > 1:
             assert best.latency.converted == best.latency.original and "nothing converted" in run.notes[-1]
+
+
+def test_a_fastest_policy_that_converts_nothing_is_not_timed():
+    from types import SimpleNamespace
+
+    from octswap.tuning.goal import Goal
+
+    run, options = _calibrating_run(None, scale=10.0)
+    run.table = object()
+    run.space = SimpleNamespace(units=[SimpleNamespace(name=u) for u in "abc"])
+    run._convert = lambda assignment: _Ratio(None)
+    tried = run._check({"a": 0.0, "b": 0.0, "c": 0.0}, options, Goal("fastest", None, 0.02), [])
+    assert run.calls == [] and tried.latency is None and "nothing converted" in run.notes[-1]
+
+
+def test_a_target_the_separate_figures_miss_is_met_by_a_curve_point_predicted_whole():
+    """The curve's own savings (1 and 2) never reach 3, but predicted whole (units interact)
+    a reaches 3.5: it is chosen, not refused; b, also reaching, loses more."""
+    from octswap.tuning.goal import Goal
+    from octswap.tuning.search import Point
+
+    run, _ = _calibrating_run(None, scale=10.0)
+    whole = {"a": 3.5, "b": 3.2, "c": 0.5}
+    run.objectives.saving = lambda assignment: sum(whole[u] for u, al in assignment.items() if al)
+    front = [Point(0.5, 0.05, ("c", 0.5, None)), Point(1.0, 0.1, ("a", 0.5, None)), Point(2.0, 0.3, ("b", 0.5, None))]
+    assert run._reach(front, 3.0, Goal("latency", 0.7, 0.02)) == {"a": 0.5}
 
 
 def test_the_printed_curve_keeps_no_row_another_beats_and_repeats_none():

@@ -202,6 +202,8 @@ def _check_outputs(target: Path, store: Path, *, resume: bool, force: bool) -> N
     """Fail before the work: an existing policy or measurements file, or a folder we cannot write."""
     import os
 
+    if target.resolve() == store.resolve():
+        raise InputError(f"the policy and the measurements would both be {target}: give --measurements another path")
     if target.exists() and not force:
         kept = " (with --resume the measurements are kept)" if resume else ""
         raise OutputExistsError(f"{target} exists; pass --force to overwrite it{kept}")
@@ -247,4 +249,6 @@ def _write(result: TuneResult, target: Path, store: Path, *, model: str, fmt: Fo
     octswap.Policy.from_yaml(text, source=str(target))  # what convert --policy will read
     atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=force)
     emit(tune_output(result, model=model, policy_file=target, measurements=store), fmt)
-    note(f"wrote {target}; convert with: {again} --policy {target}")
+    import shlex
+
+    note(f"wrote {target}; convert with: {again} --policy {shlex.quote(str(target))}")

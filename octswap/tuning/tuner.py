@@ -250,6 +250,7 @@ class _Run:
         options = self.objectives.options(alphas, self.progress)
         if table is not None:
             options = self.calibrate(options)
+        self.options = options
         front = pareto_front(options, resolution=scale * 1e-4)
         if goal.objective == "fastest":
             assignment = self._fastest(options)
@@ -347,22 +348,26 @@ class _Run:
 
     def _reach(self, front: Sequence[Point], required: float, goal: Goal) -> dict[str, float]:
         """The least-drop point whose whole prediction reaches ``required`` saving."""
-        need, best = required, front[-1]
-        what = "latency" if self.table is not None else "FLOPs"
-        point = best
+        need = required
         for _ in range(6):
             point = fewest_drop_reaching(front, need)
             if point is None:
-                if self.objectives.saving(best.assignment) >= required:
-                    return best.assignment
-                most = max(self.objectives.saving(best.assignment), self.objectives.saving(self._everything()))
-                raise InputError(f"no policy reaches a {what} ratio of {goal.target} here; the closest is "
-                                 f"{1 - most / self.scale:.3f} (every unit at alpha {max(self.alphas)})")  # fmt: skip
+                break
             whole = self.objectives.saving(point.assignment)
             if whole >= required:
                 return point.assignment
             need += required - whole  # neighbours interact: ask the separate figures for more
-        return point.assignment
+        # The separate figures overshot or undershot: every point of the curve predicted whole.
+        reaching = [p for p in front if self.objectives.saving(p.assignment) >= required]
+        if reaching:
+            return min(reaching, key=lambda p: p.drop).assignment
+        closest = max((front[-1].assignment, self._everything(), self._fastest(self.options)), key=self.objectives.saving)
+        if self._whole_ratio(closest) <= goal.target + goal.tolerance:  # near enough: the check decides
+            self.notes.append(f"no policy is predicted to reach {goal.target}; the closest ({self._whole_ratio(closest):.3f}) was checked")
+            return closest
+        what = "latency" if self.table is not None else "FLOPs"
+        raise InputError(f"no policy reaches a {what} ratio of {goal.target} here; the closest found is predicted at "
+                         f"{self._whole_ratio(closest):.3f}")  # fmt: skip
 
     def _everything(self) -> dict[str, float]:
         return {u.name: max(self.alphas) for u in self.space.units}
@@ -372,11 +377,12 @@ class _Run:
                                   mode=self.space.mode)  # fmt: skip
         return _Tried(assignment, converted, plan)
 
-    def _unchanged(self, best: _Tried) -> _Tried:
+    def _unchanged(self, best: _Tried | None) -> _Tried:
         """Nothing converted: the original, not timed again (its ratio is 1 by definition; a
-        measurement would report noise around it), its agreement with itself 1."""
+        measurement would report noise around it: the original's timing in ``best`` stands for
+        both, where there is one), its agreement with itself 1."""
         tried = self._convert({u.name: 0.0 for u in self.space.units})
-        if best.latency is not None:
+        if best is not None and best.latency is not None:
             tried.latency = replace(best.latency, converted=best.latency.original)
         tried.agreement = 1.0 if self.objectives.agreement is not None else None
         return tried
@@ -404,6 +410,9 @@ class _Run:
     def _check(self, assignment: dict[str, float], options: Mapping[str, Sequence[Option]], goal: Goal,
                front: Sequence[Point]) -> _Tried:  # fmt: skip
         """Measure the policy whole; correct it where it misses its goal (at most :data:`CHECKS` times)."""
+        if goal.objective == "fastest" and not any(assignment.values()):
+            self.notes.append("no unit is predicted to run faster converted: nothing converted")
+            return self._unchanged(None)
         tried: list[_Tried] = []
         need = (1 - goal.target) * self.scale if goal.objective == "latency" else 0.0
         budget = goal.target if goal.objective == "max-drop" else 0.0
