@@ -75,6 +75,9 @@ class TuneResult:
             lines = [f"latency ratio {self.measured_ratio:.3f} measured (predicted {self.predicted_ratio:.3f}), batch "
                      f"{self.batch}, {threads}, {self.device}, {runtime}; FLOPs ratio "
                      f"{self.flops_ratio:.3f}"]  # fmt: skip
+        elif self.objective != "flops" and self.batch:  # a latency objective that converted nothing
+            lines = ["latency ratio 1 (nothing converted: the original, not timed against itself); FLOPs ratio "
+                     f"{self.flops_ratio:.3f}"]  # fmt: skip
         else:
             lines = [f"FLOPs ratio {self.flops_ratio:.3f} (predicted {self.predicted_ratio:.3f}); nothing timed"]
         if self.agreement is not None:
