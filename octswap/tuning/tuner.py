@@ -361,13 +361,15 @@ class _Run:
         reaching = [p for p in front if self.objectives.saving(p.assignment) >= required]
         if reaching:
             return min(reaching, key=lambda p: p.drop).assignment
-        closest = max((front[-1].assignment, self._everything(), self._fastest(self.options)), key=self.objectives.saving)
-        if self._whole_ratio(closest) <= goal.target + goal.tolerance:  # near enough: the check decides
-            self.notes.append(f"no policy is predicted to reach {goal.target}; the closest ({self._whole_ratio(closest):.3f}) was checked")
+        closest = max((front[-1].assignment, self._everything(), self._fastest(self.options)),
+                      key=self.objectives.saving)  # fmt: skip
+        ratio = self._whole_ratio(closest)
+        if ratio <= goal.target + goal.tolerance:  # near enough: the check decides
+            self.notes.append(f"no policy is predicted to reach {goal.target}; the closest ({ratio:.3f}) was checked")
             return closest
         what = "latency" if self.table is not None else "FLOPs"
         raise InputError(f"no policy reaches a {what} ratio of {goal.target} here; the closest found is predicted at "
-                         f"{self._whole_ratio(closest):.3f}")  # fmt: skip
+                         f"{ratio:.3f}")  # fmt: skip
 
     def _everything(self) -> dict[str, float]:
         return {u.name: max(self.alphas) for u in self.space.units}
