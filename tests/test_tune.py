@@ -491,7 +491,7 @@ def test_a_target_the_separate_figures_miss_is_met_by_a_curve_point_predicted_wh
     whole = {"a": 3.5, "b": 3.2, "c": 0.5}
     run.objectives.saving = lambda assignment: sum(whole[u] for u, al in assignment.items() if al)
     front = [Point(0.5, 0.05, ("c", 0.5, None)), Point(1.0, 0.1, ("a", 0.5, None)), Point(2.0, 0.3, ("b", 0.5, None))]
-    assert run._reach(front, 3.0, Goal("latency", 0.7, 0.02)) == {"a": 0.5}
+    assert run._reach(front, 3.0, Goal("latency", 0.7, 0.02), {}) == {"a": 0.5}
 
 
 def test_the_printed_curve_keeps_no_row_another_beats_and_repeats_none():

@@ -36,12 +36,14 @@ from octswap.rewrite.graph.handlers.activation import UNARY_FUNCTIONS, UNARY_MET
 
 __all__ = ["ACTIVATION_MODULES", "Activated", "CalledActivation", "activation_key", "following_activations"]
 
-#: What passes a conv's output on unchanged at inference (looked through, like a BatchNorm).
-_NO_OPS: tuple[Any, ...] = (nn.Dropout, nn.Dropout2d, nn.Identity, F.dropout, "contiguous", "clone")
+#: What passes a conv's output on unchanged at inference (looked through, like a BatchNorm):
+#: modules, and functions or tensor methods.
+_NO_OP_MODULES: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout2d, nn.Identity)
+_NO_OP_CALLS: tuple[Any, ...] = (F.dropout, "contiguous", "clone")
 #: The graph pass's elementwise ops (:mod:`octswap.rewrite.graph.handlers.activation`) less the no-ops.
-ACTIVATION_MODULES: tuple[type[nn.Module], ...] = tuple(m for m in UNARY_MODULES if m not in _NO_OPS)
-_FUNCTIONS = tuple(f for f in UNARY_FUNCTIONS if f not in _NO_OPS)
-_METHODS = tuple(m for m in UNARY_METHODS if m not in _NO_OPS)
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = tuple(m for m in UNARY_MODULES if m not in _NO_OP_MODULES)
+_FUNCTIONS = tuple(f for f in UNARY_FUNCTIONS if f not in _NO_OP_CALLS)
+_METHODS = tuple(m for m in UNARY_METHODS if m not in _NO_OP_CALLS)
 
 
 class CalledActivation(nn.Module):
@@ -72,8 +74,8 @@ def _passes_on(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
     if node.op == "call_function" and node.target is F.batch_norm:
         return bool(node.args) and node.args[0] is source
     if node.op in ("call_function", "call_method"):
-        return node.target in _NO_OPS
-    return isinstance(_module(gm, node), (nn.BatchNorm2d, *(m for m in _NO_OPS if isinstance(m, type))))
+        return node.target in _NO_OP_CALLS
+    return isinstance(_module(gm, node), (nn.BatchNorm2d, *_NO_OP_MODULES))
 
 
 def _activation(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

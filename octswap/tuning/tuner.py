@@ -250,14 +250,13 @@ class _Run:
         options = self.objectives.options(alphas, self.progress)
         if table is not None:
             options = self.calibrate(options)
-        self.options = options
         front = pareto_front(options, resolution=scale * 1e-4)
         if goal.objective == "fastest":
             assignment = self._fastest(options)
         elif goal.objective == "max-drop":
             assignment = most_saving_within(front, goal.target).assignment
         else:
-            assignment = self._reach(front, (1 - goal.target) * scale, goal)
+            assignment = self._reach(front, (1 - goal.target) * scale, goal, options)
         tried = self._check(assignment, options, goal, front)
         choices = tuple(UnitChoice(u, tried.assignment.get(u.name, 0.0), *_option(options[u.name], tried.assignment.get(u.name, 0.0)))
                         for u in space.units)  # fmt: skip
@@ -346,7 +345,8 @@ class _Run:
         grid = {unit: (0.0, *self.alphas) for unit in options}
         return coordinate_descent(start, grid, lambda a: -self.objectives.saving(a), sweeps=SWEEPS)
 
-    def _reach(self, front: Sequence[Point], required: float, goal: Goal) -> dict[str, float]:
+    def _reach(self, front: Sequence[Point], required: float, goal: Goal,
+               options: Mapping[str, Sequence[Option]]) -> dict[str, float]:  # fmt: skip
         """The least-drop point whose whole prediction reaches ``required`` saving."""
         need = required
         for _ in range(6):
@@ -361,7 +361,7 @@ class _Run:
         reaching = [p for p in front if self.objectives.saving(p.assignment) >= required]
         if reaching:
             return min(reaching, key=lambda p: p.drop).assignment
-        closest = max((front[-1].assignment, self._everything(), self._fastest(self.options)),
+        closest = max((front[-1].assignment, self._everything(), self._fastest(options)),
                       key=self.objectives.saving)  # fmt: skip
         ratio = self._whole_ratio(closest)
         if ratio <= goal.target + goal.tolerance:  # near enough: the check decides
